@@ -1,0 +1,1 @@
+"""The officials' web console: pages and JSON API, session cookie + CSRF."""

@@ -1,0 +1,1 @@
+"""Cross-cutting plumbing shared by every part: settings, errors, HTTP conventions, logging, jobs."""

@@ -1,0 +1,180 @@
+"""HTTP conventions shared by every transport layer.
+
+- errors leave as `{"code", "message", "details"}` JSON with the right status, never a trace;
+- every response carries `X-Request-ID` (the client's, if sane, else a new one);
+- request bodies are parsed by `json_body()` against a pydantic model, and every bad field is
+  reported at once in `details.fields` as `{path: Chinese message}`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import uuid
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+from sanic import Request, Sanic
+from sanic import exceptions as sanic_exc
+from sanic.response import HTTPResponse
+from sanic.response import json as json_response
+
+from core import errors
+from core.logs import request_id_var
+
+log = logging.getLogger("zhangban.http")
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+REQUEST_ID_HEADER = "X-Request-ID"
+_SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+_STATUS_ERRORS: dict[int, type[errors.ApiError]] = {
+    400: errors.BadRequest,
+    401: errors.Unauthenticated,
+    403: errors.Forbidden,
+    404: errors.NotFound,
+    405: errors.MethodNotAllowed,
+    413: errors.PayloadTooLarge,
+    415: errors.UnsupportedMediaType,
+    429: errors.TooManyRequests,
+}
+
+
+def request_id(request: Request) -> str:
+    """The id of this request: the client's `X-Request-ID` if it is sane, else a new one."""
+    rid = getattr(request.ctx, "request_id", None)
+    if rid is None:
+        sent = request.headers.get(REQUEST_ID_HEADER, "")
+        rid = sent if _SANE_REQUEST_ID.match(sent) else uuid.uuid4().hex
+        request.ctx.request_id = rid
+    return rid
+
+
+def error_response(request: Request | None, error: errors.ApiError) -> HTTPResponse:
+    """The JSON response for `error`, with the request id header."""
+    headers = dict(error.headers)
+    if request is not None:
+        headers[REQUEST_ID_HEADER] = request_id(request)
+    return json_response(error.body(), status=error.status, headers=headers)
+
+
+def _as_api_error(exc: BaseException) -> errors.ApiError:
+    if isinstance(exc, errors.ApiError):
+        return exc
+    if isinstance(exc, sanic_exc.RequestTimeout):
+        return errors.ApiError("请求超时，请重试", code="request_timeout", status=408)
+    if isinstance(exc, sanic_exc.ServiceUnavailable):  # response timeout
+        return errors.ApiError("处理超时，请稍后再试", code="response_timeout", status=503)
+    if isinstance(exc, sanic_exc.SanicException):
+        status = getattr(exc, "status_code", 500) or 500
+        if status in _STATUS_ERRORS:
+            error = _STATUS_ERRORS[status]()
+            if status == 405:
+                error.headers = {"Allow": ", ".join(sorted(getattr(exc, "allowed_methods", None) or []))}
+                error.headers = {k: v for k, v in error.headers.items() if v}
+            return error
+        if 400 <= status < 500:
+            return errors.ApiError(status=status)
+    return errors.ApiError("系统繁忙，请稍后再试", code="internal_error", status=500)
+
+
+def install(app: Sanic) -> None:
+    """Installs the error format, request ids and their logging context on `app`."""
+
+    @app.on_request(priority=1000)
+    async def _bind_request_id(request: Request) -> None:
+        request_id_var.set(request_id(request))
+
+    @app.on_response(priority=1000)
+    async def _stamp_request_id(request: Request, response: HTTPResponse) -> None:
+        response.headers[REQUEST_ID_HEADER] = request_id(request)
+
+    @app.exception(Exception)
+    async def _handle(request: Request, exc: Exception) -> HTTPResponse:
+        error = _as_api_error(exc)
+        if error.status >= 500 and not isinstance(exc, errors.ApiError):
+            log.error("unhandled error on %s %s", request.method, request.path, exc_info=exc)
+        elif error.status >= 500:
+            log.warning("%s on %s %s", error.code, request.method, request.path)
+        return error_response(request, error)
+
+
+# -- request bodies ----------------------------------------------------------------------
+
+_MESSAGES = {
+    "missing": "此项为必填项",
+    "string_type": "应为文本",
+    "string_too_short": "至少需要 {min_length} 个字符",
+    "string_too_long": "不能超过 {max_length} 个字符",
+    "string_pattern_mismatch": "格式不正确",
+    "int_type": "应为整数",
+    "int_parsing": "应为整数",
+    "int_from_float": "应为整数",
+    "float_type": "应为数字",
+    "float_parsing": "应为数字",
+    "bool_type": "应为是或否",
+    "bool_parsing": "应为是或否",
+    "greater_than": "应大于 {gt}",
+    "greater_than_equal": "不能小于 {ge}",
+    "less_than": "应小于 {lt}",
+    "less_than_equal": "不能大于 {le}",
+    "literal_error": "不是允许的取值",
+    "enum": "不是允许的取值",
+    "extra_forbidden": "不允许提交此字段",
+    "model_type": "应为对象",
+    "model_attributes_type": "应为对象",
+    "dict_type": "应为对象",
+    "list_type": "应为列表",
+    "too_short": "至少需要 {min_length} 项",
+    "too_long": "不能超过 {max_length} 项",
+    "date_parsing": "日期格式应为 YYYY-MM-DD",
+    "date_from_datetime_parsing": "日期格式应为 YYYY-MM-DD",
+    "datetime_parsing": "时间格式不正确",
+    "url_parsing": "网址格式不正确",
+}
+
+
+def field_errors(exc: ValidationError) -> dict[str, str]:
+    """`{dotted.path: Chinese message}` for every error in `exc`, first message per path."""
+    fields: dict[str, str] = {}
+    for err in exc.errors(include_url=False):
+        path = ".".join(str(p) for p in err["loc"]) or "body"
+        kind = err["type"]
+        if kind == "value_error":  # our validators raise ValueError with a Chinese message
+            message = str(err.get("ctx", {}).get("error", err["msg"])).removeprefix("Value error, ")
+        else:
+            template = _MESSAGES.get(kind, "格式不正确")
+            try:
+                message = template.format(**err.get("ctx", {}))
+            except (KeyError, IndexError):
+                message = "格式不正确"
+        fields.setdefault(path, message)
+    return fields
+
+
+def validate(model: type[ModelT], data: Any) -> ModelT:
+    """`data` validated as `model`; raises ValidationFailed listing every bad field."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise errors.ValidationFailed(field_errors(exc)) from None
+
+
+def json_body(request: Request, model: type[ModelT]) -> ModelT:
+    """The request's JSON body validated as `model`."""
+    content_type = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
+    if content_type and content_type != "application/json" and not content_type.endswith("+json"):
+        raise errors.UnsupportedMediaType("请以 JSON 格式提交", code="unsupported_media_type")
+    if not request.body:
+        raise errors.MalformedJSON("请求内容为空")
+    try:
+        data = json.loads(request.body)
+    except (ValueError, UnicodeDecodeError):
+        raise errors.MalformedJSON() from None
+    return validate(model, data)
+
+
+def query_args(request: Request, model: type[ModelT]) -> ModelT:
+    """The query string validated as `model` (first value of each key)."""
+    return validate(model, {k: v[0] for k, v in request.args.items()})

@@ -1,0 +1,135 @@
+"""JSON-lines logging with the request id, and a filter that masks personal data.
+
+Every record leaves as one JSON object per line. Before it is written, ID numbers, mobile
+numbers and tokens are masked wherever they appear (in the message, its arguments, or any
+extra field), so a careless log call cannot leak them.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import logging
+import re
+import sys
+from datetime import datetime, timezone
+from typing import Any
+
+request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
+
+# 18-digit resident ID (last may be X) and 15-digit legacy ID, not inside a longer number.
+_ID_NUMBER = re.compile(r"(?<![0-9A-Za-z])(\d{6})(\d{8}|\d{6})(\d{3}[0-9Xx]|\d{3})(?![0-9A-Za-z])")
+_PHONE = re.compile(r"(?<!\d)(?:\+?86[- ]?)?(1[3-9]\d)(\d{4})(\d{4})(?!\d)")
+_BEARER = re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]+")
+_SECRET_PARAM = re.compile(
+    r"(?i)((?:access_token|refresh_token|token|secret|session_key|password|sign|signature|js_code|paysign)"
+    r"[\"']?\s*[:=]\s*[\"']?)([^\"'&\s,;}]+)"
+)
+
+
+def mask_text(text: str) -> str:
+    """`text` with ID numbers, phone numbers and tokens masked."""
+    text = _BEARER.sub(r"\1***", text)
+    text = _SECRET_PARAM.sub(r"\1***", text)
+    text = _ID_NUMBER.sub(lambda m: m.group(1)[:3] + "*" * (len(m.group(0)) - 7) + m.group(0)[-4:], text)
+    text = _PHONE.sub(lambda m: f"{m.group(1)}****{m.group(3)}", text)
+    return text
+
+
+def _mask_value(value: Any) -> Any:
+    if isinstance(value, str):
+        return mask_text(value)
+    if isinstance(value, dict):
+        return {k: _mask_value(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_mask_value(v) for v in value)
+    return value
+
+
+class MaskingFilter(logging.Filter):
+    """Masks personal data in the record's message and extras, in place."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # a bad format string must not lose the record
+            message = str(record.msg)
+        record.msg = mask_text(message)
+        record.args = None
+        for key, value in list(record.__dict__.items()):
+            if key not in _STANDARD_ATTRS and not key.startswith("_"):
+                record.__dict__[key] = _mask_value(value)
+        return True
+
+
+class RequestIdFilter(logging.Filter):
+    """Stamps each record with the id of the request being served, if any."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not hasattr(record, "request_id"):
+            record.request_id = request_id_var.get()
+        return True
+
+
+_STANDARD_ATTRS = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {
+    "message",
+    "asctime",
+    "request_id",
+}
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, request id, message and extras."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "ts": datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "request_id": getattr(record, "request_id", request_id_var.get()),
+            "msg": record.getMessage(),
+        }
+        for key, value in record.__dict__.items():
+            if key not in _STANDARD_ATTRS and not key.startswith("_") and key not in entry:
+                entry[key] = value
+        if record.exc_info:
+            entry["exc"] = mask_text(self.formatException(record.exc_info))
+        return json.dumps(entry, ensure_ascii=False, default=str)
+
+
+def logging_config(level: str = "INFO") -> dict[str, Any]:
+    """A dictConfig for our loggers and Sanic's, all JSON lines on stderr, all masked."""
+    handler = {
+        "class": "logging.StreamHandler",
+        "formatter": "json",
+        "filters": ["request_id", "mask"],
+        "stream": "ext://sys.stderr",
+    }
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "filters": {
+            "request_id": {"()": RequestIdFilter},
+            "mask": {"()": MaskingFilter},
+        },
+        "formatters": {"json": {"()": JsonFormatter}},
+        "handlers": {"json": handler},
+        "root": {"level": level, "handlers": ["json"]},
+        "loggers": {
+            name: {"level": level, "handlers": ["json"], "propagate": False}
+            for name in ("sanic.root", "sanic.error", "sanic.access", "sanic.server", "sanic.websockets", "zhangban")
+        },
+    }
+
+
+def setup_logging(level: str = "INFO") -> None:
+    """Installs the JSON, masked logging for this process."""
+    import logging.config
+
+    logging.config.dictConfig(logging_config(level))
+    logging.captureWarnings(True)
+    sys.excepthook = _log_uncaught
+
+
+def _log_uncaught(exc_type, exc, tb) -> None:
+    logging.getLogger("zhangban").critical("uncaught exception", exc_info=(exc_type, exc, tb))

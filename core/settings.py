@@ -1,0 +1,325 @@
+"""Typed settings read once from the environment and `.env`, then passed down.
+
+Every variable of the PRODUCT.md config contract lives here. A wrong or half-set value is a
+`ConfigError` whose lines each name one variable and what is wrong with it; `server.py`
+prints them and exits with code 2.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import secrets
+from collections.abc import Callable
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+DATABASE_SCHEMES = {"sqlite", "postgres", "postgresql"}
+REDIS_SCHEMES = {"redis", "rediss", "unix"}
+
+# Each external channel is either wholly configured (real endpoint) or wholly unset
+# (in-process simulator). Base URLs with a public default are not part of the check.
+CHANNEL_GROUPS: dict[str, tuple[str, ...]] = {
+    "WeChat mini-program": ("WECHAT_MP_APPID", "WECHAT_MP_SECRET"),
+    "WeChat official account": (
+        "WECHAT_OA_APPID",
+        "WECHAT_OA_SECRET",
+        "WECHAT_OA_TOKEN",
+        "WECHAT_OA_AES_KEY",
+    ),
+    "WeChat Pay": (
+        "WECHATPAY_MCHID",
+        "WECHATPAY_SERIAL_NO",
+        "WECHATPAY_PRIVATE_KEY",
+        "WECHATPAY_APIV3_KEY",
+        "WECHATPAY_PLATFORM_PUBLIC_KEY",
+        "WECHATPAY_PLATFORM_SERIAL",
+    ),
+    "Alipay": ("ALIPAY_APP_ID", "ALIPAY_PRIVATE_KEY", "ALIPAY_PUBLIC_KEY"),
+    "core platform": ("PLATFORM_BASE_URL", "PLATFORM_APP_KEY", "PLATFORM_SECRET"),
+}
+PEM_PATH_FIELDS = (
+    "WECHATPAY_PRIVATE_KEY",
+    "WECHATPAY_PLATFORM_PUBLIC_KEY",
+    "ALIPAY_PRIVATE_KEY",
+    "ALIPAY_PUBLIC_KEY",
+)
+
+
+class ConfigError(Exception):
+    """Start-up configuration is wrong; `lines` hold one `VARIABLE: problem` each."""
+
+    def __init__(self, lines: list[str]):
+        super().__init__("\n".join(lines))
+        self.lines = lines
+
+
+def _check_url(value: str, schemes: set[str]) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in schemes:
+        raise ValueError(f"unsupported scheme '{parts.scheme}'" if parts.scheme else "not a URL")
+    if parts.scheme in {"http", "https"} and not parts.netloc:
+        raise ValueError("URL has no host")
+    return value.rstrip("/")
+
+
+class Settings(BaseSettings):
+    """The whole configuration of one Zhangban process."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env",
+        env_file_encoding="utf-8",
+        case_sensitive=True,
+        extra="ignore",
+        frozen=True,
+    )
+
+    HOST: str = "127.0.0.1"
+    PORT: int = Field(8000, ge=1, le=65535)
+    WORKERS: int = Field(1, ge=1, le=64)
+    DATABASE_URL: str = "sqlite://var/zb.sqlite3"
+    REDIS_URL: str | None = None
+    TASK_BROKER: Literal["memory", "redis"] = "memory"
+    MEDIA_ROOT: str = "var/media"
+    SECRET_KEY: str | None = None
+    FIELD_ENCRYPTION_KEY: str | None = None
+
+    WECHAT_API_BASE: str = "https://api.weixin.qq.com"
+    WECHAT_MP_APPID: str | None = None
+    WECHAT_MP_SECRET: str | None = None
+    WECHAT_OA_APPID: str | None = None
+    WECHAT_OA_SECRET: str | None = None
+    WECHAT_OA_TOKEN: str | None = None
+    WECHAT_OA_AES_KEY: str | None = None
+
+    WECHATPAY_API_BASE: str = "https://api.mch.weixin.qq.com"
+    WECHATPAY_MCHID: str | None = None
+    WECHATPAY_SERIAL_NO: str | None = None
+    WECHATPAY_PRIVATE_KEY: str | None = None
+    WECHATPAY_APIV3_KEY: str | None = None
+    WECHATPAY_PLATFORM_PUBLIC_KEY: str | None = None
+    WECHATPAY_PLATFORM_SERIAL: str | None = None
+
+    ALIPAY_GATEWAY: str = "https://openapi.alipay.com/gateway.do"
+    ALIPAY_APP_ID: str | None = None
+    ALIPAY_PRIVATE_KEY: str | None = None
+    ALIPAY_PUBLIC_KEY: str | None = None
+
+    PLATFORM_BASE_URL: str | None = None
+    PLATFORM_APP_KEY: str | None = None
+    PLATFORM_SECRET: str | None = None
+
+    PUBLIC_BASE_URL: str | None = None
+
+    # Operational knobs beyond the contract, each with a safe default.
+    LOG_LEVEL: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    REQUEST_MAX_SIZE: int = Field(2 * 1024 * 1024, ge=1024)
+    REQUEST_TIMEOUT: float = Field(30.0, gt=0)
+    RESPONSE_TIMEOUT: float = Field(30.0, gt=0)
+    GRACEFUL_SHUTDOWN_TIMEOUT: float = Field(15.0, gt=0)
+    REDIS_KEY_PREFIX: str = Field("zb:", min_length=1, max_length=64)
+
+    # -- per-field checks ------------------------------------------------------------
+
+    @field_validator(
+        "REDIS_URL",
+        "SECRET_KEY",
+        "FIELD_ENCRYPTION_KEY",
+        "PUBLIC_BASE_URL",
+        *[name for group in CHANNEL_GROUPS.values() for name in group],
+        mode="before",
+    )
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
+
+    @field_validator("DATABASE_URL")
+    @classmethod
+    def _database_url(cls, value: str) -> str:
+        scheme = urlsplit(value).scheme
+        if scheme not in DATABASE_SCHEMES:
+            raise ValueError(f"unsupported scheme '{scheme}'" if scheme else "not a URL")
+        if scheme != "sqlite" and not urlsplit(value).hostname:
+            raise ValueError("PostgreSQL URL has no host")
+        return value
+
+    @field_validator("REDIS_URL")
+    @classmethod
+    def _redis_url(cls, value: str | None) -> str | None:
+        return None if value is None else _check_url(value, REDIS_SCHEMES)
+
+    @field_validator("WECHAT_API_BASE", "WECHATPAY_API_BASE", "ALIPAY_GATEWAY", "PLATFORM_BASE_URL", "PUBLIC_BASE_URL")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        return None if value is None else _check_url(value, {"http", "https"})
+
+    @field_validator("SECRET_KEY")
+    @classmethod
+    def _secret_key(cls, value: str | None) -> str | None:
+        if value is not None and len(value) < 32:
+            raise ValueError("must be at least 32 characters")
+        return value
+
+    @field_validator("FIELD_ENCRYPTION_KEY")
+    @classmethod
+    def _field_key(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            raw = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
+        except ValueError:
+            raise ValueError("must be base64 of 32 random bytes") from None
+        if len(raw) != 32:
+            raise ValueError(f"must decode to 32 bytes, got {len(raw)}")
+        return value
+
+    @field_validator("WECHAT_OA_AES_KEY")
+    @classmethod
+    def _oa_aes_key(cls, value: str | None) -> str | None:
+        if value is not None and len(value) != 43:
+            raise ValueError("EncodingAESKey must be 43 characters")
+        return value
+
+    @field_validator("WECHATPAY_APIV3_KEY")
+    @classmethod
+    def _apiv3_key(cls, value: str | None) -> str | None:
+        if value is not None and len(value.encode()) != 32:
+            raise ValueError("APIv3 key must be 32 bytes")
+        return value
+
+    @field_validator(*PEM_PATH_FIELDS)
+    @classmethod
+    def _pem_path(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        path = Path(value)
+        if not path.is_file():
+            raise ValueError(f"file not found: {value}")
+        if b"-----BEGIN" not in path.read_bytes()[:4096]:
+            raise ValueError(f"not a PEM file: {value}")
+        return value
+
+    # -- cross-field checks ----------------------------------------------------------
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> Settings:
+        problems: list[str] = []
+        for channel, names in CHANNEL_GROUPS.items():
+            present = [n for n in names if getattr(self, n) is not None]
+            if present and len(present) != len(names):
+                missing = next(n for n in names if getattr(self, n) is None)
+                problems.append(f"{missing}: missing; {channel} is half-configured ({present[0]} is set)")
+        if self.WORKERS > 1 and self.REDIS_URL is None:
+            problems.append(
+                "WORKERS: more than 1 worker needs REDIS_URL "
+                "(fakeredis and the in-memory broker live inside one process)"
+            )
+        if self.TASK_BROKER == "redis" and self.REDIS_URL is None:
+            problems.append("TASK_BROKER: 'redis' needs REDIS_URL")
+        if self.REDIS_URL is not None:
+            # Production: several processes must share the same keys.
+            for name in ("SECRET_KEY", "FIELD_ENCRYPTION_KEY"):
+                if getattr(self, name) is None:
+                    problems.append(f"{name}: required in production (REDIS_URL is set)")
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
+
+    # -- derived values ----------------------------------------------------------------
+
+    @property
+    def embedded(self) -> bool:
+        """True when running on the in-process parts (fakeredis, memory broker)."""
+        return self.REDIS_URL is None
+
+    @property
+    def database_scheme(self) -> str:
+        return urlsplit(self.DATABASE_URL).scheme
+
+    def simulated(self, channel: str) -> bool:
+        """True when `channel` (a CHANNEL_GROUPS key) is unset and served by a simulator."""
+        return getattr(self, CHANNEL_GROUPS[channel][0]) is None
+
+    @property
+    def public_base_url(self) -> str:
+        return self.PUBLIC_BASE_URL or f"http://{self.HOST}:{self.PORT}"
+
+    def secret_key(self) -> str:
+        """The signing secret; on the embedded default a random one kept under `var/`."""
+        return self.SECRET_KEY or _local_secret("secret_key", lambda: secrets.token_urlsafe(48))
+
+    def field_encryption_key(self) -> bytes:
+        """The 32-byte master key for field and file encryption."""
+        value = self.FIELD_ENCRYPTION_KEY or _local_secret(
+            "field_encryption_key",
+            lambda: base64.urlsafe_b64encode(secrets.token_bytes(32)).decode(),
+        )
+        return base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
+
+
+def _local_secret(name: str, make: Callable[[], str]) -> str:
+    """A secret generated once and kept (mode 0600) under `var/` for the embedded default."""
+    path = Path("var") / name
+    if path.exists():
+        return path.read_text().strip()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    value = make()
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # another process won the race; use its value
+        return path.read_text().strip()
+    with os.fdopen(fd, "w") as handle:
+        handle.write(value)
+    return value
+
+
+def _describe(error: dict) -> list[str]:
+    field = str(error["loc"][0]) if error.get("loc") else ""
+    message = error["msg"].removeprefix("Value error, ")
+    if not field:
+        return message.split("\n")
+    kind = error.get("type", "")
+    if kind in {"int_parsing", "float_parsing"}:
+        message = f"must be a number, got '{error.get('input')}'"
+    elif kind == "literal_error":
+        message = f"{message.replace('Input should be', 'must be')}, got '{error.get('input')}'"
+    elif kind.startswith(("greater_than", "less_than")):
+        message = f"{message.replace('Input should be', 'must be')}, got {error.get('input')}"
+    return [f"{field}: {message}"]
+
+
+def load_settings(**overrides: object) -> Settings:
+    """The settings from the environment and `.env`; raises ConfigError naming each bad variable."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        lines: list[str] = []
+        for error in exc.errors(include_url=False):
+            lines.extend(_describe(error))
+        raise ConfigError(lines) from None
+
+
+_installed: Settings | None = None
+
+
+def install(settings: Settings) -> Settings:
+    """Makes `settings` this process's settings (the entry point calls this once)."""
+    global _installed
+    _installed = settings
+    return settings
+
+
+def installed() -> Settings:
+    """This process's settings: those installed by the entry point, else read now, once."""
+    global _installed
+    if _installed is None:
+        _installed = load_settings()
+    return _installed

@@ -1,0 +1,218 @@
+"""The service catalogue: the file format, its validation, and publishing items from it.
+
+A catalogue file (YAML) is validated whole before anything changes; every problem is
+reported with its path (`items.3.fee.amount_fen: ...`). Publishing stores each item as a new
+immutable `ServiceItem` version only when its content changed, so loading the same file
+twice does nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from tortoise.transactions import in_transaction
+
+from storage.models import IdentityLevel, ServiceItem
+
+DEMO_CATALOGUE = Path(__file__).resolve().parent.parent / "data" / "catalogue.yaml"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Named(_Strict):
+    code: str = Field(min_length=1, max_length=64)
+    name: str = Field(min_length=1, max_length=128)
+
+
+class Region(_Strict):
+    code: str = Field(pattern=r"^\d{6}$")
+    name: str
+
+
+class Fee(_Strict):
+    kind: Literal["none", "fixed", "assessed"]
+    amount_fen: int | None = Field(None, ge=1)
+    basis: str | None = None
+
+    @model_validator(mode="after")
+    def _amount(self) -> Fee:
+        if self.kind == "fixed" and self.amount_fen is None:
+            raise ValueError("fixed fee needs amount_fen (integer fen)")
+        if self.kind != "fixed" and self.amount_fen is not None:
+            raise ValueError(f"a '{self.kind}' fee must not set amount_fen")
+        return self
+
+
+class Flags(_Strict):
+    fully_online: bool
+    max_one_trip: bool
+    visits_required: int = Field(ge=0, le=5)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Flags:
+        if self.fully_online and self.visits_required:
+            raise ValueError("a fully online item cannot require visits")
+        if self.max_one_trip and self.visits_required > 1:
+            raise ValueError("max_one_trip allows at most one visit")
+        return self
+
+
+class Step(_Strict):
+    name: str = Field(min_length=1)
+    description: str = ""
+
+
+class Result(_Strict):
+    name: str
+    delivery: list[Literal["mail", "pickup", "electronic"]] = Field(min_length=1)
+
+
+class Material(_Strict):
+    key: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+    name: str = Field(min_length=1)
+    required: bool
+    condition: str | None = None
+    copies: int = Field(1, ge=0, le=10)
+    original: bool
+    kinds: list[Literal["jpg", "png", "webp", "heic", "pdf"]] = Field(min_length=1)
+    sample: str | None = None
+    source: Literal["applicant", "shared"]
+    issuer: str | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Material:
+        if not self.required and not self.condition:
+            raise ValueError("a conditional material needs its condition")
+        if self.source == "shared" and not self.issuer:
+            raise ValueError("a shared material needs its issuer")
+        return self
+
+
+class Item(_Strict):
+    code: str = Field(min_length=1, max_length=64)
+    name: str = Field(min_length=1, max_length=128)
+    sub_name: str | None = None
+    item_type: Literal["行政许可", "行政确认", "行政给付", "公共服务", "其他行政权力"]
+    basis: str = Field(min_length=1)
+    department: str
+    region: str = Field(pattern=r"^\d{6}$")
+    themes: list[str] = Field(default_factory=list)
+    aliases: list[str] = Field(default_factory=list)
+    keywords: list[str] = Field(default_factory=list)
+    summary: str = ""
+    legal_days: int = Field(ge=0)
+    promised_days: int = Field(ge=0)
+    conditions: list[str] = Field(default_factory=list)
+    fee: Fee
+    flags: Flags
+    min_identity_level: IdentityLevel
+    steps: list[Step] = Field(min_length=1)
+    result: Result | None = None
+    materials: list[Material] = Field(default_factory=list)
+    form: dict | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Item:
+        if self.promised_days > self.legal_days:
+            raise ValueError("promised_days cannot exceed legal_days")
+        keys = [m.key for m in self.materials]
+        if len(keys) != len(set(keys)):
+            raise ValueError("material keys must be unique within an item")
+        return self
+
+
+class Catalogue(_Strict):
+    schema_: Literal[1] = Field(alias="schema")
+    region: Region
+    departments: list[Named] = Field(min_length=1)
+    themes: list[Named] = Field(default_factory=list)
+    synonyms: list[list[str]] = Field(default_factory=list)
+    items: list[Item] = Field(min_length=1)
+
+
+class CatalogueError(Exception):
+    """The catalogue file is invalid; `problems` lists every one as `path: message`."""
+
+    def __init__(self, problems: list[str]):
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+def parse_catalogue(text: str) -> Catalogue:
+    """The validated catalogue in `text`; raises CatalogueError listing every problem."""
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise CatalogueError([f"yaml: {exc}"]) from None
+    try:
+        catalogue = Catalogue.model_validate(raw)
+    except ValidationError as exc:
+        raise CatalogueError(
+            [
+                f"{'.'.join(str(p) for p in e['loc']) or '(top)'}: {e['msg'].removeprefix('Value error, ')}"
+                for e in exc.errors(include_url=False)
+            ]
+        ) from None
+    problems: list[str] = []
+    departments = {d.code for d in catalogue.departments}
+    themes = {t.code for t in catalogue.themes}
+    seen: dict[str, int] = {}
+    for i, item in enumerate(catalogue.items):
+        if item.code in seen:
+            problems.append(f"items.{i}.code: duplicate of items.{seen[item.code]}.code '{item.code}'")
+        seen.setdefault(item.code, i)
+        if item.department not in departments:
+            problems.append(f"items.{i}.department: unknown department '{item.department}'")
+        for j, theme in enumerate(item.themes):
+            if theme not in themes:
+                problems.append(f"items.{i}.themes.{j}: unknown theme '{theme}'")
+    if problems:
+        raise CatalogueError(problems)
+    return catalogue
+
+
+def _item_content(catalogue: Catalogue, item: Item) -> dict:
+    departments = {d.code: d.name for d in catalogue.departments}
+    content = item.model_dump(mode="json")
+    content["department_name"] = departments[item.department]
+    return content
+
+
+async def publish_catalogue(catalogue: Catalogue) -> dict[str, int]:
+    """Publishes every changed item as a new version, all in one transaction; counts what happened."""
+    counts = {"published": 0, "unchanged": 0}
+    async with in_transaction():
+        for item in catalogue.items:
+            content = _item_content(catalogue, item)
+            digest = hashlib.sha256(json.dumps(content, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+            current = await ServiceItem.filter(code=item.code, is_current=True).select_for_update().first()
+            if current is not None and current.content_sha256 == digest:
+                counts["unchanged"] += 1
+                continue
+            version = 1
+            if current is not None:
+                version = current.version + 1
+                await ServiceItem.filter(id=current.id).update(is_current=False)
+            await ServiceItem.create(
+                code=item.code,
+                version=version,
+                name=item.name,
+                department=content["department_name"],
+                content=content,
+                content_sha256=digest,
+                is_current=True,
+            )
+            counts["published"] += 1
+    return counts
+
+
+async def load_catalogue_file(path: Path) -> dict[str, int]:
+    """Validates the whole file at `path`, then publishes it; raises CatalogueError first if bad."""
+    return await publish_catalogue(parse_catalogue(path.read_text(encoding="utf-8")))

@@ -1,0 +1,324 @@
+"""Zhangban (掌办): app factory and the one entry point.
+
+    python server.py                 serve on the embedded default (same as `serve`)
+    python server.py <sub-command>   see `python server.py --help`
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import logging
+import os
+import secrets
+import sys
+from functools import partial
+from pathlib import Path
+
+from core.settings import ConfigError, Settings, install, load_settings
+
+log = logging.getLogger("zhangban")
+
+
+# -- the app -------------------------------------------------------------------------------
+
+
+def create_app(settings: Settings):
+    """The Sanic app for `settings`, with every blueprint, listener and convention installed."""
+    import ujson
+    from sanic import Sanic
+    from sanic_ext import Extend
+
+    from core import http, ops
+    from core.logs import logging_config
+    from storage.redis import Keys, create_redis
+
+    install(settings)
+    from core import jobs  # builds the broker from the installed settings
+
+    app = Sanic(
+        "zhangban",
+        log_config=logging_config(settings.LOG_LEVEL),
+        dumps=partial(ujson.dumps, ensure_ascii=False, escape_forward_slashes=False),
+    )
+    app.config.update(
+        {
+            "MOTD": False,
+            "REQUEST_MAX_SIZE": settings.REQUEST_MAX_SIZE,
+            "REQUEST_TIMEOUT": settings.REQUEST_TIMEOUT,
+            "RESPONSE_TIMEOUT": settings.RESPONSE_TIMEOUT,
+            "GRACEFUL_SHUTDOWN_TIMEOUT": settings.GRACEFUL_SHUTDOWN_TIMEOUT,
+            "KEEP_ALIVE_TIMEOUT": 15,
+            "FALLBACK_ERROR_FORMAT": "json",
+            "OAS_UI_DEFAULT": "redoc",
+            "OAS_URL_PREFIX": "/docs",
+            "OAS_URI_TO_JSON": "/openapi.json",
+            "CORS": False,
+            "HEALTH": False,
+        }
+    )
+    app.config.API_TITLE = "掌办 Zhangban API"
+    app.config.API_VERSION = "1.0"
+    app.config.API_DESCRIPTION = (
+        "Backend of the city's palm-handling government service. Errors are "
+        '`{"code", "message", "details"}`; every response carries `X-Request-ID`.'
+    )
+    Extend(app)
+    app.ctx.settings = settings
+    app.ctx.keys = Keys(settings.REDIS_KEY_PREFIX)
+
+    from console import auth as console_auth
+
+    http.install(app)
+    app.blueprint(ops.bp)
+    app.blueprint(console_auth.bp)
+
+    @app.before_server_start
+    async def _open(app) -> None:
+        from storage.db import init_db
+
+        await init_db(settings)
+        app.ctx.redis = create_redis(settings)
+        app.ctx.broker = jobs.broker
+        try:
+            await jobs.broker.startup()
+        except Exception:  # Redis down: serve anyway, /readyz says so, workers declare the group
+            log.exception("task broker could not start")
+
+    @app.after_server_start
+    async def _start_background(app) -> None:
+        if settings.TASK_BROKER == "memory":
+            from taskiq.cli.scheduler.run import SchedulerLoop
+
+            app.add_task(SchedulerLoop(jobs.scheduler).run(), name="scheduler")
+        log.info("serving", extra={"url": f"http://{settings.HOST}:{settings.PORT}", "embedded": settings.embedded})
+
+    @app.before_server_stop
+    async def _stop_background(app) -> None:
+        await app.cancel_task("scheduler", raise_exception=False)
+
+    @app.after_server_stop
+    async def _close(app) -> None:
+        from storage.db import close_db
+
+        try:
+            await jobs.broker.shutdown()
+        finally:
+            await app.ctx.redis.aclose()
+            await close_db()
+
+    return app
+
+
+# -- sub-commands ----------------------------------------------------------------------------
+
+
+def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
+    """Applies migrations, then serves with `WORKERS` Sanic workers until SIGINT/SIGTERM."""
+    from sanic import Sanic
+    from sanic.worker.loader import AppLoader
+
+    from storage.db import migrate
+
+    if args.host:
+        settings = settings.model_copy(update={"HOST": args.host})
+    if args.port:
+        settings = settings.model_copy(update={"PORT": args.port})
+    asyncio.run(migrate(settings))
+    loader = AppLoader(factory=partial(create_app, settings))
+    app = loader.load()
+    app.prepare(
+        host=settings.HOST,
+        port=settings.PORT,
+        workers=settings.WORKERS,
+        access_log=True,
+        motd=False,
+        single_process=False,
+    )
+    Sanic.serve(primary=app, app_loader=loader)
+    return 0
+
+
+def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
+    """Applies pending migrations; prints each one applied."""
+    from storage.db import migrate
+
+    def progress(event: str, app_label: str, name: str) -> None:
+        if event == "apply_done":
+            print(f"applied {app_label}.{name}")
+
+    asyncio.run(migrate(settings, progress=progress))
+    print("database is up to date")
+    return 0
+
+
+def cmd_makemigrations(settings: Settings, args: argparse.Namespace) -> int:
+    """Writes a migration for model changes (developers only)."""
+    from tortoise.cli.cli import run_cli_async
+
+    argv = ["-c", "storage.db.TORTOISE_ORM", "makemigrations"]
+    if args.name:
+        argv += ["--name", args.name]
+    return asyncio.run(run_cli_async(argv))
+
+
+async def _with_db(settings: Settings, work):
+    from storage.db import close_db, init_db, migrate
+
+    await migrate(settings)
+    await init_db(settings)
+    try:
+        return await work()
+    finally:
+        await close_db()
+
+
+def cmd_import_catalogue(settings: Settings, args: argparse.Namespace) -> int:
+    """Validates a catalogue YAML file whole, then publishes every changed item."""
+    from handlers.catalog import DEMO_CATALOGUE, CatalogueError, load_catalogue_file
+
+    path = Path(args.file) if getattr(args, "file", None) else DEMO_CATALOGUE
+    if not path.is_file():
+        print(f"{path}: file not found", file=sys.stderr)
+        return 2
+    try:
+        counts = asyncio.run(_with_db(settings, lambda: load_catalogue_file(path)))
+    except CatalogueError as exc:
+        print(f"{path}: {len(exc.problems)} problem(s), nothing changed:", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return 1
+    print(f"{path.name}: {counts['published']} item(s) published, {counts['unchanged']} unchanged")
+    return 0
+
+
+def cmd_create_official(settings: Settings, args: argparse.Namespace) -> int:
+    """Creates a console account; the password comes from stdin, a prompt, or is generated."""
+    from handlers.officials import OfficialExists, create_official
+
+    generated = False
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    elif sys.stdin.isatty():
+        password = getpass.getpass("password: ")
+        if password != getpass.getpass("again: "):
+            print("passwords differ", file=sys.stderr)
+            return 2
+    else:
+        password, generated = secrets.token_urlsafe(12), True
+    if len(password) < 10:
+        print("password: at least 10 characters", file=sys.stderr)
+        return 2
+    try:
+        official = asyncio.run(
+            _with_db(
+                settings,
+                lambda: create_official(
+                    username=args.username,
+                    display_name=args.name or args.username,
+                    password=password,
+                    department=args.department,
+                    roles=args.role or None,
+                ),
+            )
+        )
+    except OfficialExists:
+        print(f"username: '{args.username}' already exists", file=sys.stderr)
+        return 1
+    print(f"official {official.username} created (id {official.id})")
+    if generated:
+        print(f"generated password (shown once): {password}")
+    return 0
+
+
+def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
+    """Runs taskiq workers consuming the Redis stream (production)."""
+    if settings.TASK_BROKER != "redis":
+        print("TASK_BROKER: the worker needs 'redis' (the memory broker runs inside the server)", file=sys.stderr)
+        return 2
+    from taskiq.cli.worker.cmd import WorkerCMD
+
+    from core.jobs import TASK_MODULES
+
+    # taskiq's worker processes import the broker by module path.
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parent), os.environ.get("PYTHONPATH")]))
+    argv = ["core.jobs:broker", *TASK_MODULES, "--workers", str(args.processes), "--log-level", settings.LOG_LEVEL]
+    return WorkerCMD().exec(argv) or 0
+
+
+def cmd_scheduler(settings: Settings, args: argparse.Namespace) -> int:
+    """Runs the taskiq scheduler that kicks periodic jobs (production; run exactly one)."""
+    if settings.TASK_BROKER != "redis":
+        print("TASK_BROKER: the scheduler needs 'redis' (the memory broker schedules inside the server)", file=sys.stderr)
+        return 2
+    from taskiq.cli.scheduler.cmd import SchedulerCMD
+
+    SchedulerCMD().exec(["core.jobs:scheduler", "--log-level", settings.LOG_LEVEL])
+    return 0
+
+
+def cmd_check_jobs(settings: Settings, args: argparse.Namespace) -> int:
+    """Sends a probe job and waits for a worker to run it: proves the job pipeline end to end."""
+    from core.jobs import probe_jobs
+
+    ok, detail = asyncio.run(probe_jobs(settings, timeout=args.timeout))
+    print(detail)
+    return 0 if ok else 1
+
+
+COMMANDS = {
+    "serve": (cmd_serve, "serve HTTP (applies migrations first); the default"),
+    "worker": (cmd_worker, "run background job workers (TASK_BROKER=redis)"),
+    "scheduler": (cmd_scheduler, "run the periodic job scheduler (TASK_BROKER=redis; one per deployment)"),
+    "migrate": (cmd_migrate, "apply pending database migrations"),
+    "makemigrations": (cmd_makemigrations, "write a migration for model changes (developers)"),
+    "load-demo": (cmd_import_catalogue, "load the demo catalogue (data/catalogue.yaml)"),
+    "import-catalogue": (cmd_import_catalogue, "validate and publish a catalogue YAML file"),
+    "create-official": (cmd_create_official, "create an official's console account"),
+    "check-jobs": (cmd_check_jobs, "send a probe job and wait for a worker to run it"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python server.py",
+        description="掌办 Zhangban: the palm-handling government service backend.",
+        epilog="Configuration comes from the environment and .env; see README.md.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="<sub-command>")
+    parsers = {name: sub.add_parser(name, help=help_, description=help_) for name, (_, help_) in COMMANDS.items()}
+    parsers["serve"].add_argument("--host", help="override HOST")
+    parsers["serve"].add_argument("--port", type=int, help="override PORT")
+    parsers["makemigrations"].add_argument("--name", help="a name for the migration")
+    parsers["import-catalogue"].add_argument("file", help="catalogue YAML file")
+    official = parsers["create-official"]
+    official.add_argument("--username", required=True)
+    official.add_argument("--name", help="display name (defaults to the username)")
+    official.add_argument("--department", default="")
+    official.add_argument("--role", action="append", help="a role; repeat for several")
+    official.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+    parsers["worker"].add_argument("--processes", type=int, default=2, help="worker processes (default 2)")
+    parsers["check-jobs"].add_argument("--timeout", type=float, default=10.0)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    command = args.command or "serve"
+    if command == "serve" and not hasattr(args, "port"):
+        args = build_parser().parse_args(["serve"])
+    try:
+        settings = install(load_settings())
+    except ConfigError as exc:
+        for line in exc.lines:
+            print(line, file=sys.stderr)
+        return 2
+    from core.logs import setup_logging
+
+    setup_logging(settings.LOG_LEVEL)
+    return COMMANDS[command][0](settings, args) or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

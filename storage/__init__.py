@@ -1,0 +1,1 @@
+"""Persistence: Tortoise models and migrations, Redis, files, field encryption."""

@@ -1,0 +1,95 @@
+"""The database: Tortoise configuration from settings, start/stop, and migrations.
+
+The schema is owned by Tortoise's built-in migrations in `storage/migrations/`; nothing
+calls `generate_schemas`. `migrate()` applies whatever is pending and is a no-op when the
+database is current.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from tortoise import Tortoise, connections
+from tortoise.migrations.api import migrate as _tortoise_migrate
+
+from core.settings import Settings, load_settings
+
+APP_LABEL = "models"
+MODELS_MODULE = "storage.models"
+MIGRATIONS_MODULE = "storage.migrations"
+
+
+def database_url(settings: Settings) -> str:
+    """The Tortoise DB URL for `settings.DATABASE_URL`, with SQLite folders made and pragmas set."""
+    url = settings.DATABASE_URL
+    parts = urlsplit(url)
+    if parts.scheme == "postgresql":
+        return urlunsplit(("postgres", *parts[1:]))
+    if parts.scheme == "sqlite":
+        # sqlite:///abs/path and sqlite://rel/path both name a file; make its folder.
+        path = url[len("sqlite://") :].split("?", 1)[0]
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        if "busy_timeout" not in url:
+            # Tortoise already turns on WAL; a writer waits for the lock instead of failing.
+            url += ("&" if "?" in url else "?") + "busy_timeout=5000"
+    return url
+
+
+def tortoise_config(settings: Settings) -> dict[str, Any]:
+    """The Tortoise ORM config dict for these settings."""
+    return {
+        "connections": {"default": database_url(settings)},
+        "apps": {
+            APP_LABEL: {
+                "models": [MODELS_MODULE],
+                "default_connection": "default",
+                "migrations": MIGRATIONS_MODULE,
+            }
+        },
+        "use_tz": True,
+        "timezone": "Asia/Shanghai",
+    }
+
+
+def __getattr__(name: str) -> Any:
+    # `tortoise -c storage.db.TORTOISE_ORM makemigrations` resolves the config lazily
+    # from the environment, like the server does.
+    if name == "TORTOISE_ORM":
+        return tortoise_config(load_settings())
+    raise AttributeError(name)
+
+
+_initialised = False
+
+
+async def init_db(settings: Settings) -> bool:
+    """Sets up the ORM for this process (once); True if this call did it."""
+    global _initialised
+    if _initialised:
+        return False
+    # Global fallback: request tasks do not inherit the listener's context.
+    await Tortoise.init(config=tortoise_config(settings), _enable_global_fallback=True)
+    _initialised = True
+    return True
+
+
+async def close_db() -> None:
+    """Closes every connection pool (graceful shutdown)."""
+    global _initialised
+    if _initialised:
+        await Tortoise.close_connections()
+        _initialised = False
+
+
+async def migrate(settings: Settings, *, progress=None) -> None:
+    """Applies every pending migration; does nothing when the schema is current."""
+    await _tortoise_migrate(config=tortoise_config(settings), progress=progress)
+    await connections.close_all()
+
+
+async def ping() -> None:
+    """Raises if the database does not answer a trivial query."""
+    await connections.get("default").execute_query("SELECT 1")

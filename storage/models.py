@@ -1,0 +1,174 @@
+"""Tortoise models: the whole schema, one class per table.
+
+Personal data (names, ID numbers, phones, WeChat session keys) is stored only encrypted
+(`*_enc`, AES-GCM by `storage.crypto`, filled by the identity issue) with a keyed digest
+(`*_digest`) beside it where we must look a value up or keep it unique.
+Schema changes go through `python server.py makemigrations`, never by hand.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+from tortoise import fields
+from tortoise.models import Model
+
+
+class IdentityLevel(str, Enum):
+    L1 = "L1"  # WeChat login only
+    L2 = "L2"  # real name declared and checked (实名)
+    L3 = "L3"  # real name plus face verification (实名实人)
+
+
+class CaseStatus(str, Enum):
+    SUBMITTED = "submitted"
+    DELIVERED = "delivered_to_platform"
+    ACCEPTED = "accepted"
+    IN_REVIEW = "in_review"
+    CORRECTION_REQUESTED = "correction_requested"
+    RESUBMITTED = "resubmitted"
+    APPROVED = "approved"
+    REJECTED = "rejected"
+    RESULT_ISSUED = "result_issued"
+    CLOSED = "closed"
+    WITHDRAWN = "withdrawn"
+
+
+class ServiceItemStatus(str, Enum):
+    PUBLISHED = "published"
+    RETIRED = "retired"
+
+
+class ActorType(str, Enum):
+    CITIZEN = "citizen"
+    OFFICIAL = "official"
+    PLATFORM = "platform"
+    SYSTEM = "system"
+
+
+class User(Model):
+    """A citizen, keyed by mini-program openid and linked across apps by unionid."""
+
+    id = fields.BigIntField(primary_key=True)
+    openid = fields.CharField(max_length=64, unique=True, null=True)
+    unionid = fields.CharField(max_length=64, null=True, db_index=True)
+    oa_openid = fields.CharField(max_length=64, unique=True, null=True)
+    identity_level = fields.CharEnumField(IdentityLevel, max_length=2, default=IdentityLevel.L1)
+    real_name_enc = fields.BinaryField(null=True)
+    id_number_enc = fields.BinaryField(null=True)
+    id_number_digest = fields.CharField(max_length=64, unique=True, null=True)
+    phone_enc = fields.BinaryField(null=True)
+    phone_digest = fields.CharField(max_length=64, null=True, db_index=True)
+    session_key_enc = fields.BinaryField(null=True)
+    face_verified_at = fields.DatetimeField(null=True)
+    is_active = fields.BooleanField(default=True)
+    created_at = fields.DatetimeField(auto_now_add=True)
+    updated_at = fields.DatetimeField(auto_now=True)
+
+    class Meta:
+        table = "users"
+
+
+class Official(Model):
+    """A government official who signs in to the web console."""
+
+    id = fields.BigIntField(primary_key=True)
+    username = fields.CharField(max_length=64, unique=True)
+    display_name = fields.CharField(max_length=64)
+    department = fields.CharField(max_length=128, default="")
+    roles = fields.JSONField(default=list)
+    password_hash = fields.CharField(max_length=255)
+    is_active = fields.BooleanField(default=True)
+    created_at = fields.DatetimeField(auto_now_add=True)
+    last_login_at = fields.DatetimeField(null=True)
+
+    class Meta:
+        table = "officials"
+
+
+class AuditLog(Model):
+    """Who did or read what, when: every official read of personal data lands here."""
+
+    id = fields.BigIntField(primary_key=True)
+    at = fields.DatetimeField(auto_now_add=True, db_index=True)
+    actor_type = fields.CharEnumField(ActorType, max_length=16)
+    actor_id = fields.CharField(max_length=64, null=True)
+    action = fields.CharField(max_length=64)
+    target_type = fields.CharField(max_length=32, null=True)
+    target_id = fields.CharField(max_length=64, null=True)
+    request_id = fields.CharField(max_length=64, null=True)
+    ip = fields.CharField(max_length=64, null=True)
+    detail = fields.JSONField(default=dict)
+
+    class Meta:
+        table = "audit_log"
+        indexes = (("target_type", "target_id"),)
+
+
+class ServiceItem(Model):
+    """One immutable published version of a catalogue item (事项), publishing adds a row."""
+
+    id = fields.BigIntField(primary_key=True)
+    code = fields.CharField(max_length=64)
+    version = fields.IntField()
+    name = fields.CharField(max_length=128)
+    department = fields.CharField(max_length=128)
+    status = fields.CharEnumField(ServiceItemStatus, max_length=16, default=ServiceItemStatus.PUBLISHED)
+    is_current = fields.BooleanField(default=True)
+    content = fields.JSONField()
+    content_sha256 = fields.CharField(max_length=64)
+    published_at = fields.DatetimeField(auto_now_add=True)
+
+    class Meta:
+        table = "service_items"
+        unique_together = (("code", "version"),)
+        indexes = (("code", "is_current"),)
+
+
+class Case(Model):
+    """A submitted application, keeping the item version and the form as submitted."""
+
+    id = fields.BigIntField(primary_key=True)
+    case_no = fields.CharField(max_length=32, unique=True)
+    user: fields.ForeignKeyRelation[User] = fields.ForeignKeyField(
+        "models.User", related_name="cases", on_delete=fields.RESTRICT
+    )
+    service_item: fields.ForeignKeyRelation[ServiceItem] = fields.ForeignKeyField(
+        "models.ServiceItem", related_name="cases", on_delete=fields.RESTRICT
+    )
+    service_code = fields.CharField(max_length=64, db_index=True)
+    status = fields.CharEnumField(CaseStatus, max_length=32, default=CaseStatus.SUBMITTED, db_index=True)
+    form_snapshot = fields.JSONField(default=dict)
+    materials = fields.JSONField(default=list)
+    fee_fen = fields.IntField(null=True)
+    platform_case_id = fields.CharField(max_length=64, null=True, unique=True)
+    platform_seq = fields.IntField(default=0)
+    idempotency_key = fields.CharField(max_length=128, null=True)
+    bundle_no = fields.CharField(max_length=32, null=True, db_index=True)
+    row_version = fields.IntField(default=1)
+    submitted_at = fields.DatetimeField(auto_now_add=True)
+    updated_at = fields.DatetimeField(auto_now=True)
+
+    class Meta:
+        table = "cases"
+        unique_together = (("user", "idempotency_key"),)
+
+
+class CaseEvent(Model):
+    """One state change of a case: the timeline shown to the citizen and the audit trail."""
+
+    id = fields.BigIntField(primary_key=True)
+    case: fields.ForeignKeyRelation[Case] = fields.ForeignKeyField(
+        "models.Case", related_name="events", on_delete=fields.CASCADE
+    )
+    at = fields.DatetimeField(auto_now_add=True)
+    actor_type = fields.CharEnumField(ActorType, max_length=16)
+    actor_id = fields.CharField(max_length=64, null=True)
+    from_status = fields.CharField(max_length=32, null=True)
+    to_status = fields.CharField(max_length=32)
+    note = fields.TextField(default="")
+    data = fields.JSONField(default=dict)
+
+    class Meta:
+        table = "case_events"
+        indexes = (("case_id", "at"),)
