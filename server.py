@@ -89,9 +89,7 @@ def create_app(settings: Settings):
     @app.after_server_start
     async def _start_background(app) -> None:
         if settings.TASK_BROKER == "memory":
-            from taskiq.cli.scheduler.run import SchedulerLoop
-
-            app.add_task(SchedulerLoop(jobs.scheduler).run(), name="scheduler")
+            app.add_task(jobs.run_embedded_scheduler(), name="scheduler")
         log.info("serving", extra={"url": f"http://{settings.HOST}:{settings.PORT}", "embedded": settings.embedded})
 
     @app.before_server_stop

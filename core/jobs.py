@@ -53,12 +53,21 @@ broker = create_broker(settings)
 scheduler = TaskiqScheduler(broker, sources=[LabelScheduleSource(broker)])
 
 
+async def run_embedded_scheduler() -> None:
+    """The scheduler loop inside the server process (embedded default only)."""
+    from taskiq.cli.scheduler.run import SchedulerLoop
+
+    for source in scheduler.sources:
+        await source.startup()
+    await SchedulerLoop(scheduler).run()
+
+
 @broker.on_event(TaskiqEvents.WORKER_STARTUP)
 async def _worker_startup(state: TaskiqState) -> None:
     from storage.db import init_db
 
     state.redis = create_redis(settings)
-    state.keys = keys
+    state.redis_keys = keys
     # With the in-memory broker the app has already set up the ORM; share it.
     state.owns_db = await init_db(settings)
 
@@ -75,18 +84,18 @@ async def _worker_shutdown(state: TaskiqState) -> None:
 # -- jobs ------------------------------------------------------------------------------
 
 
-@broker.task(task_name="zb.heartbeat", schedule=[{"cron": "* * * * *"}])
+@broker.task(task_name="zb.heartbeat", schedule=[{"interval": 30}])
 async def heartbeat(context: Context = TaskiqDepends()) -> float:
     """Records that a worker ran a scheduled job; /readyz reports how long ago that was."""
     now = time.time()
-    await context.state.redis.set(context.state.keys("heartbeat", "jobs"), str(now), ex=3600)
+    await context.state.redis.set(context.state.redis_keys("heartbeat", "jobs"), str(now), ex=3600)
     return now
 
 
 @broker.task(task_name="zb.echo")
 async def echo(payload: dict[str, Any], context: Context = TaskiqDepends()) -> dict[str, Any]:
     """Writes `payload` under a key it names and returns it: the operators' and tests' probe."""
-    await context.state.redis.set(context.state.keys("echo", payload["key"]), str(payload.get("value")), ex=600)
+    await context.state.redis.set(context.state.redis_keys("echo", payload["key"]), str(payload.get("value")), ex=600)
     return payload
 
 

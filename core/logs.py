@@ -117,7 +117,7 @@ def logging_config(level: str = "INFO") -> dict[str, Any]:
         "root": {"level": level, "handlers": ["json"]},
         "loggers": {
             name: {"level": level, "handlers": ["json"], "propagate": False}
-            for name in ("sanic.root", "sanic.error", "sanic.access", "sanic.server", "sanic.websockets", "zhangban")
+            for name in ("sanic.root", "sanic.error", "sanic.access", "sanic.server", "sanic.websockets", "zhangban", "taskiq", "tortoise")
         },
     }
 

@@ -1,0 +1,283 @@
+"""Test fixtures: real servers in subprocesses, real databases, real Redis.
+
+Backends come from the environment, so CI runs the same suite twice:
+- embedded default: nothing set; SQLite files in temporary folders, fakeredis inside the server;
+- production parts: TEST_DATABASE_URL=postgresql://... and TEST_REDIS_URL=redis://...;
+  each run creates its own PostgreSQL databases and Redis key prefix and drops them after.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+TEST_DATABASE_URL = os.environ.get("TEST_DATABASE_URL") or None
+TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL") or None
+RUN_ID = secrets.token_hex(4)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def base_env(**extra: str) -> dict[str, str]:
+    """A clean environment for a child process: PATH and HOME only, plus `extra`."""
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.environ.get("HOME", "/tmp")}
+    env.update({k: v for k, v in extra.items() if v is not None})
+    return env
+
+
+def run_cli(*args: str, env: dict[str, str], cwd: Path, input: str | None = None, timeout: float = 60):
+    """Runs `python server.py ARGS` to completion."""
+    return subprocess.run(
+        [PYTHON, str(ROOT / "server.py"), *args],
+        env=env,
+        cwd=cwd,
+        input=input,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+# -- databases -----------------------------------------------------------------------------
+
+
+def _pg_admin_url() -> str:
+    return TEST_DATABASE_URL.replace("postgresql://", "postgres://", 1)
+
+
+async def _pg_execute(sql: str, url: str | None = None) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(url or _pg_admin_url())
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+def _pg_url_for(dbname: str) -> str:
+    parts = urlsplit(_pg_admin_url())
+    return urlunsplit((parts.scheme, parts.netloc, "/" + dbname, parts.query, ""))
+
+
+@dataclass
+class Database:
+    """A database made for one test (or run): its URL and how to query it."""
+
+    kind: str
+    url: str
+    path: Path | None = None
+
+    def query(self, sql: str) -> list[tuple]:
+        if self.kind == "sqlite":
+            import sqlite3
+
+            with sqlite3.connect(self.path) as conn:
+                return conn.execute(sql).fetchall()
+
+        async def fetch():
+            import asyncpg
+
+            conn = await asyncpg.connect(self.url.replace("postgresql://", "postgres://", 1))
+            try:
+                return [tuple(r) for r in await conn.fetch(sql)]
+            finally:
+                await conn.close()
+
+        return asyncio.run(fetch())
+
+
+def backends() -> list[str]:
+    """The database kinds this run can test on: SQLite always, PostgreSQL when configured."""
+    return ["sqlite", "postgres"] if TEST_DATABASE_URL else ["sqlite"]
+
+
+class DatabaseFactory:
+    """Makes empty databases and drops them at the end."""
+
+    def __init__(self, tmp: Path):
+        self.tmp = tmp
+        self.made: list[str] = []
+
+    def new(self, kind: str) -> Database:
+        if kind == "sqlite":
+            path = self.tmp / f"db-{secrets.token_hex(4)}" / "zb.sqlite3"
+            return Database("sqlite", f"sqlite://{path}", path)
+        name = f"zbt_{RUN_ID}_{secrets.token_hex(3)}"
+        asyncio.run(_pg_execute(f'CREATE DATABASE "{name}"'))
+        self.made.append(name)
+        return Database("postgres", _pg_url_for(name))
+
+    def drop_all(self) -> None:
+        for name in self.made:
+            asyncio.run(_pg_execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(scope="session")
+def databases(tmp_path_factory) -> Iterator[DatabaseFactory]:
+    factory = DatabaseFactory(tmp_path_factory.mktemp("databases"))
+    yield factory
+    factory.drop_all()
+
+
+# -- Redis ---------------------------------------------------------------------------------
+
+
+def _drop_redis_prefix(prefix: str) -> None:
+    import redis
+
+    client = redis.Redis.from_url(TEST_REDIS_URL)
+    try:
+        keys = list(client.scan_iter(match=prefix + "*", count=1000))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()
+
+
+def production_env(database: Database, prefix: str, **extra: str) -> dict[str, str]:
+    """Environment for a production-mode process on the test PostgreSQL/Redis."""
+    return base_env(
+        DATABASE_URL=database.url,
+        REDIS_URL=TEST_REDIS_URL,
+        REDIS_KEY_PREFIX=prefix,
+        TASK_BROKER="redis",
+        SECRET_KEY=secrets.token_urlsafe(48),
+        FIELD_ENCRYPTION_KEY=base64.urlsafe_b64encode(secrets.token_bytes(32)).decode(),
+        **extra,
+    )
+
+
+# -- servers -------------------------------------------------------------------------------
+
+
+@dataclass
+class Process:
+    """A child process with its output going to a log file."""
+
+    proc: subprocess.Popen
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+    def stop(self, timeout: float = 20) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+def spawn(args: list[str], *, env: dict[str, str], cwd: Path, log_path: Path) -> Process:
+    handle = open(log_path, "wb")
+    proc = subprocess.Popen(
+        [PYTHON, str(ROOT / "server.py"), *args], env=env, cwd=cwd, stdout=handle, stderr=subprocess.STDOUT
+    )
+    handle.close()
+    return Process(proc, log_path)
+
+
+@dataclass
+class Server(Process):
+    """A running `server.py serve` and how to reach it."""
+
+    url: str = ""
+    database: Database | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    cwd: Path | None = None
+    helpers: list[Process] = field(default_factory=list)
+
+    def client(self, **kwargs) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=10, **kwargs)
+
+    def cli(self, *args: str, input: str | None = None):
+        return run_cli(*args, env=self.env, cwd=self.cwd, input=input)
+
+    def stop(self, timeout: float = 20) -> int:
+        for helper in self.helpers:
+            helper.stop(timeout)
+        return super().stop(timeout)
+
+
+def wait_healthy(server: Server, timeout: float = 40) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.proc.poll() is not None:
+            raise AssertionError(f"server exited with {server.proc.returncode}:\n{server.log()[-4000:]}")
+        try:
+            if httpx.get(server.url + "/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    server.stop()
+    raise AssertionError(f"server not healthy within {timeout}s:\n{server.log()[-4000:]}")
+
+
+def start_server(env: dict[str, str], cwd: Path, *, database: Database | None = None, with_workers: bool = False) -> Server:
+    """Starts `python server.py serve` on a free port (plus worker and scheduler if asked)."""
+    port = free_port()
+    cwd.mkdir(parents=True, exist_ok=True)
+    helpers = []
+    if with_workers:
+        helpers = [
+            spawn(["worker", "--processes", "1"], env=env, cwd=cwd, log_path=cwd / "worker.log"),
+            spawn(["scheduler"], env=env, cwd=cwd, log_path=cwd / "scheduler.log"),
+        ]
+    proc = spawn(["serve", "--port", str(port)], env=env, cwd=cwd, log_path=cwd / "server.log")
+    server = Server(
+        proc.proc, proc.log_path, url=f"http://127.0.0.1:{port}", database=database, env=env, cwd=cwd, helpers=helpers
+    )
+    wait_healthy(server)
+    return server
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory, databases) -> Iterator[Server]:
+    """The run's shared server: embedded default, or PostgreSQL + Redis + worker + scheduler."""
+    cwd = tmp_path_factory.mktemp("server")
+    limits = {"REQUEST_MAX_SIZE": "65536", "LOG_LEVEL": "INFO"}
+    if TEST_DATABASE_URL and TEST_REDIS_URL:
+        database = databases.new("postgres")
+        prefix = f"zbt{RUN_ID}:"
+        env = production_env(database, prefix, **limits)
+        srv = start_server(env, cwd, database=database, with_workers=True)
+    else:
+        database = databases.new("sqlite")
+        env = base_env(DATABASE_URL=database.url, **limits)
+        srv = start_server(env, cwd, database=database)
+        prefix = None
+    yield srv
+    srv.stop()
+    if prefix:
+        _drop_redis_prefix(prefix)
+
+
+@pytest.fixture
+def client(server) -> Iterator[httpx.Client]:
+    with server.client() as c:
+        yield c
