@@ -1,0 +1,1 @@
+"""Official-account callback: crypto, parsing, routing, replies, FAQ answers."""

@@ -1,0 +1,1 @@
+"""Core-platform adapter (signed HTTP) and a runnable platform simulator."""
