@@ -132,9 +132,14 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
         workers=settings.WORKERS,
         access_log=True,
         motd=False,
-        single_process=False,
+        # One worker runs in this process: no manager process, no start-up ack race
+        # (a SIGTERM that lands before Sanic's worker ack otherwise stalls the stop for 30 s).
+        single_process=settings.WORKERS == 1,
     )
-    Sanic.serve(primary=app, app_loader=loader)
+    if settings.WORKERS == 1:
+        Sanic.serve_single(primary=app)
+    else:
+        Sanic.serve(primary=app, app_loader=loader)
     return 0
 
 
@@ -315,7 +320,16 @@ def main(argv: list[str] | None = None) -> int:
     from core.logs import setup_logging
 
     setup_logging(settings.LOG_LEVEL)
-    return COMMANDS[command][0](settings, args) or 0
+    try:
+        return COMMANDS[command][0](settings, args) or 0
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # one readable line for the operator; the details go to the log
+        from core.logs import mask_text
+
+        log.error("%s failed", command, exc_info=exc)
+        print(f"{command}: {type(exc).__name__}: {mask_text(str(exc)).splitlines()[0] if str(exc) else ''}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

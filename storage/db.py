@@ -86,8 +86,11 @@ async def close_db() -> None:
 
 async def migrate(settings: Settings, *, progress=None) -> None:
     """Applies every pending migration; does nothing when the schema is current."""
-    await _tortoise_migrate(config=tortoise_config(settings), progress=progress)
-    await connections.close_all()
+    try:
+        await _tortoise_migrate(config=tortoise_config(settings), progress=progress)
+    finally:
+        # An open SQLite connection's thread would keep the process from exiting.
+        await connections.close_all()
 
 
 async def ping() -> None:
