@@ -145,35 +145,48 @@ class CatalogueError(Exception):
         self.problems = problems
 
 
+def _reference_problems(raw: dict) -> list[str]:
+    """Problems between items and the declared departments/themes, read from the raw file."""
+    problems: list[str] = []
+    if not isinstance(raw, dict) or not isinstance(raw.get("items"), list):
+        return problems
+    declared = lambda key: {d.get("code") for d in raw.get(key) or [] if isinstance(d, dict)}  # noqa: E731
+    departments, themes = declared("departments"), declared("themes")
+    seen: dict[str, int] = {}
+    for i, item in enumerate(raw["items"]):
+        if not isinstance(item, dict):
+            continue
+        code = item.get("code")
+        if isinstance(code, str):
+            if code in seen:
+                problems.append(f"items.{i}.code: duplicate of items.{seen[code]}.code '{code}'")
+            seen.setdefault(code, i)
+        department = item.get("department")
+        if isinstance(department, str) and department not in departments:
+            problems.append(f"items.{i}.department: unknown department '{department}'")
+        for j, theme in enumerate(item.get("themes") or []):
+            if isinstance(theme, str) and theme not in themes:
+                problems.append(f"items.{i}.themes.{j}: unknown theme '{theme}'")
+    return problems
+
+
 def parse_catalogue(text: str) -> Catalogue:
-    """The validated catalogue in `text`; raises CatalogueError listing every problem."""
+    """The validated catalogue in `text`; raises CatalogueError listing every problem at once."""
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise CatalogueError([f"yaml: {exc}"]) from None
+    problems: list[str] = []
+    catalogue = None
     try:
         catalogue = Catalogue.model_validate(raw)
     except ValidationError as exc:
-        raise CatalogueError(
-            [
-                f"{'.'.join(str(p) for p in e['loc']) or '(top)'}: {e['msg'].removeprefix('Value error, ')}"
-                for e in exc.errors(include_url=False)
-            ]
-        ) from None
-    problems: list[str] = []
-    departments = {d.code for d in catalogue.departments}
-    themes = {t.code for t in catalogue.themes}
-    seen: dict[str, int] = {}
-    for i, item in enumerate(catalogue.items):
-        if item.code in seen:
-            problems.append(f"items.{i}.code: duplicate of items.{seen[item.code]}.code '{item.code}'")
-        seen.setdefault(item.code, i)
-        if item.department not in departments:
-            problems.append(f"items.{i}.department: unknown department '{item.department}'")
-        for j, theme in enumerate(item.themes):
-            if theme not in themes:
-                problems.append(f"items.{i}.themes.{j}: unknown theme '{theme}'")
-    if problems:
+        problems = [
+            f"{'.'.join(str(p) for p in e['loc']) or '(top)'}: {e['msg'].removeprefix('Value error, ')}"
+            for e in exc.errors(include_url=False)
+        ]
+    problems += _reference_problems(raw)
+    if problems or catalogue is None:
         raise CatalogueError(problems)
     return catalogue
 

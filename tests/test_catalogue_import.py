@@ -1,0 +1,48 @@
+"""Catalogue import is all or nothing and names every problem with its path."""
+
+from __future__ import annotations
+
+import yaml
+
+from handlers.catalog import DEMO_CATALOGUE
+from tests.conftest import base_env, run_cli
+
+
+def test_broken_catalogue_lists_every_problem_and_changes_nothing(databases, tmp_path):
+    db = databases.new("sqlite")
+    env = base_env(DATABASE_URL=db.url)
+    data = yaml.safe_load(DEMO_CATALOGUE.read_text(encoding="utf-8"))
+    data["items"][0]["fee"] = {"kind": "fixed"}  # no amount
+    data["items"][1]["promised_days"] = 999  # beyond the legal limit
+    data["items"][2]["department"] = "nowhere"
+    data["items"][3]["code"] = data["items"][4]["code"]
+    data["items"][5]["materials"][0]["kinds"] = ["exe"]
+    broken = tmp_path / "broken.yaml"
+    broken.write_text(yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")
+
+    result = run_cli("import-catalogue", str(broken), env=env, cwd=tmp_path)
+    assert result.returncode == 1
+    err = result.stderr
+    assert "nothing changed" in err
+    assert "items.0.fee: fixed fee needs amount_fen" in err
+    assert "items.1: promised_days cannot exceed legal_days" in err
+    assert "items.5.materials.0.kinds.0" in err
+    assert "items.2.department: unknown department 'nowhere'" in err
+    assert "items.4.code: duplicate of items.3.code" in err
+    assert db.query("SELECT count(*) FROM service_items") == [(0,)]
+
+
+def test_changed_item_becomes_a_new_version(databases, tmp_path):
+    db = databases.new("sqlite")
+    env = base_env(DATABASE_URL=db.url)
+    assert run_cli("load-demo", env=env, cwd=tmp_path).returncode == 0
+    data = yaml.safe_load(DEMO_CATALOGUE.read_text(encoding="utf-8"))
+    data["items"][0]["promised_days"] = 10
+    changed = tmp_path / "changed.yaml"
+    changed.write_text(yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")
+    result = run_cli("import-catalogue", str(changed), env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "1 item(s) published, 9 unchanged" in result.stdout
+    code = data["items"][0]["code"]
+    rows = db.query(f"SELECT version, is_current FROM service_items WHERE code = '{code}' ORDER BY version")
+    assert rows == [(1, 0), (2, 1)]
