@@ -88,13 +88,17 @@ def create_app(settings: Settings):
 
     @app.after_server_start
     async def _start_background(app) -> None:
+        app.ctx.scheduler_task = None
         if settings.TASK_BROKER == "memory":
-            app.add_task(jobs.run_embedded_scheduler(), name="scheduler")
+            app.ctx.scheduler_task = asyncio.get_running_loop().create_task(jobs.run_embedded_scheduler())
         log.info("serving", extra={"url": f"http://{settings.HOST}:{settings.PORT}", "embedded": settings.embedded})
 
     @app.before_server_stop
     async def _stop_background(app) -> None:
-        await app.cancel_task("scheduler", raise_exception=False)
+        task = app.ctx.scheduler_task
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
 
     @app.after_server_stop
     async def _close(app) -> None:
