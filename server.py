@@ -30,8 +30,13 @@ def create_app(settings: Settings):
     from sanic import Sanic
     from sanic_ext import Extend
 
+    import httpx
+
     from core import http, ops
     from core.logs import logging_config
+    from core.ratelimit import Limiter
+    from handlers.auth import TokenStore
+    from storage.crypto import FieldCipher
     from storage.redis import Keys, create_redis
 
     install(settings)
@@ -69,10 +74,21 @@ def create_app(settings: Settings):
     app.ctx.keys = Keys(settings.REDIS_KEY_PREFIX)
 
     from console import auth as console_auth
+    from console import citizens as console_citizens
+    from miniprogram_api import auth as mp_auth
+    from miniprogram_api import identity as mp_identity
 
     http.install(app)
     app.blueprint(ops.bp)
     app.blueprint(console_auth.bp)
+    app.blueprint(console_citizens.bp)
+    app.blueprint(mp_auth.bp)
+    app.blueprint(mp_identity.bp)
+    if settings.simulated("WeChat mini-program") or settings.simulated("WeChat official account"):
+        from wechat.simulator import SimState, simulator_blueprint
+
+        app.ctx.wechat_sim = SimState()
+        app.blueprint(simulator_blueprint(app.ctx.wechat_sim, url_prefix=WECHAT_SIM_PREFIX))
 
     @app.before_server_start
     async def _open(app) -> None:
@@ -80,6 +96,13 @@ def create_app(settings: Settings):
 
         await init_db(settings)
         app.ctx.redis = create_redis(settings)
+        app.ctx.http = httpx.AsyncClient(
+            timeout=httpx.Timeout(8.0, connect=3.0), limits=httpx.Limits(max_connections=100)
+        )
+        app.ctx.cipher = FieldCipher(settings.field_encryption_key(), settings.field_encryption_old_keys())
+        app.ctx.tokens = TokenStore(redis=app.ctx.redis, keys=app.ctx.keys, access_ttl_s=settings.ACCESS_TOKEN_TTL)
+        app.ctx.limiter = Limiter(settings)
+        app.ctx.wechat_mp = wechat_client(settings, "mp", redis=app.ctx.redis, http=app.ctx.http)
         app.ctx.broker = jobs.broker
         try:
             await jobs.broker.startup()
@@ -107,10 +130,38 @@ def create_app(settings: Settings):
         try:
             await jobs.broker.shutdown()
         finally:
+            await app.ctx.http.aclose()
             await app.ctx.redis.aclose()
             await close_db()
 
     return app
+
+
+WECHAT_SIM_PREFIX = "/_sim/wechat"
+# The simulator's own apps, used when a WeChat channel is left unset (embedded default).
+SIM_APPS = {
+    "mp": ("wx_sim_miniprogram", "sim_mp_secret_0123456789abcdef"),
+    "oa": ("wx_sim_officialacct", "sim_oa_secret_0123456789abcdef"),
+}
+
+
+def wechat_client(settings: Settings, which: str, *, redis, http):
+    """The WeChat client for the mini-program ("mp") or official account ("oa")."""
+    from storage.redis import Keys
+    from wechat.client import WeChatClient
+
+    channel = {"mp": "WeChat mini-program", "oa": "WeChat official account"}[which]
+    if settings.simulated(channel):
+        appid, secret = SIM_APPS[which]
+        base_url = settings.local_base_url + WECHAT_SIM_PREFIX
+    else:
+        appid = settings.WECHAT_MP_APPID if which == "mp" else settings.WECHAT_OA_APPID
+        secret = settings.WECHAT_MP_SECRET if which == "mp" else settings.WECHAT_OA_SECRET
+        base_url = settings.WECHAT_API_BASE
+    keys = Keys(settings.REDIS_KEY_PREFIX)
+    return WeChatClient(
+        appid=appid, secret=secret, base_url=base_url, redis=redis, token_key=keys("wechat", "token", appid), http=http
+    )
 
 
 # -- sub-commands ----------------------------------------------------------------------------
@@ -265,6 +316,17 @@ def cmd_scheduler(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rotate_keys(settings: Settings, args: argparse.Namespace) -> int:
+    """Reseals personal data under the current FIELD_ENCRYPTION_KEY (old keys in FIELD_ENCRYPTION_OLD_KEYS)."""
+    from handlers.identity import rotate_keys
+    from storage.crypto import FieldCipher
+
+    cipher = FieldCipher(settings.field_encryption_key(), settings.field_encryption_old_keys())
+    counts = asyncio.run(_with_db(settings, lambda: rotate_keys(cipher=cipher)))
+    print(f"resealed {counts['users']} user(s) and {counts['addresses']} address(es) under key {cipher.current_id.hex()}")
+    return 0
+
+
 def cmd_check_jobs(settings: Settings, args: argparse.Namespace) -> int:
     """Sends a probe job and waits for a worker to run it: proves the job pipeline end to end."""
     from core.jobs import probe_jobs
@@ -283,6 +345,7 @@ COMMANDS = {
     "load-demo": (cmd_import_catalogue, "load the demo catalogue (data/catalogue.yaml)"),
     "import-catalogue": (cmd_import_catalogue, "validate and publish a catalogue YAML file"),
     "create-official": (cmd_create_official, "create an official's console account"),
+    "rotate-keys": (cmd_rotate_keys, "reseal personal data under the current FIELD_ENCRYPTION_KEY"),
     "check-jobs": (cmd_check_jobs, "send a probe job and wait for a worker to run it"),
 }
 

@@ -172,7 +172,7 @@ class Server:
         deadline = began + START_TIMEOUT
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"exited with code {self.proc.returncode} before answering; see {self.log_path}")
+                raise RuntimeError(f"exited with code {self.proc.returncode} before answering (its output follows)")
             try:
                 with urllib.request.urlopen(self.url, timeout=1.0) as response:
                     if response.status == 200:
@@ -183,7 +183,7 @@ class Server:
             except (urllib.error.URLError, OSError):
                 pass
             time.sleep(0.1)
-        raise RuntimeError(f"no 200 from {self.url} within {START_TIMEOUT:.0f} s; see {self.log_path}")
+        raise RuntimeError(f"no 200 from {self.url} within {START_TIMEOUT:.0f} s (its output follows)")
 
     def stop(self) -> float | None:
         """SIGINT to the main process, then SIGKILL to its process group if it lingers."""
@@ -270,7 +270,7 @@ def wait_until_quiet(limit: float, quiet_for: int = 5) -> float:
         quiet = quiet + 1 if busy <= BUSY else 0
         if quiet >= quiet_for or time.monotonic() >= deadline:
             return busy
-        if not told:
+        if not told and busy > BUSY:
             print(f"  the machine is {busy:.0%} busy with other processes: waiting up to {limit:.0f} s for quiet",
                   flush=True)
             told = True
@@ -300,15 +300,18 @@ def run_wrk(cmd: list[str], seconds: int) -> tuple[str, float]:
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         proc = subprocess.Popen(cmd, stdout=out, stderr=err, text=True)
         deadline = time.monotonic() + seconds + 60
-        while True:
-            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-            if pid:
-                break
-            if time.monotonic() > deadline:
-                proc.kill()
-                proc.wait()
-                raise RuntimeError(f"wrk did not finish within {seconds + 60} s")
-            time.sleep(0.05)
+        try:
+            while True:
+                pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+                if pid:
+                    break
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"wrk did not finish within {seconds + 60} s")
+                time.sleep(0.05)
+        except BaseException:  # timeout, Ctrl-C, SIGTERM: wrk goes too
+            proc.kill()
+            proc.wait()
+            raise
         proc.returncode = os.waitstatus_to_exitcode(status)
         out.seek(0)
         err.seek(0)
@@ -532,6 +535,7 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started with SIGINT ignored
     signal.signal(signal.SIGTERM, _raise_interrupt)  # stop our servers on SIGTERM too
 
     targets = [

@@ -89,6 +89,8 @@ class Settings(BaseSettings):
     MEDIA_ROOT: str = "var/media"
     SECRET_KEY: str | None = None
     FIELD_ENCRYPTION_KEY: str | None = None
+    # Earlier master keys, comma-separated: they still open old rows until `rotate-keys` runs.
+    FIELD_ENCRYPTION_OLD_KEYS: str | None = None
 
     WECHAT_API_BASE: str = "https://api.weixin.qq.com"
     WECHAT_MP_APPID: str | None = None
@@ -124,6 +126,7 @@ class Settings(BaseSettings):
     RESPONSE_TIMEOUT: float = Field(30.0, gt=0)
     GRACEFUL_SHUTDOWN_TIMEOUT: float = Field(15.0, gt=0)
     REDIS_KEY_PREFIX: str = Field("zb:", min_length=1, max_length=64)
+    ACCESS_TOKEN_TTL: int = Field(900, ge=1, le=86400)
 
     # -- per-field checks ------------------------------------------------------------
 
@@ -131,6 +134,7 @@ class Settings(BaseSettings):
         "REDIS_URL",
         "SECRET_KEY",
         "FIELD_ENCRYPTION_KEY",
+        "FIELD_ENCRYPTION_OLD_KEYS",
         "PUBLIC_BASE_URL",
         *[name for group in CHANNEL_GROUPS.values() for name in group],
         mode="before",
@@ -171,14 +175,16 @@ class Settings(BaseSettings):
     @field_validator("FIELD_ENCRYPTION_KEY")
     @classmethod
     def _field_key(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        try:
-            raw = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
-        except ValueError:
-            raise ValueError("must be base64 of 32 random bytes") from None
-        if len(raw) != 32:
-            raise ValueError(f"must decode to 32 bytes, got {len(raw)}")
+        if value is not None:
+            _decode_key(value)
+        return value
+
+    @field_validator("FIELD_ENCRYPTION_OLD_KEYS")
+    @classmethod
+    def _old_keys(cls, value: str | None) -> str | None:
+        if value is not None:
+            for part in value.split(","):
+                _decode_key(part.strip())
         return value
 
     @field_validator("WECHAT_OA_AES_KEY")
@@ -262,7 +268,29 @@ class Settings(BaseSettings):
             "field_encryption_key",
             lambda: base64.urlsafe_b64encode(secrets.token_bytes(32)).decode(),
         )
-        return base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
+        return _decode_key(value)
+
+    def field_encryption_old_keys(self) -> list[bytes]:
+        """Earlier master keys that still open old rows."""
+        if not self.FIELD_ENCRYPTION_OLD_KEYS:
+            return []
+        return [_decode_key(part.strip()) for part in self.FIELD_ENCRYPTION_OLD_KEYS.split(",") if part.strip()]
+
+    @property
+    def local_base_url(self) -> str:
+        """How this process reaches itself (for the in-process simulators)."""
+        host = "127.0.0.1" if self.HOST in {"0.0.0.0", "::", ""} else self.HOST
+        return f"http://{host}:{self.PORT}"
+
+
+def _decode_key(value: str) -> bytes:
+    try:
+        raw = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
+    except ValueError:
+        raise ValueError("must be base64 of 32 random bytes") from None
+    if len(raw) != 32:
+        raise ValueError(f"must decode to 32 bytes, got {len(raw)}")
+    return raw
 
 
 def _local_secret(name: str, make: Callable[[], str]) -> str:

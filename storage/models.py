@@ -3,7 +3,8 @@
 Personal data (names, ID numbers, phones, WeChat session keys) is stored only encrypted
 (`*_enc`, AES-GCM by `storage.crypto`, filled by the identity issue) with a keyed digest
 (`*_digest`) beside it where we must look a value up or keep it unique.
-Schema changes go through `python server.py makemigrations`, never by hand.
+Schema changes go through `python server.py makemigrations`, never by hand. Class docstrings
+become table comments: keep semicolons and apostrophes out of them (SQLite DDL breaks).
 """
 
 from __future__ import annotations
@@ -56,7 +57,11 @@ class User(Model):
     identity_level = fields.CharEnumField(IdentityLevel, max_length=2, default=IdentityLevel.L1)
     real_name_enc = fields.BinaryField(null=True)
     id_number_enc = fields.BinaryField(null=True)
-    id_number_digest = fields.CharField(max_length=64, unique=True, null=True)
+    # Blind index of the declared ID number; `verified_id_digest` is set only after a passed
+    # face check and is unique: one verified ID number belongs to one account.
+    id_number_digest = fields.CharField(max_length=64, null=True, db_index=True)
+    verified_id_digest = fields.CharField(max_length=64, unique=True, null=True)
+    key_id = fields.CharField(max_length=8, null=True)
     phone_enc = fields.BinaryField(null=True)
     phone_digest = fields.CharField(max_length=64, null=True, db_index=True)
     session_key_enc = fields.BinaryField(null=True)
@@ -67,6 +72,64 @@ class User(Model):
 
     class Meta:
         table = "users"
+
+
+class Address(Model):
+    """A mailing address of a citizen, for results sent by post, every part encrypted."""
+
+    id = fields.BigIntField(primary_key=True)
+    user: fields.ForeignKeyRelation[User] = fields.ForeignKeyField(
+        "models.User", related_name="addresses", on_delete=fields.CASCADE
+    )
+    recipient_enc = fields.BinaryField()
+    phone_enc = fields.BinaryField()
+    region_code = fields.CharField(max_length=6)
+    detail_enc = fields.BinaryField()
+    is_default = fields.BooleanField(default=False)
+    created_at = fields.DatetimeField(auto_now_add=True)
+    updated_at = fields.DatetimeField(auto_now=True)
+
+    class Meta:
+        table = "addresses"
+
+
+class RefreshToken(Model):
+    """A refresh token, stored hashed, rotating ones share a family that is revoked together."""
+
+    id = fields.BigIntField(primary_key=True)
+    user: fields.ForeignKeyRelation[User] = fields.ForeignKeyField(
+        "models.User", related_name="refresh_tokens", on_delete=fields.CASCADE
+    )
+    family = fields.CharField(max_length=32, db_index=True)
+    token_hash = fields.CharField(max_length=64, unique=True)
+    expires_at = fields.DatetimeField()
+    used_at = fields.DatetimeField(null=True)
+    revoked_at = fields.DatetimeField(null=True)
+    created_at = fields.DatetimeField(auto_now_add=True)
+
+    class Meta:
+        table = "refresh_tokens"
+
+
+class FaceVerification(Model):
+    """One face check (人脸核身) session: our out_seq_no, WeChat's verify_id, the outcome."""
+
+    id = fields.BigIntField(primary_key=True)
+    user: fields.ForeignKeyRelation[User] = fields.ForeignKeyField(
+        "models.User", related_name="face_verifications", on_delete=fields.CASCADE
+    )
+    out_seq_no = fields.CharField(max_length=32, unique=True)
+    verify_id = fields.CharField(max_length=128, unique=True)
+    cert_hash = fields.CharField(max_length=64)
+    id_number_digest = fields.CharField(max_length=64)
+    status = fields.CharField(max_length=16, default="pending")  # pending | passed | failed
+    verify_ret = fields.IntField(null=True)
+    expires_at = fields.DatetimeField()
+    created_at = fields.DatetimeField(auto_now_add=True)
+    finished_at = fields.DatetimeField(null=True)
+
+    class Meta:
+        table = "face_verifications"
 
 
 class Official(Model):

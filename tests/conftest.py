@@ -256,21 +256,74 @@ def start_server(env: dict[str, str], cwd: Path, *, database: Database | None = 
     return server
 
 
+# -- the WeChat simulator, a separate server ---------------------------------------------
+
+SIM_MP_APPID, SIM_MP_SECRET = "wx_sim_miniprogram", "sim_mp_secret_0123456789abcdef"
+
+
+@dataclass
+class WeChatSim:
+    """The WeChat simulator running as its own server, and its control API."""
+
+    url: str
+    process: subprocess.Popen
+
+    def control(self, path: str, payload: dict | None = None) -> dict:
+        if payload is None:
+            response = httpx.get(f"{self.url}/__sim__/{path}", timeout=10)
+        else:
+            response = httpx.post(f"{self.url}/__sim__/{path}", json=payload, timeout=10)
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    def login_code(self, openid: str | None = None, unionid: str | None = None) -> tuple[str, str]:
+        """(code, openid) as wx.login would give them to the mini-program."""
+        if openid is None:
+            openid = self.control("users", {"appid": SIM_MP_APPID, "unionid": unionid} if unionid else {"appid": SIM_MP_APPID})["openid"]
+        return self.control("login-code", {"appid": SIM_MP_APPID, "openid": openid})["code"], openid
+
+
 @pytest.fixture(scope="session")
-def server(tmp_path_factory, databases) -> Iterator[Server]:
-    """The run's shared server: embedded default, or PostgreSQL + Redis + worker + scheduler."""
-    cwd = tmp_path_factory.mktemp("server")
-    limits = {"REQUEST_MAX_SIZE": "65536", "LOG_LEVEL": "INFO"}
+def wechat_sim(tmp_path_factory) -> Iterator[WeChatSim]:
+    port = free_port()
+    log = open(tmp_path_factory.mktemp("wechat-sim") / "sim.log", "wb")
+    proc = subprocess.Popen(
+        [PYTHON, "-m", "wechat.simulator", "--host", "127.0.0.1", "--port", str(port)],
+        cwd=ROOT, env=base_env(PYTHONPATH=str(ROOT)), stdout=log, stderr=subprocess.STDOUT,
+    )
+    sim = WeChatSim(f"http://127.0.0.1:{port}", proc)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            httpx.get(sim.url + "/__sim__/stats", timeout=1)
+            break
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    yield sim
+    proc.terminate()
+    proc.wait(10)
+
+
+def wechat_env(sim: WeChatSim) -> dict[str, str]:
+    return {"WECHAT_API_BASE": sim.url, "WECHAT_MP_APPID": SIM_MP_APPID, "WECHAT_MP_SECRET": SIM_MP_SECRET}
+
+
+def make_server(tmp_path_factory, databases, wechat_sim, name: str, **extra: str) -> tuple[Server, str | None]:
+    """A server on this run's backends, talking to the WeChat simulator server."""
+    cwd = tmp_path_factory.mktemp(name)
+    settings = {"REQUEST_MAX_SIZE": "65536", "LOG_LEVEL": "INFO", **wechat_env(wechat_sim), **extra}
     if TEST_DATABASE_URL and TEST_REDIS_URL:
         database = databases.new("postgres")
-        prefix = f"zbt{RUN_ID}:"
-        env = production_env(database, prefix, **limits)
-        srv = start_server(env, cwd, database=database, with_workers=True)
-    else:
-        database = databases.new("sqlite")
-        env = base_env(DATABASE_URL=database.url, **limits)
-        srv = start_server(env, cwd, database=database)
-        prefix = None
+        prefix = f"zbt{RUN_ID}{name}:"
+        return start_server(production_env(database, prefix, **settings), cwd, database=database, with_workers=name == "server"), prefix
+    database = databases.new("sqlite")
+    return start_server(base_env(DATABASE_URL=database.url, **settings), cwd, database=database), None
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory, databases, wechat_sim) -> Iterator[Server]:
+    """The run's shared server: embedded default, or PostgreSQL + Redis + worker + scheduler."""
+    srv, prefix = make_server(tmp_path_factory, databases, wechat_sim, "server")
     yield srv
     srv.stop()
     if prefix:

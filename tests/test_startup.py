@@ -24,6 +24,14 @@ def test_no_environment_at_all_serves_healthz_over_http(tmp_path):
         assert ready.json()["checks"] == {"database": "ok", "redis": "ok"}
         # The embedded default keeps its SQLite file under var/ of the working folder.
         assert (tmp_path / "var" / "zb.sqlite3").is_file()
+        # WeChat is simulated in-process: a citizen can sign in with no keys configured.
+        sim = server.url + "/_sim/wechat/__sim__"
+        openid = httpx.post(sim + "/users", json={"appid": "wx_sim_miniprogram"}).json()["openid"]
+        code = httpx.post(sim + "/login-code", json={"appid": "wx_sim_miniprogram", "openid": openid}).json()["code"]
+        login = httpx.post(server.url + "/api/v1/auth/login", json={"code": code})
+        assert login.status_code == 200, login.text
+        me = httpx.get(server.url + "/api/v1/me", headers={"Authorization": "Bearer " + login.json()["access_token"]})
+        assert me.json()["identity_level"] == "L1"
     finally:
         code = server.stop()
     assert code == 0, server.log()[-3000:]

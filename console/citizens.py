@@ -1,0 +1,30 @@
+"""`/console/api/citizens`: an official reads a citizen's personal data, with a reason, audited."""
+
+from __future__ import annotations
+
+from sanic import Blueprint, Request
+from sanic.response import HTTPResponse, json
+
+from console.auth import current_session
+from core.http import request_id
+from core.openapi import document
+from handlers.personal_data import read_citizen
+
+bp = Blueprint("console_citizens", url_prefix="/console/api/citizens")
+
+
+@bp.get("/<user_id:int>")
+@document(summary="Read a citizen's clear personal data (role personal_data; ?reason= required; audited)", tag="console", errors=(401, 403, 404, 422))
+async def citizen(request: Request, user_id: int) -> HTTPResponse:
+    session = await current_session(request, unsafe=False)
+    data = await read_citizen(
+        official=session.official,
+        user_id=user_id,
+        reason=request.args.get("reason", ""),
+        cipher=request.app.ctx.cipher,
+        ip=request.remote_addr or request.ip,
+        request_id=request_id(request),
+    )
+    response = json(data)
+    response.headers["Cache-Control"] = "no-store"
+    return response

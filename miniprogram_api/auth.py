@@ -1,0 +1,62 @@
+"""`/api/v1/auth`: WeChat login, token refresh, logout."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+from sanic import Blueprint, Request
+from sanic.response import HTTPResponse, json
+
+from core.http import json_body
+from core.openapi import document
+from handlers import auth
+from miniprogram_api.deps import citizen, client_ip
+
+bp = Blueprint("mp_auth", url_prefix="/api/v1/auth")
+
+
+class LoginIn(BaseModel):
+    code: str = Field(min_length=1, max_length=128, description="the code from wx.login()")
+
+
+class RefreshIn(BaseModel):
+    refresh_token: str = Field(min_length=16, max_length=256)
+
+
+class UserRef(BaseModel):
+    id: int
+    identity_level: str
+
+
+class TokensOut(BaseModel):
+    access_token: str
+    refresh_token: str
+    expires_in: int
+    token_type: str
+    user: UserRef
+
+
+@bp.post("/login")
+@document(summary="Sign in with a wx.login code", tag="auth", body=LoginIn, response=TokensOut, errors=(400, 422, 429, 503))
+async def login(request: Request) -> HTTPResponse:
+    body = json_body(request, LoginIn)
+    ctx = request.app.ctx
+    await ctx.limiter.hit("login", "ip", client_ip(request))
+    pair = await auth.login(code=body.code, wechat=ctx.wechat_mp, tokens=ctx.tokens, cipher=ctx.cipher, ip=client_ip(request))
+    return json(pair.body())
+
+
+@bp.post("/refresh")
+@document(summary="Rotate the refresh token for a new pair", tag="auth", body=RefreshIn, response=TokensOut, errors=(401, 422, 429))
+async def refresh(request: Request) -> HTTPResponse:
+    body = json_body(request, RefreshIn)
+    await request.app.ctx.limiter.hit("refresh", "ip", client_ip(request))
+    pair = await request.app.ctx.tokens.refresh(body.refresh_token)
+    return json(pair.body())
+
+
+@bp.post("/logout")
+@document(summary="Sign out: revoke this login's tokens", tag="auth", errors=(401,))
+@citizen
+async def logout(request: Request) -> HTTPResponse:
+    await request.app.ctx.tokens.revoke_family(request.ctx.principal.family)
+    return HTTPResponse(status=204)

@@ -1,0 +1,218 @@
+"""A non-blocking client for the WeChat server API (mini-program and official account).
+
+Access tokens come from `/cgi-bin/stable_token` in normal mode and are cached in Redis. Only
+one process refreshes at a time (a Redis lock); the others wait for the lock and then read the
+token the winner stored, so concurrent refreshes never overwrite each other. A call rejected
+with 40001/42001 drops the cached token only if it is still the one that failed (compare and
+delete in one Lua step), then retries once. `errcode -1` (system busy), timeouts and 5xx are
+retried with exponential backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from redis.asyncio import Redis
+
+from core.errors import ApiError
+
+log = logging.getLogger("zhangban.wechat")
+
+TOKEN_MARGIN_S = 300  # refresh this long before WeChat's expiry
+TOKEN_ERRCODES = {40001, 42001, 40014}
+BUSY_ERRCODE = -1
+RETRIES = 3
+
+_DROP_IF_SAME = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+# errcode -> (our code, HTTP status, Chinese message)
+_ERRORS: dict[int, tuple[str, int, str]] = {
+    40029: ("wechat_code_invalid", 400, "微信登录凭证无效，请重新进入小程序"),
+    40163: ("wechat_code_used", 400, "微信登录凭证已被使用，请重新进入小程序"),
+    40226: ("wechat_user_blocked", 403, "该微信账号存在风险，暂不能登录"),
+    43101: ("subscription_refused", 409, "用户未订阅该消息"),
+    43004: ("follower_unsubscribed", 409, "用户已取消关注公众号"),
+    45015: ("outside_service_window", 409, "已超过48小时客服消息时限"),
+    45009: ("wechat_quota_exceeded", 503, "微信接口调用次数已达上限，请稍后再试"),
+    40013: ("wechat_misconfigured", 502, "微信服务配置有误，请联系管理员"),
+    40125: ("wechat_misconfigured", 502, "微信服务配置有误，请联系管理员"),
+}
+
+
+class WeChatError(ApiError):
+    """WeChat answered with an errcode; `errcode`/`errmsg` keep its own words for the log."""
+
+    def __init__(self, errcode: int, errmsg: str, path: str):
+        code, status, message = _ERRORS.get(errcode, ("wechat_error", 502, "微信服务暂时不可用，请稍后再试"))
+        super().__init__(message, code=code, status=status, details={"errcode": errcode})
+        self.errcode, self.errmsg, self.path = errcode, errmsg, path
+
+
+class WeChatUnavailable(ApiError):
+    status, code, message = 503, "wechat_unavailable", "微信服务暂时不可用，请稍后再试"
+
+
+@dataclass(frozen=True)
+class LoginSession:
+    openid: str
+    session_key: str
+    unionid: str | None
+
+
+class WeChatClient:
+    """The WeChat server API for one app (appid/secret), sharing tokens through Redis."""
+
+    def __init__(
+        self,
+        *,
+        appid: str,
+        secret: str,
+        base_url: str,
+        redis: Redis,
+        token_key: str,
+        http: httpx.AsyncClient,
+        backoff_s: float = 0.2,
+    ):
+        self.appid, self._secret, self.base_url = appid, secret, base_url.rstrip("/")
+        self._redis, self._token_key, self._lock_key = redis, token_key, token_key + ":lock"
+        self._http = http
+        self._local_lock = asyncio.Lock()
+        self._drop_if_same = redis.register_script(_DROP_IF_SAME)
+        self._backoff_s = backoff_s
+
+    # -- transport ---------------------------------------------------------------------
+
+    async def _request(self, method: str, path: str, **kwargs) -> dict[str, Any]:
+        """One WeChat call with retries for busy, timeouts and 5xx; returns the JSON body."""
+        delay = self._backoff_s
+        for attempt in range(1, RETRIES + 1):
+            try:
+                response = await self._http.request(method, self.base_url + path, **kwargs)
+                if response.status_code >= 500:
+                    raise httpx.HTTPStatusError("server error", request=response.request, response=response)
+                body = response.json()
+            except (httpx.TransportError, httpx.HTTPStatusError, ValueError) as exc:
+                if attempt == RETRIES:
+                    log.warning("wechat %s unreachable: %s", path, type(exc).__name__)
+                    raise WeChatUnavailable() from None
+            else:
+                errcode = body.get("errcode", 0) if isinstance(body, dict) else 0
+                if errcode != BUSY_ERRCODE or attempt == RETRIES:
+                    return body
+            await asyncio.sleep(delay * (1 + random.random() / 2))
+            delay *= 2
+        raise AssertionError("unreachable")
+
+    # -- access tokens -------------------------------------------------------------------
+
+    async def access_token(self) -> str:
+        """A valid access token: the cached one, or a fresh one fetched by one process only."""
+        cached = await self._redis.get(self._token_key)
+        if cached:
+            return cached.decode()
+        async with self._local_lock:  # coroutines of this process queue here, not at Redis
+            cached = await self._redis.get(self._token_key)
+            if cached:
+                return cached.decode()
+            lock = self._redis.lock(self._lock_key, timeout=15, blocking_timeout=20)
+            if not await lock.acquire():
+                raise WeChatUnavailable()
+            try:
+                cached = await self._redis.get(self._token_key)  # another process may have won
+                if cached:
+                    return cached.decode()
+                return await self._fetch_token()
+            finally:
+                try:
+                    await lock.release()
+                except Exception:  # lock expired under us; the token is stored either way
+                    log.warning("wechat token lock expired before release")
+
+    async def _fetch_token(self) -> str:
+        body = await self._request(
+            "POST",
+            "/cgi-bin/stable_token",
+            json={"grant_type": "client_credential", "appid": self.appid, "secret": self._secret, "force_refresh": False},
+        )
+        if body.get("errcode"):
+            raise WeChatError(body["errcode"], body.get("errmsg", ""), "/cgi-bin/stable_token")
+        token, expires_in = body["access_token"], int(body.get("expires_in", 7200))
+        await self._redis.set(self._token_key, token, ex=max(expires_in - TOKEN_MARGIN_S, 60))
+        log.info("wechat access token refreshed", extra={"appid": self.appid, "expires_in": expires_in})
+        return token
+
+    async def drop_token(self, token: str) -> bool:
+        """Forgets the cached token if it is still `token`; True if it was dropped."""
+        return bool(await self._drop_if_same(keys=[self._token_key], args=[token]))
+
+    async def call(self, path: str, payload: dict[str, Any]) -> dict[str, Any]:
+        """POSTs `payload` to `path` with an access token; one retry after a stale token."""
+        for attempt in (1, 2):
+            token = await self.access_token()
+            body = await self._request("POST", path, params={"access_token": token}, json=payload)
+            errcode = body.get("errcode", 0)
+            if errcode in TOKEN_ERRCODES and attempt == 1:
+                await self.drop_token(token)
+                continue
+            if errcode:
+                raise WeChatError(errcode, body.get("errmsg", ""), path)
+            return body
+        raise AssertionError("unreachable")
+
+    # -- mini-program APIs ---------------------------------------------------------------
+
+    async def code2session(self, code: str) -> LoginSession:
+        """The openid, session_key and unionid for a `wx.login` code."""
+        body = await self._request(
+            "GET",
+            "/sns/jscode2session",
+            params={"appid": self.appid, "secret": self._secret, "js_code": code, "grant_type": "authorization_code"},
+        )
+        if body.get("errcode"):
+            raise WeChatError(body["errcode"], body.get("errmsg", ""), "/sns/jscode2session")
+        return LoginSession(openid=body["openid"], session_key=body["session_key"], unionid=body.get("unionid"))
+
+    async def phone_number(self, code: str) -> str:
+        """The user's bare mobile number for a `getPhoneNumber` code."""
+        body = await self.call("/wxa/business/getuserphonenumber", {"code": code})
+        return body["phone_info"]["purePhoneNumber"]
+
+    async def get_verify_id(self, *, out_seq_no: str, name: str, id_number: str, openid: str) -> tuple[str, int]:
+        """A face-verification session id for `wx.requestFacialVerify`, and its lifetime."""
+        body = await self.call(
+            "/cityservice/face/identify/getverifyid",
+            {
+                "out_seq_no": out_seq_no,
+                "cert_info": {"cert_type": "IDENTITY_CARD", "cert_name": name, "cert_no": id_number},
+                "openid": openid,
+            },
+        )
+        return body["verify_id"], int(body.get("expires_in", 3600))
+
+    async def query_verify_info(self, *, verify_id: str, out_seq_no: str, cert_hash: str, openid: str) -> int:
+        """The `verify_ret` of a finished face verification (10000 means passed)."""
+        body = await self.call(
+            "/cityservice/face/identify/queryverifyinfo",
+            {"verify_id": verify_id, "out_seq_no": out_seq_no, "cert_hash": cert_hash, "openid": openid},
+        )
+        return int(body["verify_ret"])
+
+
+def cert_hash(*, name: str, id_number: str, cert_type: str = "IDENTITY_CARD") -> str:
+    """WeChat's cert_hash: sha256 hex of `cert_type=<b64>&cert_name=<b64>&cert_no=<b64>`."""
+    import base64
+    import hashlib
+
+    b64 = lambda v: base64.b64encode(v.encode("utf-8")).decode()  # noqa: E731
+    return hashlib.sha256(f"cert_type={b64(cert_type)}&cert_name={b64(name)}&cert_no={b64(id_number)}".encode()).hexdigest()
