@@ -36,6 +36,8 @@ def create_app(settings: Settings):
     from core.logs import logging_config
     from core.ratelimit import Limiter
     from handlers.auth import TokenStore
+    from handlers.catalog import CatalogueReader
+    from handlers.drafts import Drafts
     from storage.crypto import FieldCipher
     from storage.redis import Keys, create_redis
 
@@ -76,7 +78,9 @@ def create_app(settings: Settings):
     from console import auth as console_auth
     from console import citizens as console_citizens
     from miniprogram_api import auth as mp_auth
+    from miniprogram_api import drafts as mp_drafts
     from miniprogram_api import identity as mp_identity
+    from miniprogram_api import services as mp_services
 
     http.install(app)
     app.blueprint(ops.bp)
@@ -84,6 +88,8 @@ def create_app(settings: Settings):
     app.blueprint(console_citizens.bp)
     app.blueprint(mp_auth.bp)
     app.blueprint(mp_identity.bp)
+    app.blueprint(mp_services.bp)
+    app.blueprint(mp_drafts.bp)
     if settings.simulated("WeChat mini-program") or settings.simulated("WeChat official account"):
         from wechat.simulator import SimState, simulator_blueprint
 
@@ -103,6 +109,8 @@ def create_app(settings: Settings):
         app.ctx.tokens = TokenStore(redis=app.ctx.redis, keys=app.ctx.keys, access_ttl_s=settings.ACCESS_TOKEN_TTL)
         app.ctx.limiter = Limiter(settings)
         app.ctx.wechat_mp = wechat_client(settings, "mp", redis=app.ctx.redis, http=app.ctx.http)
+        app.ctx.catalogue = CatalogueReader(redis=app.ctx.redis, keys=app.ctx.keys)
+        app.ctx.drafts = Drafts(cipher=app.ctx.cipher, ttl_days=settings.DRAFT_TTL_DAYS)
         app.ctx.broker = jobs.broker
         try:
             await jobs.broker.startup()
@@ -236,18 +244,41 @@ def cmd_import_catalogue(settings: Settings, args: argparse.Namespace) -> int:
     """Validates a catalogue YAML file whole, then publishes every changed item."""
     from handlers.catalog import DEMO_CATALOGUE, CatalogueError, load_catalogue_file
 
+    from storage.redis import Keys, create_redis
+
     path = Path(args.file) if getattr(args, "file", None) else DEMO_CATALOGUE
     if not path.is_file():
         print(f"{path}: file not found", file=sys.stderr)
         return 2
+
+    async def publish():
+        redis = create_redis(settings)
+        try:
+            return await load_catalogue_file(path, redis=redis, keys=Keys(settings.REDIS_KEY_PREFIX))
+        finally:
+            await redis.aclose()
+
     try:
-        counts = asyncio.run(_with_db(settings, lambda: load_catalogue_file(path)))
+        counts = asyncio.run(_with_db(settings, publish))
     except CatalogueError as exc:
         print(f"{path}: {len(exc.problems)} problem(s), nothing changed:", file=sys.stderr)
         for problem in exc.problems:
             print(f"  {problem}", file=sys.stderr)
         return 1
     print(f"{path.name}: {counts['published']} item(s) published, {counts['unchanged']} unchanged")
+    return 0
+
+
+def cmd_export_catalogue(settings: Settings, args: argparse.Namespace) -> int:
+    """Writes the current catalogue as YAML (the import format) to FILE or stdout."""
+    from handlers.catalog import export_catalogue
+
+    text = asyncio.run(_with_db(settings, export_catalogue))
+    if args.file == "-":
+        sys.stdout.write(text)
+    else:
+        Path(args.file).write_text(text, encoding="utf-8")
+        print(f"catalogue written to {args.file}")
     return 0
 
 
@@ -344,6 +375,7 @@ COMMANDS = {
     "makemigrations": (cmd_makemigrations, "write a migration for model changes (developers)"),
     "load-demo": (cmd_import_catalogue, "load the demo catalogue (data/catalogue.yaml)"),
     "import-catalogue": (cmd_import_catalogue, "validate and publish a catalogue YAML file"),
+    "export-catalogue": (cmd_export_catalogue, "write the current catalogue as YAML (FILE, or - for stdout)"),
     "create-official": (cmd_create_official, "create an official's console account"),
     "rotate-keys": (cmd_rotate_keys, "reseal personal data under the current FIELD_ENCRYPTION_KEY"),
     "check-jobs": (cmd_check_jobs, "send a probe job and wait for a worker to run it"),
@@ -362,6 +394,7 @@ def build_parser() -> argparse.ArgumentParser:
     parsers["serve"].add_argument("--port", type=int, help="override PORT")
     parsers["makemigrations"].add_argument("--name", help="a name for the migration")
     parsers["import-catalogue"].add_argument("file", help="catalogue YAML file")
+    parsers["export-catalogue"].add_argument("file", help="where to write the YAML, or - for stdout")
     official = parsers["create-official"]
     official.add_argument("--username", required=True)
     official.add_argument("--name", help="display name (defaults to the username)")

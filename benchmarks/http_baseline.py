@@ -86,6 +86,7 @@ class Result:
     non_2xx: int = 0
     socket_errors: str | None = None
     skipped: str | None = None
+    attempts: int = 1  # measurements made of this target (more when the machine was not quiet)
     others_cpu: float = 0.0  # share of the machine's CPU used by other processes while measuring
     failed: str | None = None
     log_problems: list[str] = field(default_factory=list)
@@ -394,6 +395,9 @@ def section(results: list[Result], args: argparse.Namespace, machine: str, when:
     )
     notes = []
     for r in results:
+        if r.attempts > 1:
+            notes.append(f"- {r.target.label} ×{r.target.workers}: measured {r.attempts} times because other processes "
+                         "disturbed it; the least disturbed attempt is shown")
         if r.others_cpu > BUSY:
             notes.append(f"- {r.target.label} ×{r.target.workers}: other processes used {r.others_cpu:.0%} of the CPU "
                          "while it was measured: its numbers are low")
@@ -429,14 +433,15 @@ def section(results: list[Result], args: argparse.Namespace, machine: str, when:
     if starts:
         body.append(f"- Time from start to the first 200 on /healthz (includes migrations): {starts}.")
     if notes:
-        body += ["- Problems seen:", *[f"  {n}" for n in notes]]
+        body += ["- Notes and problems seen:", *[f"  {n}" for n in notes]]
     return "\n".join(body) + "\n"
 
 
-def write_results(text: str) -> None:
+def write_results(text: str, title: str = SECTION) -> None:
+    """Replaces the `title` section of RESULTS.md with `text` (appends it if missing); keeps the others."""
     existing = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
     lines = existing.splitlines(keepends=True)
-    start = next((i for i, line in enumerate(lines) if line.rstrip() == SECTION), None)
+    start = next((i for i, line in enumerate(lines) if line.rstrip() == title), None)
     if start is None:
         new = existing.rstrip("\n") + "\n\n" + text
     else:
@@ -573,7 +578,9 @@ def main(argv: list[str] | None = None) -> int:
                 if attempt < args.retries:
                     print("  the machine was not quiet: measuring this target again", flush=True)
             # The attempt least disturbed by other processes (never the fastest by choice).
-            results.append(min(attempts, key=lambda r: (r.failed is not None, r.others_cpu)))
+            chosen = min(attempts, key=lambda r: (r.failed is not None, r.others_cpu))
+            chosen.attempts = len(attempts)
+            results.append(chosen)
     except KeyboardInterrupt:
         interrupted = True
         print("\ninterrupted: stopping the servers", file=sys.stderr)

@@ -92,6 +92,16 @@ async def heartbeat(context: Context = TaskiqDepends()) -> float:
     return now
 
 
+@broker.task(task_name="zb.purge_drafts", schedule=[{"cron": "17 3 * * *", "cron_offset": "Asia/Shanghai"}])
+async def purge_drafts() -> int:
+    """Deletes drafts past their expiry (nightly)."""
+    from handlers.drafts import purge_expired_drafts
+
+    count = await purge_expired_drafts()
+    log.info("expired drafts purged", extra={"count": count})
+    return count
+
+
 @broker.task(task_name="zb.echo")
 async def echo(payload: dict[str, Any], context: Context = TaskiqDepends()) -> dict[str, Any]:
     """Writes `payload` under a key it names and returns it: the operators' and tests' probe."""

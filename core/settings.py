@@ -127,6 +127,7 @@ class Settings(BaseSettings):
     GRACEFUL_SHUTDOWN_TIMEOUT: float = Field(15.0, gt=0)
     REDIS_KEY_PREFIX: str = Field("zb:", min_length=1, max_length=64)
     ACCESS_TOKEN_TTL: int = Field(900, ge=1, le=86400)
+    DRAFT_TTL_DAYS: int = Field(30, ge=1, le=365)
 
     # -- per-field checks ------------------------------------------------------------
 
@@ -227,6 +228,11 @@ class Settings(BaseSettings):
             problems.append(
                 "WORKERS: more than 1 worker needs REDIS_URL "
                 "(fakeredis and the in-memory broker live inside one process)"
+            )
+        elif self.WORKERS > 1 and self.TASK_BROKER == "memory":
+            problems.append(
+                "WORKERS: more than 1 worker needs TASK_BROKER=redis "
+                "(with the in-memory broker every worker would run the periodic jobs)"
             )
         if self.TASK_BROKER == "redis" and self.REDIS_URL is None:
             problems.append("TASK_BROKER: 'redis' needs REDIS_URL")

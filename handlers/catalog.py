@@ -17,7 +17,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from tortoise.transactions import in_transaction
 
-from storage.models import IdentityLevel, ServiceItem
+from handlers.forms import FormDef
+from storage.models import CatalogueState, IdentityLevel, ServiceItem
 
 DEMO_CATALOGUE = Path(__file__).resolve().parent.parent / "data" / "catalogue.yaml"
 
@@ -116,7 +117,7 @@ class Item(_Strict):
     steps: list[Step] = Field(min_length=1)
     result: Result | None = None
     materials: list[Material] = Field(default_factory=list)
-    form: dict | None = None
+    form: FormDef | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> Item:
@@ -125,7 +126,20 @@ class Item(_Strict):
         keys = [m.key for m in self.materials]
         if len(keys) != len(set(keys)):
             raise ValueError("material keys must be unique within an item")
+        if self.form is not None:
+            unknown = [k for k in self.form.material_keys() if k not in keys]
+            if unknown:
+                raise ValueError(f"form names materials the item does not list: {', '.join(unknown)}")
         return self
+
+
+class Bundle(_Strict):
+    """一件事: several items applied for with one merged form and one material list."""
+
+    code: str = Field(pattern=r"^[a-z][a-z0-9_-]*$")
+    name: str
+    summary: str = ""
+    items: list[str] = Field(min_length=2)
 
 
 class Catalogue(_Strict):
@@ -135,6 +149,7 @@ class Catalogue(_Strict):
     themes: list[Named] = Field(default_factory=list)
     synonyms: list[list[str]] = Field(default_factory=list)
     items: list[Item] = Field(min_length=1)
+    bundles: list[Bundle] = Field(default_factory=list)
 
 
 class CatalogueError(Exception):
@@ -167,6 +182,11 @@ def _reference_problems(raw: dict) -> list[str]:
         for j, theme in enumerate(item.get("themes") or []):
             if isinstance(theme, str) and theme not in themes:
                 problems.append(f"items.{i}.themes.{j}: unknown theme '{theme}'")
+    for i, bundle in enumerate(raw.get("bundles") or []):
+        if isinstance(bundle, dict):
+            for j, code in enumerate(bundle.get("items") or []):
+                if code not in seen:
+                    problems.append(f"bundles.{i}.items.{j}: unknown item '{code}'")
     return problems
 
 
@@ -198,10 +218,14 @@ def _item_content(catalogue: Catalogue, item: Item) -> dict:
     return content
 
 
-async def publish_catalogue(catalogue: Catalogue) -> dict[str, int]:
+async def publish_catalogue(catalogue: Catalogue, *, redis=None, keys=None) -> dict[str, int]:
     """Publishes every changed item as a new version, all in one transaction; counts what happened."""
     counts = {"published": 0, "unchanged": 0}
+    shared = catalogue.model_dump(mode="json", by_alias=True, include={"region", "departments", "themes", "synonyms", "bundles"})
     async with in_transaction():
+        state = await CatalogueState.get_or_none(id="catalogue")
+        if state is None:
+            state = await CatalogueState.create(id="catalogue", revision=0, content={})
         for item in catalogue.items:
             content = _item_content(catalogue, item)
             digest = hashlib.sha256(json.dumps(content, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
@@ -223,9 +247,157 @@ async def publish_catalogue(catalogue: Catalogue) -> dict[str, int]:
                 is_current=True,
             )
             counts["published"] += 1
+        if counts["published"] or state.content != shared:
+            state.content = shared
+            state.revision += 1
+            await state.save()
+    if redis is not None:  # readers re-check the revision at once instead of within REVISION_TTL_S
+        await redis.delete(keys("catalog", "revision"))
     return counts
 
 
-async def load_catalogue_file(path: Path) -> dict[str, int]:
+async def load_catalogue_file(path: Path, *, redis=None, keys=None) -> dict[str, int]:
     """Validates the whole file at `path`, then publishes it; raises CatalogueError first if bad."""
-    return await publish_catalogue(parse_catalogue(path.read_text(encoding="utf-8")))
+    return await publish_catalogue(parse_catalogue(path.read_text(encoding="utf-8")), redis=redis, keys=keys)
+
+
+async def export_catalogue() -> str:
+    """The current catalogue as YAML in the import format (round-trips through import)."""
+    state = await CatalogueState.get_or_none(id="catalogue")
+    shared = dict(state.content) if state else {}
+    items = []
+    for row in await ServiceItem.filter(is_current=True).order_by("code"):
+        content = dict(row.content)
+        content.pop("department_name", None)
+        items.append(content)
+    document = {"schema": 1, **{k: shared.get(k) for k in ("region", "departments", "themes", "synonyms")}, "items": items}
+    if shared.get("bundles"):
+        document["bundles"] = shared["bundles"]
+    return yaml.safe_dump(document, allow_unicode=True, sort_keys=False, width=100)
+
+
+# -- reading the published catalogue (cached) ---------------------------------------------------
+
+REVISION_TTL_S = 30
+CACHE_TTL_S = 3600
+
+
+class CatalogueReader:
+    """Reads the current catalogue through a Redis cache keyed by the catalogue revision.
+
+    The revision lives in the database (bumped by every publish); Redis keeps it for
+    REVISION_TTL_S, and a publish through this process deletes it at once. Item guides and
+    the summary list are cached per revision, so a publish invalidates everything in one step.
+    """
+
+    def __init__(self, *, redis, keys):
+        self.redis, self.keys = redis, keys
+        self._search: tuple[int, object] | None = None
+
+    async def revision(self) -> int:
+        cached = await self.redis.get(self.keys("catalog", "revision"))
+        if cached is not None:
+            return int(cached)
+        state = await CatalogueState.get_or_none(id="catalogue")
+        revision = state.revision if state else 0
+        await self.redis.set(self.keys("catalog", "revision"), revision, ex=REVISION_TTL_S)
+        return revision
+
+    async def _cached(self, name: str, load):
+        revision = await self.revision()
+        key = self.keys("catalog", revision, name)
+        raw = await self.redis.get(key)
+        if raw is not None:
+            return json.loads(raw)
+        value = await load()
+        await self.redis.set(key, json.dumps(value, ensure_ascii=False), ex=CACHE_TTL_S)
+        return value
+
+    async def shared(self) -> dict:
+        """Region, departments, themes, synonyms and bundles."""
+
+        async def load():
+            state = await CatalogueState.get_or_none(id="catalogue")
+            return dict(state.content) if state else {}
+
+        return await self._cached("shared", load)
+
+    async def summaries(self) -> list[dict]:
+        """Every current item in code order, as list entries."""
+
+        async def load():
+            rows = await ServiceItem.filter(is_current=True).order_by("code")
+            return [summary(row.content) for row in rows]
+
+        return await self._cached("summaries", load)
+
+    async def guide(self, code: str) -> dict | None:
+        """The full guide of the current version of `code`, or None."""
+
+        async def load():
+            row = await ServiceItem.get_or_none(code=code, is_current=True)
+            return None if row is None else guide(row)
+
+        return await self._cached(f"guide:{code}", load)
+
+    async def search_index(self):
+        """The search index of the current revision, built once per process per revision."""
+        from handlers.search import SearchIndex
+
+        revision = await self.revision()
+        if self._search is None or self._search[0] != revision:
+            rows = await ServiceItem.filter(is_current=True).order_by("code")
+            shared = await self.shared()
+            self._search = (revision, SearchIndex.build([r.content for r in rows], shared.get("synonyms") or []))
+        return self._search[1]
+
+
+def _fee(content: dict) -> dict:
+    fee = content["fee"]
+    out = {"kind": fee["kind"], "amount_fen": fee.get("amount_fen")}
+    if fee.get("basis"):
+        out["basis"] = fee["basis"]
+    return out
+
+
+def summary(content: dict) -> dict:
+    """The list entry of an item."""
+    return {
+        "code": content["code"],
+        "name": content["name"],
+        "sub_name": content.get("sub_name"),
+        "department": content.get("department_name") or content["department"],
+        "department_code": content["department"],
+        "themes": content.get("themes", []),
+        "flags": content["flags"],
+        "fee": _fee(content),
+        "promised_days": content["promised_days"],
+    }
+
+
+def guide(row: ServiceItem) -> dict:
+    """The full guide of an item version (六统一 elements, materials, form)."""
+    c = row.content
+    return {
+        "code": c["code"],
+        "version": row.version,
+        "name": c["name"],
+        "sub_name": c.get("sub_name"),
+        "item_type": c["item_type"],
+        "basis": c["basis"],
+        "legal_days": c["legal_days"],
+        "promised_days": c["promised_days"],
+        "department": c.get("department_name") or c["department"],
+        "region": c["region"],
+        "fee": _fee(c),
+        "flags": c["flags"],
+        "min_identity_level": c["min_identity_level"],
+        "summary": c.get("summary", ""),
+        "conditions": c.get("conditions", []),
+        "steps": c["steps"],
+        "result": c.get("result"),
+        "materials": [
+            {**m, "fetched_by_sharing": m["source"] == "shared"} for m in c.get("materials", [])
+        ],
+        "form": c.get("form"),
+    }

@@ -188,6 +188,18 @@ class ServiceItem(Model):
         indexes = (("code", "is_current"),)
 
 
+class CatalogueState(Model):
+    """Catalogue-wide data (region, departments, themes, synonyms, bundles) and its revision."""
+
+    id = fields.CharField(max_length=32, primary_key=True)  # "catalogue"
+    revision = fields.IntField(default=0)
+    content = fields.JSONField(default=dict)
+    updated_at = fields.DatetimeField(auto_now=True)
+
+    class Meta:
+        table = "catalogue_state"
+
+
 class Case(Model):
     """A submitted application, keeping the item version and the form as submitted."""
 
@@ -200,13 +212,15 @@ class Case(Model):
         "models.ServiceItem", related_name="cases", on_delete=fields.RESTRICT
     )
     service_code = fields.CharField(max_length=64, db_index=True)
+    service_name = fields.CharField(max_length=128, default="")
     status = fields.CharEnumField(CaseStatus, max_length=32, default=CaseStatus.SUBMITTED, db_index=True)
-    form_snapshot = fields.JSONField(default=dict)
-    materials = fields.JSONField(default=list)
+    # The form as submitted, sealed whole: it holds names, ID numbers, phones, addresses.
+    form_snapshot_enc = fields.BinaryField(null=True)
+    materials = fields.JSONField(default=dict)
     fee_fen = fields.IntField(null=True)
     platform_case_id = fields.CharField(max_length=64, null=True, unique=True)
     platform_seq = fields.IntField(default=0)
-    idempotency_key = fields.CharField(max_length=128, null=True)
+    draft_id = fields.CharField(max_length=32, null=True, db_index=True)
     bundle_no = fields.CharField(max_length=32, null=True, db_index=True)
     row_version = fields.IntField(default=1)
     submitted_at = fields.DatetimeField(auto_now_add=True)
@@ -214,7 +228,56 @@ class Case(Model):
 
     class Meta:
         table = "cases"
+
+
+class Draft(Model):
+    """An application being filled in, by one citizen, on the item version it started with."""
+
+    id = fields.CharField(max_length=32, primary_key=True)  # random: ids cannot be guessed
+    user: fields.ForeignKeyRelation[User] = fields.ForeignKeyField(
+        "models.User", related_name="drafts", on_delete=fields.CASCADE
+    )
+    service_code = fields.CharField(max_length=64, null=True)
+    bundle_code = fields.CharField(max_length=64, null=True)
+    item_ids = fields.JSONField(default=list)  # the ServiceItem versions, one per item
+    data_enc = fields.BinaryField()
+    version = fields.IntField(default=1)
+    status = fields.CharField(max_length=16, default="open")  # open | submitted
+    expires_at = fields.DatetimeField(db_index=True)
+    created_at = fields.DatetimeField(auto_now_add=True)
+    updated_at = fields.DatetimeField(auto_now=True)
+
+    class Meta:
+        table = "drafts"
+        indexes = (("user_id", "status"),)
+
+
+class Submission(Model):
+    """An idempotent submit: the same key returns the same cases, a different body is refused."""
+
+    id = fields.BigIntField(primary_key=True)
+    user: fields.ForeignKeyRelation[User] = fields.ForeignKeyField(
+        "models.User", related_name="submissions", on_delete=fields.CASCADE
+    )
+    idempotency_key = fields.CharField(max_length=128)
+    fingerprint = fields.CharField(max_length=64)
+    draft_id = fields.CharField(max_length=32)
+    case_nos = fields.JSONField(default=list)
+    created_at = fields.DatetimeField(auto_now_add=True)
+
+    class Meta:
+        table = "submissions"
         unique_together = (("user", "idempotency_key"),)
+
+
+class DailySequence(Model):
+    """The last number handed out per day and purpose (case numbers)."""
+
+    id = fields.CharField(max_length=32, primary_key=True)  # e.g. "case:20261122"
+    last_value = fields.IntField(default=0)
+
+    class Meta:
+        table = "daily_sequences"
 
 
 class CaseEvent(Model):

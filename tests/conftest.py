@@ -187,7 +187,8 @@ class Process:
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
+                # Kill the whole group so no worker process outlives the test.
+                os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
         return self.proc.returncode
 
@@ -195,7 +196,8 @@ class Process:
 def spawn(args: list[str], *, env: dict[str, str], cwd: Path, log_path: Path) -> Process:
     handle = open(log_path, "wb")
     proc = subprocess.Popen(
-        [PYTHON, str(ROOT / "server.py"), *args], env=env, cwd=cwd, stdout=handle, stderr=subprocess.STDOUT
+        [PYTHON, str(ROOT / "server.py"), *args], env=env, cwd=cwd, stdout=handle, stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     handle.close()
     return Process(proc, log_path)
