@@ -51,7 +51,7 @@ def parse_id_number(raw: str, *, today: date | None = None) -> IdNumber:
     value = (raw or "").strip().upper()
     if len(value) != 18:
         raise InvalidIdentifier(f"身份证号码应为18位，您输入了{len(value)}位")
-    if not re.fullmatch(r"\d{17}[\dX]", value):
+    if not re.fullmatch(r"[0-9]{17}[0-9X]", value):
         raise InvalidIdentifier("身份证号码前17位应为数字，最后一位为数字或X")
     if value[:2] not in PROVINCES:
         raise InvalidIdentifier("身份证号码前两位地区码不存在，请核对")

@@ -67,9 +67,9 @@ MAX_EXPRESSION_LENGTH = 500
 MAX_EXPRESSION_NODES = 200
 MAX_LITERAL = 10**15
 
-_ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
-_PHONE = re.compile(r"^1[3-9]\d{9}$")
-_REGION = re.compile(r"^\d{6}$")
+_ISO_DATE = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")  # ASCII only: Python's \d also matches "٣" and "３"
+_PHONE = re.compile(r"^1[3-9][0-9]{9}$")
+_REGION = re.compile(r"^[0-9]{6}$")
 _PLAIN_ID_LABELS = {"身份证号码", "身份证号", "公民身份号码", "居民身份证号码"}
 _PLAIN_USCC_LABELS = {"统一社会信用代码"}
 
@@ -159,7 +159,8 @@ def compile_expression(text: str) -> Expression:
                 raise ExpressionError(f"'{text}': number {value} is too large")
         if isinstance(node, ast.Compare):
             for op, right in zip(node.ops, node.comparators, strict=True):
-                if isinstance(op, (ast.Is, ast.IsNot)) and not (isinstance(right, ast.Constant) and right.value is None):
+                is_none = isinstance(right, ast.Constant) and right.value is None
+                if isinstance(op, (ast.Is, ast.IsNot)) and not is_none:
                     raise ExpressionError(f"'{text}': 'is' is only allowed as 'is None' / 'is not None'")
         if isinstance(node, ast.Call):
             if not isinstance(node.func, ast.Name) or node.func.id not in FUNCTIONS:
@@ -203,15 +204,16 @@ def _as_date(value: Any) -> date | None:
     return None
 
 
-def _is_empty(value: Any) -> bool:
+def _is_empty(value: Any, *, nested: bool = True) -> bool:
+    """None, blank text, an empty list, or an object whose parts are all that (an unfilled address)."""
     if value is None:
         return True
     if isinstance(value, str):
         return not value.strip()
     if isinstance(value, (list, tuple)):
         return len(value) == 0
-    if isinstance(value, dict):
-        return all(_is_empty(v) for v in value.values())
+    if isinstance(value, dict):  # one level only: client data may nest arbitrarily deep
+        return all(_is_empty(v, nested=False) for v in value.values()) if nested else not value
     return False
 
 
@@ -219,6 +221,8 @@ def _functions(today: date) -> dict[str, Callable]:
     def age(value: Any) -> int | None:
         born = None
         if isinstance(value, str) and len(value.strip()) == 18:
+            if not value.isascii():
+                return None
             try:
                 born = parse_id_number(value, today=today).birth_date
             except InvalidIdentifier:
@@ -253,7 +257,10 @@ def _functions(today: date) -> dict[str, Callable]:
             return None
         return (db - da).days
 
-    return {"age": age, "today": today_, "date_le": date_le, "len": len_, "empty": _is_empty,
+    def empty(value: Any) -> bool:
+        return _is_empty(value)
+
+    return {"age": age, "today": today_, "date_le": date_le, "len": len_, "empty": empty,
             "days_between": days_between}
 
 
@@ -403,7 +410,8 @@ class FieldDef(_Strict):
             for b in bounds:
                 if not isinstance(b, str) or (b != "today" and _as_date(b) is None):
                     raise ValueError("min/max of a date field must be 'today' or a date 'YYYY-MM-DD'")
-            if len(bounds) == 2 and "today" not in bounds and _as_date(self.min) > _as_date(self.max):  # type: ignore[operator]
+            dates = [_as_date(b) for b in bounds if b != "today"]
+            if len(dates) == 2 and dates[0] > dates[1]:  # type: ignore[operator]
                 raise ValueError("min cannot exceed max")
         if self.prefill is not None:
             if self.prefill in _PREFILL_TYPES and t not in _PREFILL_TYPES[self.prefill]:
@@ -484,10 +492,10 @@ class FormDef(_Strict):
                     refs(f"steps.{i}.fields.{j}.{attr}", getattr(field, attr), step if step.repeat else None)
         for k, check in enumerate(self.checks):
             refs(f"checks.{k}.rule", check.rule, None)
-            target = _reference_problem(check.path, steps, None)
-            parts = check.path.split(".")
-            if target or (len(parts) == 2 and steps[parts[0]].repeat) or len(parts) > 2:
-                problems.append(f"checks.{k}.path: '{check.path}' is not a field of a non-repeated step (or a step)")
+            root, _, rest = check.path.partition(".")
+            step = steps.get(root)
+            if step is None or (rest and (step.repeat is not None or rest not in {f.key for f in step.fields})):
+                problems.append(f"checks.{k}.path: '{check.path}' is not a step, nor a field of a non-repeated step")
         if problems:
             raise ValueError("; ".join(problems))
         return self
@@ -556,6 +564,10 @@ def _num(value: float) -> str:
     return str(value)
 
 
+def _date_bound(bound: Any, today: date) -> date | None:
+    return today if bound == "today" else _as_date(bound)
+
+
 def _cn_date(value: date) -> str:
     return f"{value.year}年{value.month}月{value.day}日"
 
@@ -573,9 +585,12 @@ class _Review:
         self.entry: str | None = None  # "members.1" while evaluating rules of that entry
         # Rules read number fields as numbers even when the client sent "1500".
         self.numbers = {(s.key, f.key) for s in form.steps for f in s.fields if f.type == "number"}
-        self.evaluator = simpleeval.SimpleEval(
+        self.evaluator = evaluator = simpleeval.SimpleEval(
             operators=_OPERATORS, functions=_functions(today), names=_Names(self._resolve)
         )
+        # Literal tuples and lists, for `x in ('a', 'b')` (compile_expression allows nothing else compound).
+        evaluator.nodes[ast.Tuple] = lambda node: tuple(evaluator._eval(e) for e in node.elts)
+        evaluator.nodes[ast.List] = lambda node: [evaluator._eval(e) for e in node.elts]
 
     # rules
 
@@ -602,7 +617,7 @@ class _Review:
                 return None
         if isinstance(node, str):
             parts = path.split(".")
-            if len(parts) >= 2 and (parts[0], parts[-1]) in self.numbers:
+            if (len(parts) == 2 or (len(parts) == 3 and parts[1].isdigit())) and (parts[0], parts[-1]) in self.numbers:
                 number = _number(node)
                 return node if number is None else number
         return node
@@ -665,8 +680,8 @@ class _Review:
             if field.type == "material":
                 continue  # materials.<key> is reviewed with the materials
             required = field.required or bool(field.required_if and self.holds(field.required_if, entry=entry))
-            label = field.label if entry is None else f"{step.title}第{int(entry.rsplit('.', 1)[1]) + 1}项的{field.label}"
-            found = _field_problem(field, label, values.get(field.key), required, self.today)
+            where = "" if entry is None else f"{step.title}第{int(entry.rsplit('.', 1)[1]) + 1}项的"
+            found = _field_problem(field, where, values.get(field.key), required, self.today)
             if found:
                 self.add(path, *found)
 
@@ -689,15 +704,16 @@ class _Review:
         self.problems.append(Problem(path, code, message))
 
 
-def _field_problem(field: FieldDef, label: str, value: Any, required: bool, today: date) -> tuple[str, str] | None:
-    """(code, message) of the one problem of this value, or None."""
+def _field_problem(field: FieldDef, where: str, value: Any, required: bool, today: date) -> tuple[str, str] | None:
+    """(code, message) of the one problem of this value, or None; `where` is "随迁人员第2项的" in repeats."""
     t = field.type
+    label = f"{where}“{field.label}”"  # the field as the citizen sees it named
     if _is_empty(value):
         if not required:
             return None
         verb = "选择" if t in ("select", "multiselect", "date", "region") else "填写"
-        return "required", f"请{verb}“{label}”"
-    wrong_type = ("invalid_type", f"“{label}”的填写格式不正确，请重新填写")
+        return "required", f"请{verb}{label}"
+    wrong_type = ("invalid_type", f"{label}的填写格式不正确，请重新填写")
 
     if t in ("text", "textarea"):
         if not isinstance(value, str):
@@ -707,30 +723,27 @@ def _field_problem(field: FieldDef, label: str, value: Any, required: bool, toda
     if t == "number":
         number = _number(value)
         if number is None:
-            return "invalid_number", f"“{label}”请填写数字"
+            return "invalid_number", f"{label}请填写数字"
         if field.min is not None and number < field.min:  # type: ignore[operator]
-            return "out_of_range", f"“{label}”不能小于{_num(field.min)}"  # type: ignore[arg-type]
+            return "out_of_range", f"{label}不能小于{_num(field.min)}"  # type: ignore[arg-type]
         if field.max is not None and number > field.max:  # type: ignore[operator]
-            return "out_of_range", f"“{label}”不能大于{_num(field.max)}"  # type: ignore[arg-type]
+            return "out_of_range", f"{label}不能大于{_num(field.max)}"  # type: ignore[arg-type]
         return None
 
     if t == "date":
         day = _as_date(value) if isinstance(value, str) else None
         if day is None:
-            return "invalid_date", f"“{label}”不是有效的日期，请按“年-月-日”选择"
-        if field.min is not None:
-            low = today if field.min == "today" else _as_date(field.min)
-            if day < low:  # type: ignore[operator]
-                return "out_of_range", f"“{label}”不能早于{'今天' if field.min == 'today' else _cn_date(low)}"  # type: ignore[arg-type]
-        if field.max is not None:
-            high = today if field.max == "today" else _as_date(field.max)
-            if day > high:  # type: ignore[operator]
-                return "out_of_range", f"“{label}”不能晚于{'今天' if field.max == 'today' else _cn_date(high)}"  # type: ignore[arg-type]
+            return "invalid_date", f"{label}不是有效的日期，请按“年-月-日”选择"
+        low, high = _date_bound(field.min, today), _date_bound(field.max, today)
+        if low is not None and day < low:
+            return "out_of_range", f"{label}不能早于{'今天' if field.min == 'today' else _cn_date(low)}"
+        if high is not None and day > high:
+            return "out_of_range", f"{label}不能晚于{'今天' if field.max == 'today' else _cn_date(high)}"
         return None
 
     if t == "select":
-        if value not in {o.value for o in field.options or []}:
-            return "not_an_option", f"“{label}”的选项无效，请重新选择"
+        if not isinstance(value, str) or value not in {o.value for o in field.options or []}:
+            return "not_an_option", f"{label}的选项无效，请重新选择"
         return None
 
     if t == "multiselect":
@@ -738,16 +751,19 @@ def _field_problem(field: FieldDef, label: str, value: Any, required: bool, toda
             return wrong_type
         allowed = {o.value for o in field.options or []}
         if any(not isinstance(v, str) or v not in allowed for v in value):
-            return "not_an_option", f"“{label}”中有无效的选项，请重新选择"
+            return "not_an_option", f"{label}中有无效的选项，请重新选择"
         return None
 
     if t == "id_number":
         if not isinstance(value, str):
             return wrong_type
         try:
+            if not value.isascii():  # core.cn_ids reads any Unicode digit as a digit
+                raise InvalidIdentifier("身份证号码前17位应为数字，最后一位为数字或X")
             parse_id_number(value, today=today)
         except InvalidIdentifier as exc:
-            return "invalid_id_number", str(exc) if label in _PLAIN_ID_LABELS else f"“{label}”：{exc}"
+            plain = not where and field.label in _PLAIN_ID_LABELS
+            return "invalid_id_number", str(exc) if plain else f"{label}：{exc}"
         return None
 
     if t == "uscc":
@@ -756,21 +772,20 @@ def _field_problem(field: FieldDef, label: str, value: Any, required: bool, toda
         try:
             check_uscc(value)
         except InvalidIdentifier as exc:
-            return "invalid_uscc", str(exc) if label in _PLAIN_USCC_LABELS else f"“{label}”：{exc}"
+            plain = not where and field.label in _PLAIN_USCC_LABELS
+            return "invalid_uscc", str(exc) if plain else f"{label}：{exc}"
         return None
 
     if t == "phone":
         if not isinstance(value, str):
             return wrong_type
-        digits = re.sub(r"[\s-]", "", value)
-        if digits.startswith("+86"):
-            digits = digits[3:]
-        if not digits.isdigit():
-            return "invalid_phone", f"“{label}”只能填写数字"
+        digits = value.strip()
+        if not re.fullmatch(r"[0-9]+", digits):
+            return "invalid_phone", f"{label}只能填写数字"
         if len(digits) != 11:
-            return "invalid_phone", f"“{label}”应为11位手机号码，您输入了{len(digits)}位"
+            return "invalid_phone", f"{label}应为11位手机号码，您输入了{len(digits)}位"
         if not _PHONE.fullmatch(digits):
-            return "invalid_phone", f"“{label}”不是有效的手机号码，请核对"
+            return "invalid_phone", f"{label}不是有效的手机号码，请核对"
         return None
 
     if t == "region":
@@ -783,14 +798,14 @@ def _field_problem(field: FieldDef, label: str, value: Any, required: bool, toda
             return wrong_type
         region, detail = value.get("region_code"), value.get("detail")
         if _is_empty(region):
-            return "invalid_address", f"请选择“{label}”的所在地区"
+            return "invalid_address", f"请选择{label}的所在地区"
         if not isinstance(region, str):
             return wrong_type
         found = _region_problem(label, region, "的所在地区")
         if found:
             return found
         if _is_empty(detail):
-            return "invalid_address", f"请填写“{label}”的详细地址（街道、门牌号）"
+            return "invalid_address", f"请填写{label}的详细地址（街道、门牌号）"
         if not isinstance(detail, str):
             return wrong_type
         return _length_problem(label, detail.strip(), field, t, "的详细地址")
@@ -801,25 +816,25 @@ def _field_problem(field: FieldDef, label: str, value: Any, required: bool, toda
 def _length_problem(label: str, text: str, field: FieldDef, t: str, part: str) -> tuple[str, str] | None:
     n = len(text)
     if field.min_length is not None and n < field.min_length:
-        return "too_short", f"“{label}”{part}至少需要填写{field.min_length}个字"
+        return "too_short", f"{label}{part}至少需要填写{field.min_length}个字"
     limit = field.max_length if field.max_length is not None else DEFAULT_MAX_LENGTH[t]
     if n > limit:
-        return "too_long", f"“{label}”{part}最多{limit}个字，您填写了{n}个字"
+        return "too_long", f"{label}{part}最多{limit}个字，您填写了{n}个字"
     return None
 
 
 def _region_problem(label: str, value: str, part: str) -> tuple[str, str] | None:
-    if not _REGION.fullmatch(value.strip()):
-        return "invalid_region", f"“{label}”{part}应为6位行政区划代码，请重新选择"
-    if value.strip()[:2] not in PROVINCES:
-        return "invalid_region", f"“{label}”{part}不存在，请重新选择"
+    if not _REGION.fullmatch(value):
+        return "invalid_region", f"{label}{part}应为6位行政区划代码，请重新选择"
+    if value[:2] not in PROVINCES:
+        return "invalid_region", f"{label}{part}不存在，请重新选择"
     return None
 
 
 def _number(value: Any) -> float | int | None:
     if isinstance(value, bool):
         return None
-    if isinstance(value, str) and re.fullmatch(r"\s*[+-]?\d{1,15}(\.\d{1,10})?\s*", value):
+    if isinstance(value, str) and re.fullmatch(r"\s*[+-]?[0-9]{1,15}(\.[0-9]{1,10})?\s*", value):
         value = float(value) if "." in value else int(value)
     if isinstance(value, (int, float)) and math.isfinite(value):
         return value

@@ -42,7 +42,7 @@ def test_changed_item_becomes_a_new_version(databases, tmp_path):
     changed.write_text(yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")
     result = run_cli("import-catalogue", str(changed), env=env, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert "1 item(s) published, 9 unchanged" in result.stdout
+    assert f"1 item(s) published, {len(data['items']) - 1} unchanged" in result.stdout
     code = data["items"][0]["code"]
     rows = db.query(f"SELECT version, is_current FROM service_items WHERE code = '{code}' ORDER BY version")
     assert rows == [(1, 0), (2, 1)]
