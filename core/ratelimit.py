@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import math
 import time
+from typing import TYPE_CHECKING
 
 from limits import parse
 from limits.aio.storage import MemoryStorage, RedisStorage
 from limits.aio.strategies import MovingWindowRateLimiter
 
 from core.errors import TooManyRequests
-from core.settings import Settings
+
+if TYPE_CHECKING:
+    from core.settings import Settings
 
 RULES = {
     ("login", "ip"): "30/minute",
@@ -27,6 +30,22 @@ RULES = {
 }
 
 
+def parse_overrides(text: str) -> dict[tuple[str, str], str]:
+    """`{(action, scope): rule}` from "login.ip=120/minute,..."; raises ValueError naming the bad part."""
+    out: dict[tuple[str, str], str] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, _, rule = part.partition("=")
+        action, _, scope = name.strip().partition(".")
+        if (action, scope) not in RULES:
+            raise ValueError(f"unknown limit '{name.strip()}' (known: {', '.join(a + '.' + s for a, s in RULES)})")
+        try:
+            parse(rule.strip())
+        except ValueError:
+            raise ValueError(f"bad rule '{rule.strip()}' for {name.strip()} (e.g. 30/minute)") from None
+        out[(action, scope)] = rule.strip()
+    return out
+
+
 class Limiter:
     """Checks and counts hits against the named rules."""
 
@@ -37,7 +56,8 @@ class Limiter:
         else:
             storage = MemoryStorage()
         self._limiter = MovingWindowRateLimiter(storage)
-        self._items = {key: parse(rule) for key, rule in RULES.items()}
+        rules = {**RULES, **parse_overrides(settings.RATE_LIMITS or "")}
+        self._items = {key: parse(rule) for key, rule in rules.items()}
 
     async def hit(self, action: str, scope: str, identifier: object) -> None:
         """Counts one hit; raises 429 rate_limited with Retry-After when over the limit."""

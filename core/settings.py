@@ -128,6 +128,17 @@ class Settings(BaseSettings):
     REDIS_KEY_PREFIX: str = Field("zb:", min_length=1, max_length=64)
     ACCESS_TOKEN_TTL: int = Field(900, ge=1, le=86400)
     DRAFT_TTL_DAYS: int = Field(30, ge=1, le=365)
+    # Overrides of the abuse limits, e.g. "login.ip=120/minute,declare.user=5/hour".
+    RATE_LIMITS: str | None = None
+
+    @field_validator("RATE_LIMITS")
+    @classmethod
+    def _rate_limits(cls, value: str | None) -> str | None:
+        if value:
+            from core.ratelimit import parse_overrides
+
+            parse_overrides(value)
+        return value
 
     # -- per-field checks ------------------------------------------------------------
 

@@ -28,6 +28,8 @@ CASES = [
     ({"WECHATPAY_APIV3_KEY": "abc"}, "WECHATPAY_APIV3_KEY: APIv3 key must be 32 bytes"),
     ({"ALIPAY_PRIVATE_KEY": "/nonexistent/key.pem"}, "ALIPAY_PRIVATE_KEY: file not found: /nonexistent/key.pem"),
     ({"LOG_LEVEL": "LOUD"}, "LOG_LEVEL: must be"),
+    ({"RATE_LIMITS": "login.ip=lots"}, "RATE_LIMITS: bad rule 'lots' for login.ip"),
+    ({"RATE_LIMITS": "logn.ip=5/minute"}, "RATE_LIMITS: unknown limit 'logn.ip'"),
 ]
 
 

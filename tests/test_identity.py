@@ -324,3 +324,17 @@ def test_token_refresh_storm_fetches_one_token(server, wechat_sim):
             return after - before
 
     assert asyncio.run(storm()) == 1
+
+
+def test_login_is_rate_limited_per_ip(tmp_path_factory, databases, wechat_sim):
+    srv, _ = make_server(tmp_path_factory, databases, wechat_sim, "loginlimit", RATE_LIMITS="login.ip=3/minute")
+    try:
+        statuses = []
+        for _ in range(4):
+            code, _openid = wechat_sim.login_code()
+            statuses.append(httpx.post(srv.url + "/api/v1/auth/login", json={"code": code}))
+        assert [r.status_code for r in statuses[:3]] == [200, 200, 200]
+        assert statuses[3].status_code == 429 and statuses[3].json()["code"] == "rate_limited"
+        assert 0 < int(statuses[3].headers["retry-after"]) <= 60
+    finally:
+        srv.stop()
