@@ -20,7 +20,8 @@ from tortoise.exceptions import IntegrityError
 
 from core.errors import ApiError, Unauthenticated
 from storage.crypto import FieldCipher
-from storage.models import ActorType, AuditLog, IdentityLevel, RefreshToken, User
+from handlers import audit
+from storage.models import ActorType, IdentityLevel, RefreshToken, User
 from storage.redis import Keys
 from wechat.client import WeChatClient
 
@@ -157,10 +158,8 @@ async def login(*, code: str, wechat: WeChatClient, tokens: TokenStore, cipher: 
     user.session_key_enc = cipher.encrypt(session.session_key, column="users.session_key")
     await user.save(update_fields=["session_key_enc", "updated_at"])
     pair = await tokens.issue(user)
-    await AuditLog.create(
-        actor_type=ActorType.CITIZEN, actor_id=str(user.id), action="auth.login", target_type="user",
-        target_id=str(user.id), ip=ip,
-    )
+    await audit.record(actor_type=ActorType.CITIZEN, actor_id=user.id, action="auth.login", target_type="user",
+                       target_id=user.id, ip=ip)
     return pair
 
 

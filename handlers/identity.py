@@ -16,7 +16,8 @@ from tortoise.transactions import in_transaction
 from core.cn_ids import InvalidIdentifier, PROVINCES, check_name, mask_id_number, mask_name, mask_phone, parse_id_number
 from core.errors import ApiError, Conflict, NotFound, ValidationFailed
 from storage.crypto import FieldCipher
-from storage.models import ActorType, Address, AuditLog, FaceVerification, IdentityLevel, User
+from handlers import audit
+from storage.models import ActorType, Address, FaceVerification, IdentityLevel, User
 from wechat.client import WeChatClient, cert_hash
 
 FACE_PASSED = 10000
@@ -35,11 +36,9 @@ FACE_FAILURES = {
 }
 
 
-def _audit(user: User, action: str, *, ip: str | None = None, detail: dict | None = None, **kw) -> AuditLog:
-    return AuditLog(
-        actor_type=ActorType.CITIZEN, actor_id=str(user.id), action=action, target_type="user",
-        target_id=str(user.id), ip=ip, detail=detail or {}, **kw,
-    )
+async def _audit(user: User, action: str, *, ip: str | None = None, detail: dict | None = None) -> None:
+    await audit.record(actor_type=ActorType.CITIZEN, actor_id=user.id, action=action, target_type="user",
+                       target_id=user.id, ip=ip, detail=detail)
 
 
 # -- service: checks and views -----------------------------------------------------------------
@@ -142,7 +141,7 @@ async def declare(*, user: User, name: str, id_number: str, transfer: bool, ciph
         user.identity_level = IdentityLevel.L1 if holder is not None else IdentityLevel.L2
     async with in_transaction():
         await user.save()
-        await _audit(user, "identity.declared", ip=ip, detail={"transfer": holder is not None}).save()
+        await _audit(user, "identity.declared", ip=ip, detail={"transfer": holder is not None})
     return user
 
 
@@ -191,7 +190,7 @@ async def finish_face(*, user: User, verify_id: str, wechat: WeChatClient, ip: s
         raise Conflict("人脸核身尚未完成，请先完成刷脸", code="face_verify_pending")
     if verify_ret != FACE_PASSED:
         await FaceVerification.filter(id=session.id).update(status="failed", verify_ret=verify_ret, finished_at=now)
-        await _audit(user, "identity.face_failed", ip=ip, detail={"verify_ret": verify_ret}).save()
+        await _audit(user, "identity.face_failed", ip=ip, detail={"verify_ret": verify_ret})
         raise ApiError(
             f"人脸核身未通过：{FACE_FAILURES.get(verify_ret, '请重试')}",
             code="face_verify_failed",
@@ -208,13 +207,13 @@ async def finish_face(*, user: User, verify_id: str, wechat: WeChatClient, ip: s
             await User.filter(id=previous.id).update(
                 verified_id_digest=None, identity_level=IdentityLevel.L1, face_verified_at=None
             )
-            await _audit(previous, "identity.transferred_away", ip=ip, detail={"to_user": user.id}).save()
+            await _audit(previous, "identity.transferred_away", ip=ip, detail={"to_user": user.id})
         user.verified_id_digest = digest
         user.identity_level = IdentityLevel.L3
         user.face_verified_at = now
         await user.save(update_fields=["verified_id_digest", "identity_level", "face_verified_at", "updated_at"])
         await FaceVerification.filter(id=session.id).update(status="passed", verify_ret=verify_ret, finished_at=now)
-        await _audit(user, "identity.face_passed", ip=ip, detail={"transfer_from": previous.id if previous else None}).save()
+        await _audit(user, "identity.face_passed", ip=ip, detail={"transfer_from": previous.id if previous else None})
     return user
 
 
@@ -224,7 +223,7 @@ async def bind_phone(*, user: User, code: str, wechat: WeChatClient, cipher: Fie
     user.phone_enc = cipher.encrypt(phone, column="users.phone")
     user.phone_digest = cipher.blind_index(phone, column="users.phone")
     await user.save(update_fields=["phone_enc", "phone_digest", "updated_at"])
-    await _audit(user, "identity.phone_bound", ip=ip).save()
+    await _audit(user, "identity.phone_bound", ip=ip)
     return mask_phone(phone)
 
 

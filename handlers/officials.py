@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from core.errors import ApiError, TooManyRequests, Unauthenticated
-from storage.models import ActorType, AuditLog, Official
+from handlers import audit
+from storage.models import ActorType, Official
 
 _N, _R, _P = 2**14, 8, 1
 
@@ -89,14 +90,9 @@ async def sign_in(*, redis, keys, username: str, password: str, ip: str, request
         pipe.incr(failures_key)
         pipe.expire(failures_key, LOGIN_WINDOW_S)
         await pipe.execute()
-        await AuditLog.create(
-            actor_type=ActorType.OFFICIAL,
-            actor_id=None,
-            action="console.sign_in_failed",
-            target_type="official",
-            target_id=username[:64],
-            request_id=request_id,
-            ip=ip,
+        await audit.record(
+            actor_type=ActorType.OFFICIAL, actor_id=None, action="console.sign_in_failed", target_type="official",
+            target_id=username, request_id=request_id, ip=ip,
         )
         raise ApiError("用户名或密码错误", code="invalid_credentials", status=401)
     await redis.delete(failures_key)
@@ -106,14 +102,9 @@ async def sign_in(*, redis, keys, username: str, password: str, ip: str, request
     )
     official.last_login_at = datetime.now(timezone.utc)
     await official.save(update_fields=["last_login_at"])
-    await AuditLog.create(
-        actor_type=ActorType.OFFICIAL,
-        actor_id=str(official.id),
-        action="console.sign_in",
-        target_type="official",
-        target_id=str(official.id),
-        request_id=request_id,
-        ip=ip,
+    await audit.record(
+        actor_type=ActorType.OFFICIAL, actor_id=official.id, action="console.sign_in", target_type="official",
+        target_id=official.id, request_id=request_id, ip=ip,
     )
     return ConsoleSession(token=token, csrf_token=csrf, official=official)
 

@@ -6,7 +6,8 @@ from tortoise.transactions import in_transaction
 
 from core.errors import Forbidden, NotFound, ValidationFailed
 from storage.crypto import FieldCipher
-from storage.models import ActorType, Address, AuditLog, Official, User
+from handlers import audit
+from storage.models import ActorType, Address, Official, User
 
 READER_ROLE = "personal_data"
 
@@ -24,14 +25,9 @@ async def read_citizen(*, official: Official, user_id: int, reason: str, cipher:
     addresses = await Address.filter(user_id=user.id).order_by("-is_default", "id")
     async with in_transaction():
         # The audit row is written before the data leaves: no read without its trace.
-        await AuditLog.create(
-            actor_type=ActorType.OFFICIAL,
-            actor_id=str(official.id),
-            action="personal_data.read",
-            target_type="user",
-            target_id=str(user.id),
-            request_id=request_id,
-            ip=ip,
+        await audit.record(
+            actor_type=ActorType.OFFICIAL, actor_id=official.id, action="personal_data.read", target_type="user",
+            target_id=user.id, request_id=request_id, ip=ip,
             detail={"fields": ["name", "id_number", "phone", "addresses"], "reason": reason},
         )
     return {
