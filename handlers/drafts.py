@@ -196,6 +196,23 @@ def review(application: Application, data: dict, user: User, *, today: date | No
     return problems
 
 
+def material_slots(application: Application) -> list[dict]:
+    """The material list of an application: what to upload, and what is fetched by data sharing."""
+    return [
+        {
+            "key": m["key"],
+            "name": m["name"],
+            "required": m["required"],
+            "condition": m.get("condition"),
+            "kinds": m["kinds"],
+            "source": m["source"],
+            "issuer": m.get("issuer"),
+            "fetched_by_sharing": m["source"] == "shared",
+        }
+        for m in application.materials
+    ]
+
+
 def problem_body(problems: list[Problem]) -> list[dict]:
     return [{"path": p.path, "code": p.code, "message": p.message} for p in problems]
 
@@ -291,8 +308,10 @@ class Drafts:
             sources[path] = {"source": kind, "label": PREFILL_LABELS[kind]}
         return data, sources
 
-    async def create(self, *, user: User, service_code: str | None, bundle_code: str | None) -> tuple[Draft, dict, dict]:
-        """A new draft with everything we already know filled in."""
+    async def create(
+        self, *, user: User, service_code: str | None, bundle_code: str | None
+    ) -> tuple[Draft, dict, dict, list[dict]]:
+        """A new draft with everything we already know filled in, and its material list."""
         application = await self.application_for(service_code=service_code, bundle_code=bundle_code)
         data, sources = await self.prefill(user, application)
         draft = await Draft.create(
@@ -304,7 +323,7 @@ class Drafts:
             data_enc=self._seal(data),
             expires_at=datetime.now(timezone.utc) + self.ttl,
         )
-        return draft, data, sources
+        return draft, data, sources, material_slots(application)
 
     async def get(self, *, user: User, draft_id: str) -> Draft:
         """The user's draft; anyone else's, or none, is the same 404."""

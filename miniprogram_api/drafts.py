@@ -70,10 +70,10 @@ def _view(draft, data: dict, prefill: dict | None = None) -> dict:
 @citizen
 async def create(request: Request) -> HTTPResponse:
     body = json_body(request, CreateIn)
-    draft, data, prefill = await request.app.ctx.drafts.create(
+    draft, data, prefill, materials = await request.app.ctx.drafts.create(
         user=request.ctx.user, service_code=body.service_code, bundle_code=body.bundle_code
     )
-    return json(_view(draft, data, prefill), status=201)
+    return json({**_view(draft, data, prefill), "materials": materials}, status=201)
 
 
 @bp.get("/")

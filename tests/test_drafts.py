@@ -64,6 +64,9 @@ def test_prefill_from_identity_and_profile(server, citizen):
     assert draft["prefill"]["applicant.id_number"]["source"] == "identity"
     assert draft["prefill"]["applicant.phone"]["source"] == "profile"
     assert draft["prefill"]["appointment.mail_address"]["source"] == "profile"
+    materials = {m["key"]: m for m in draft["materials"]}
+    assert materials["photo"]["fetched_by_sharing"] is False and materials["photo"]["required"] is True
+    assert materials["hukou_book"]["fetched_by_sharing"] is True and materials["hukou_book"]["issuer"]
     # The stored draft is sealed: no clear ID number in the row.
     raw = server.database.query(f"SELECT data_enc FROM drafts WHERE id = '{draft['id']}'")[0][0]
     assert number.encode() not in bytes(raw)
