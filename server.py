@@ -37,7 +37,9 @@ def create_app(settings: Settings):
     from core.ratelimit import Limiter
     from handlers.auth import TokenStore
     from handlers.catalog import CatalogueReader
+    from handlers.bot import Bot, load_halls
     from handlers.drafts import Drafts
+    from wechat.client import OfficialAccountAPI
     from storage.crypto import FieldCipher
     from storage.redis import Keys, create_redis
 
@@ -75,6 +77,7 @@ def create_app(settings: Settings):
     app.ctx.settings = settings
     app.ctx.keys = Keys(settings.REDIS_KEY_PREFIX)
 
+    from bot import callback as oa_callback
     from console import auth as console_auth
     from console import citizens as console_citizens
     from miniprogram_api import auth as mp_auth
@@ -90,11 +93,16 @@ def create_app(settings: Settings):
     app.blueprint(mp_identity.bp)
     app.blueprint(mp_services.bp)
     app.blueprint(mp_drafts.bp)
+    app.blueprint(oa_callback.bp)
     if settings.simulated("WeChat mini-program") or settings.simulated("WeChat official account"):
         from wechat.simulator import SimState, simulator_blueprint
 
+        from sanic_ext import openapi
+
         app.ctx.wechat_sim = SimState()
-        app.blueprint(simulator_blueprint(app.ctx.wechat_sim, url_prefix=WECHAT_SIM_PREFIX))
+        sim_bp = simulator_blueprint(app.ctx.wechat_sim, url_prefix=WECHAT_SIM_PREFIX)
+        openapi.exclude(bp=sim_bp)  # a stand-in for WeChat, not part of our API
+        app.blueprint(sim_bp)
 
     @app.before_server_start
     async def _open(app) -> None:
@@ -110,6 +118,10 @@ def create_app(settings: Settings):
         app.ctx.limiter = Limiter(settings)
         app.ctx.wechat_mp = wechat_client(settings, "mp", redis=app.ctx.redis, http=app.ctx.http)
         app.ctx.catalogue = CatalogueReader(redis=app.ctx.redis, keys=app.ctx.keys)
+        app.ctx.oa = OfficialAccountAPI(wechat_client(settings, "oa", redis=app.ctx.redis, http=app.ctx.http))
+        app.ctx.oa_crypto = oa_crypto(settings)
+        app.ctx.bot = Bot(catalogue=app.ctx.catalogue, cipher=app.ctx.cipher, halls=load_halls(), mp_appid=mp_appid(settings))
+        app.ctx.bot_tasks = set()
         app.ctx.drafts = Drafts(cipher=app.ctx.cipher, ttl_days=settings.DRAFT_TTL_DAYS)
         app.ctx.broker = jobs.broker
         try:
@@ -130,6 +142,8 @@ def create_app(settings: Settings):
         if task is not None:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
+        if app.ctx.bot_tasks:  # late answers still on their way to WeChat
+            await asyncio.wait(list(app.ctx.bot_tasks), timeout=5)
 
     @app.after_server_stop
     async def _close(app) -> None:
@@ -146,11 +160,27 @@ def create_app(settings: Settings):
 
 
 WECHAT_SIM_PREFIX = "/_sim/wechat"
+# The simulated official account's callback credentials (embedded default only).
+SIM_OA_TOKEN = "zhangban_sim_oa_token"
+SIM_OA_AES_KEY = "emhhbmdiYW4tc2ltdWxhdGVkLW9hLWFlcy1rZXkhISE"
 # The simulator's own apps, used when a WeChat channel is left unset (embedded default).
 SIM_APPS = {
     "mp": ("wx_sim_miniprogram", "sim_mp_secret_0123456789abcdef"),
     "oa": ("wx_sim_officialacct", "sim_oa_secret_0123456789abcdef"),
 }
+
+
+def oa_crypto(settings: Settings):
+    """The official-account callback crypto: configured, or the simulated account's."""
+    from bot.crypto import OACrypto
+
+    if settings.simulated("WeChat official account"):
+        return OACrypto(SIM_OA_TOKEN, SIM_OA_AES_KEY, SIM_APPS["oa"][0])
+    return OACrypto(settings.WECHAT_OA_TOKEN, settings.WECHAT_OA_AES_KEY, settings.WECHAT_OA_APPID)
+
+
+def mp_appid(settings: Settings) -> str:
+    return SIM_APPS["mp"][0] if settings.simulated("WeChat mini-program") else settings.WECHAT_MP_APPID
 
 
 def wechat_client(settings: Settings, which: str, *, redis, http):
@@ -358,6 +388,37 @@ def cmd_rotate_keys(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_menu(settings: Settings, args: argparse.Namespace) -> int:
+    """Sends the official account's menu definition to WeChat (`menu push`), or prints it (`menu show`)."""
+    import json
+
+    import httpx
+
+    from handlers.bot import menu_definition
+    from storage.redis import create_redis
+    from wechat.client import OfficialAccountAPI
+
+    menu = menu_definition(mp_appid(settings), settings.public_base_url)
+    if args.action == "show":
+        print(json.dumps(menu, ensure_ascii=False, indent=2))
+        return 0
+    if settings.simulated("WeChat official account"):
+        print("WECHAT_OA_APPID: not set; the menu can only be pushed to a real official account", file=sys.stderr)
+        return 2
+
+    async def push():
+        redis = create_redis(settings)
+        async with httpx.AsyncClient(timeout=10) as http:
+            try:
+                await OfficialAccountAPI(wechat_client(settings, "oa", redis=redis, http=http)).create_menu(menu)
+            finally:
+                await redis.aclose()
+
+    asyncio.run(push())
+    print(f"menu pushed to {settings.WECHAT_OA_APPID}")
+    return 0
+
+
 def cmd_check_jobs(settings: Settings, args: argparse.Namespace) -> int:
     """Sends a probe job and waits for a worker to run it: proves the job pipeline end to end."""
     from core.jobs import probe_jobs
@@ -378,6 +439,7 @@ COMMANDS = {
     "export-catalogue": (cmd_export_catalogue, "write the current catalogue as YAML (FILE, or - for stdout)"),
     "create-official": (cmd_create_official, "create an official's console account"),
     "rotate-keys": (cmd_rotate_keys, "reseal personal data under the current FIELD_ENCRYPTION_KEY"),
+    "menu": (cmd_menu, "official-account menu: `menu push` sends it to WeChat, `menu show` prints it"),
     "check-jobs": (cmd_check_jobs, "send a probe job and wait for a worker to run it"),
 }
 
@@ -403,6 +465,7 @@ def build_parser() -> argparse.ArgumentParser:
     official.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
     parsers["worker"].add_argument("--processes", type=int, default=2, help="worker processes (default 2)")
     parsers["check-jobs"].add_argument("--timeout", type=float, default=10.0)
+    parsers["menu"].add_argument("action", choices=["push", "show"])
     return parser
 
 

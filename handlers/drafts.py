@@ -14,16 +14,15 @@ import logging
 import secrets
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
-from zoneinfo import ZoneInfo
 
 from tortoise.exceptions import IntegrityError
-from tortoise.expressions import F
 from tortoise.transactions import in_transaction
 
 from core.cn_ids import parse_id_number
 from core.errors import ApiError, Conflict, NotFound
 from handlers.auth import IDENTITY_LEVELS, LEVEL_NAMES
 from handlers.forms import FormDef, Problem, prefill_sources, review_form
+from handlers.numbers import next_number
 from storage.crypto import FieldCipher
 from storage.models import (
     ActorType,
@@ -32,7 +31,6 @@ from storage.models import (
     CaseEvent,
     CaseStatus,
     CatalogueState,
-    DailySequence,
     Draft,
     IdentityLevel,
     ServiceItem,
@@ -41,7 +39,6 @@ from storage.models import (
 )
 
 log = logging.getLogger("zhangban.drafts")
-CHINA = ZoneInfo("Asia/Shanghai")
 DATA_COLUMN = "drafts.data"
 SNAPSHOT_COLUMN = "cases.form_snapshot"
 
@@ -453,12 +450,7 @@ class Drafts:
 
 async def next_case_no() -> str:
     """`ZB` + the China date + a 6-digit daily sequence, e.g. ZB20261122000017 (call inside a transaction)."""
-    day = datetime.now(CHINA).strftime("%Y%m%d")
-    key = f"case:{day}"
-    await DailySequence.bulk_create([DailySequence(id=key, last_value=0)], ignore_conflicts=True)
-    await DailySequence.filter(id=key).update(last_value=F("last_value") + 1)
-    row = await DailySequence.get(id=key)
-    return f"ZB{day}{row.last_value:06d}"
+    return await next_number("ZB")
 
 
 async def purge_expired_drafts() -> int:

@@ -132,6 +132,46 @@ class FaceVerification(Model):
         table = "face_verifications"
 
 
+class Follower(Model):
+    """A follower of the official account, linked to a mini-program user by unionid when known."""
+
+    oa_openid = fields.CharField(max_length=64, primary_key=True)
+    unionid = fields.CharField(max_length=64, null=True, db_index=True)
+    user: fields.ForeignKeyNullableRelation[User] = fields.ForeignKeyField(
+        "models.User", related_name="followers", null=True, on_delete=fields.SET_NULL
+    )
+    subscribed = fields.BooleanField(default=True)
+    last_message_at = fields.DatetimeField(null=True)
+    created_at = fields.DatetimeField(auto_now_add=True)
+    updated_at = fields.DatetimeField(auto_now=True)
+
+    class Meta:
+        table = "followers"
+
+
+class Ticket(Model):
+    """A consultation (咨询) or complaint (投诉) taken by the bot, routed to a department."""
+
+    id = fields.BigIntField(primary_key=True)
+    ticket_no = fields.CharField(max_length=32, unique=True)
+    kind = fields.CharField(max_length=16)  # consultation | complaint
+    oa_openid = fields.CharField(max_length=64, db_index=True)
+    user: fields.ForeignKeyNullableRelation[User] = fields.ForeignKeyField(
+        "models.User", related_name="tickets", null=True, on_delete=fields.SET_NULL
+    )
+    department = fields.CharField(max_length=128, default="")
+    service_code = fields.CharField(max_length=64, null=True)
+    content_enc = fields.BinaryField()
+    status = fields.CharField(max_length=16, default="open", db_index=True)  # open | answered | closed
+    answer_enc = fields.BinaryField(null=True)
+    dedup_key = fields.CharField(max_length=160, unique=True)
+    created_at = fields.DatetimeField(auto_now_add=True)
+    answered_at = fields.DatetimeField(null=True)
+
+    class Meta:
+        table = "tickets"
+
+
 class Official(Model):
     """A government official who signs in to the web console."""
 

@@ -306,8 +306,19 @@ def wechat_sim(tmp_path_factory) -> Iterator[WeChatSim]:
     proc.wait(10)
 
 
+# The official account's callback secrets, generated for this run.
+OA_TOKEN = secrets.token_urlsafe(24)
+OA_AES_KEY = base64.b64encode(secrets.token_bytes(32)).decode()[:-1]
+
+
 def wechat_env(sim: WeChatSim) -> dict[str, str]:
-    return {"WECHAT_API_BASE": sim.url, "WECHAT_MP_APPID": SIM_MP_APPID, "WECHAT_MP_SECRET": SIM_MP_SECRET}
+    from tests.oa_pusher import OA_APPID, OA_SECRET
+
+    return {
+        "WECHAT_API_BASE": sim.url, "WECHAT_MP_APPID": SIM_MP_APPID, "WECHAT_MP_SECRET": SIM_MP_SECRET,
+        "WECHAT_OA_APPID": OA_APPID, "WECHAT_OA_SECRET": OA_SECRET, "WECHAT_OA_TOKEN": OA_TOKEN,
+        "WECHAT_OA_AES_KEY": OA_AES_KEY,
+    }
 
 
 def make_server(tmp_path_factory, databases, wechat_sim, name: str, **extra: str) -> tuple[Server, str | None]:
@@ -338,3 +349,11 @@ def server(tmp_path_factory, databases, wechat_sim) -> Iterator[Server]:
 def client(server) -> Iterator[httpx.Client]:
     with server.client() as c:
         yield c
+
+
+@pytest.fixture(scope="session")
+def oa(server):
+    """WeChat's side of the official-account callback, for the shared server."""
+    from tests.oa_pusher import OAPusher
+
+    return OAPusher(server.url + "/wechat/oa", token=OA_TOKEN, aes_key=OA_AES_KEY)

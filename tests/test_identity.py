@@ -13,9 +13,13 @@ import pytest
 from tests.conftest import SIM_MP_APPID, Server, WeChatSim, make_server
 
 
-def id_number(birth: str = "19900307", region: str = "510502") -> str:
-    """A valid resident ID number, check digit computed here independently of the app."""
-    body = f"{region}{birth}{random.randint(100, 999)}"
+def id_number(birth: str | None = None, region: str = "510502") -> str:
+    """A valid resident ID number (random birth date unless given), check digit computed here independently."""
+    if birth is None:
+        from datetime import date, timedelta
+
+        birth = (date(1950, 1, 1) + timedelta(days=random.randint(0, 18000))).strftime("%Y%m%d")
+    body = f"{region}{birth}{random.randint(0, 999):03d}"
     weights = [2 ** (17 - i) % 11 for i in range(17)]
     return body + "10X98765432"[sum(int(d) * w for d, w in zip(body, weights)) % 11]
 

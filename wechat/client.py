@@ -11,6 +11,7 @@ retried with exponential backoff.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import random
 import time
@@ -156,11 +157,19 @@ class WeChatClient:
         """Forgets the cached token if it is still `token`; True if it was dropped."""
         return bool(await self._drop_if_same(keys=[self._token_key], args=[token]))
 
-    async def call(self, path: str, payload: dict[str, Any]) -> dict[str, Any]:
-        """POSTs `payload` to `path` with an access token; one retry after a stale token."""
+    async def call(self, path: str, payload: dict[str, Any] | None = None, *, query: dict | None = None) -> dict[str, Any]:
+        """Calls `path` with an access token (POST with `payload`, else GET with `query`); one retry after a stale token."""
         for attempt in (1, 2):
             token = await self.access_token()
-            body = await self._request("POST", path, params={"access_token": token}, json=payload)
+            params = {"access_token": token, **(query or {})}
+            if payload is None:
+                body = await self._request("GET", path, params=params)
+            else:
+                body = await self._request(
+                    "POST", path, params=params,
+                    content=json.dumps(payload, ensure_ascii=False).encode("utf-8"),
+                    headers={"Content-Type": "application/json; charset=utf-8"},
+                )
             errcode = body.get("errcode", 0)
             if errcode in TOKEN_ERRCODES and attempt == 1:
                 await self.drop_token(token)
@@ -207,6 +216,45 @@ class WeChatClient:
             {"verify_id": verify_id, "out_seq_no": out_seq_no, "cert_hash": cert_hash, "openid": openid},
         )
         return int(body["verify_ret"])
+
+
+class OfficialAccountAPI:
+    """The official-account calls the bot and progress pushes use, on a WeChatClient."""
+
+    def __init__(self, client: WeChatClient):
+        self.client = client
+
+    async def user_info(self, openid: str) -> dict[str, Any]:
+        """The follower's profile (`subscribe`, `unionid` when bound to the open platform)."""
+        return await self.client.call("/cgi-bin/user/info", query={"openid": openid, "lang": "zh_CN"})
+
+    async def send_text(self, openid: str, content: str) -> None:
+        """A customer-service text message (within 48 hours of the follower's last message)."""
+        await self.client.call("/cgi-bin/message/custom/send", {"touser": openid, "msgtype": "text", "text": {"content": content}})
+
+    async def send_news(self, openid: str, articles: list[dict]) -> None:
+        """A customer-service news message (one article with title, description, url, picurl)."""
+        await self.client.call("/cgi-bin/message/custom/send", {"touser": openid, "msgtype": "news", "news": {"articles": articles[:1]}})
+
+    async def send_miniprogram_page(self, openid: str, *, title: str, appid: str, pagepath: str, thumb_media_id: str) -> None:
+        """A customer-service mini-program card."""
+        await self.client.call(
+            "/cgi-bin/message/custom/send",
+            {"touser": openid, "msgtype": "miniprogrampage",
+             "miniprogrampage": {"title": title, "appid": appid, "pagepath": pagepath, "thumb_media_id": thumb_media_id}},
+        )
+
+    async def send_template(self, openid: str, template_id: str, data: dict, *, miniprogram: dict | None = None, url: str | None = None) -> str:
+        """A template message; returns WeChat's msgid."""
+        payload: dict[str, Any] = {"touser": openid, "template_id": template_id, "data": data}
+        if miniprogram:
+            payload["miniprogram"] = miniprogram
+        if url:
+            payload["url"] = url
+        return str((await self.client.call("/cgi-bin/message/template/send", payload)).get("msgid", ""))
+
+    async def create_menu(self, menu: dict) -> None:
+        await self.client.call("/cgi-bin/menu/create", menu)
 
 
 def cert_hash(*, name: str, id_number: str, cert_type: str = "IDENTITY_CARD") -> str:

@@ -115,6 +115,7 @@ SUBSCRIBE_SEND = "/cgi-bin/message/subscribe/send"
 TEMPLATE_SEND = "/cgi-bin/message/template/send"
 CUSTOM_SEND = "/cgi-bin/message/custom/send"
 MENU_CREATE = "/cgi-bin/menu/create"
+USER_INFO = "/cgi-bin/user/info"
 WECHAT_PATHS = (
     JSCODE2SESSION,
     STABLE_TOKEN,
@@ -125,6 +126,7 @@ WECHAT_PATHS = (
     TEMPLATE_SEND,
     CUSTOM_SEND,
     MENU_CREATE,
+    USER_INFO,
 )
 
 FACE_VERIFY_SUCCESS = 10000
@@ -762,6 +764,20 @@ class SimState:
         self._record("custom", app, user.openid, msgtype=msgtype, content=content)
         return {"errcode": 0, "errmsg": "ok"}
 
+    def user_info(self, app: SimApp, openid: str | None) -> dict:
+        """`/cgi-bin/user/info`: a follower's profile; unionid only while subscribed and bound."""
+        user = self.user(app.appid, openid) if openid else None
+        if user is None:
+            raise WeChatError(40003)
+        if not user.subscribed:
+            return {"subscribe": 0, "openid": user.openid}
+        info = {"subscribe": 1, "openid": user.openid, "language": "zh_CN", "subscribe_time": int(self.now()),
+                "remark": "", "groupid": 0, "tagid_list": [], "subscribe_scene": "ADD_SCENE_SEARCH",
+                "qr_scene": 0, "qr_scene_str": ""}
+        if user.unionid:
+            info["unionid"] = user.unionid
+        return info
+
     def create_menu(self, app: SimApp, body: dict) -> dict:
         _check_menu(body)
         self.menus[app.appid] = {"button": body["button"]}
@@ -1077,6 +1093,11 @@ def simulator_blueprint(state: SimState, url_prefix: str = "") -> Blueprint:
     wechat(TEMPLATE_SEND, "POST", oa_only)(state.send_template_message)
     wechat(CUSTOM_SEND, "POST", both)(state.send_custom_message)
     wechat(MENU_CREATE, "POST", oa_only)(state.create_menu)
+
+    @wechat(USER_INFO, "GET")
+    def _user_info(request: Request) -> dict:
+        app = state.authenticate(request.args.get("access_token"), oa_only)
+        return state.user_info(app, request.args.get("openid"))
 
     # -- control ---------------------------------------------------------------------------
 

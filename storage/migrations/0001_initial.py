@@ -198,6 +198,20 @@ class Migration(migrations.Migration):
             bases=['Model'],
         ),
         ops.CreateModel(
+            name='Follower',
+            fields=[
+                ('oa_openid', fields.CharField(primary_key=True, unique=True, db_index=True, max_length=64)),
+                ('unionid', fields.CharField(null=True, db_index=True, max_length=64)),
+                ('user', fields.ForeignKeyField('models.User', source_field='user_id', null=True, db_constraint=True, to_field='id', related_name='followers', on_delete=OnDelete.SET_NULL)),
+                ('subscribed', fields.BooleanField(default=True)),
+                ('last_message_at', fields.DatetimeField(null=True, auto_now=False, auto_now_add=False)),
+                ('created_at', fields.DatetimeField(auto_now=False, auto_now_add=True)),
+                ('updated_at', fields.DatetimeField(auto_now=True, auto_now_add=False)),
+            ],
+            options={'table': 'followers', 'app': 'models', 'pk_attr': 'oa_openid', 'table_description': 'A follower of the official account, linked to a mini-program user by unionid when known.'},
+            bases=['Model'],
+        ),
+        ops.CreateModel(
             name='RefreshToken',
             fields=[
                 ('id', fields.BigIntField(generated=True, primary_key=True, unique=True, db_index=True)),
@@ -224,6 +238,26 @@ class Migration(migrations.Migration):
                 ('created_at', fields.DatetimeField(auto_now=False, auto_now_add=True)),
             ],
             options={'table': 'submissions', 'app': 'models', 'unique_together': (('user', 'idempotency_key'),), 'pk_attr': 'id', 'table_description': 'An idempotent submit: the same key returns the same cases, a different body is refused.'},
+            bases=['Model'],
+        ),
+        ops.CreateModel(
+            name='Ticket',
+            fields=[
+                ('id', fields.BigIntField(generated=True, primary_key=True, unique=True, db_index=True)),
+                ('ticket_no', fields.CharField(unique=True, max_length=32)),
+                ('kind', fields.CharField(max_length=16)),
+                ('oa_openid', fields.CharField(db_index=True, max_length=64)),
+                ('user', fields.ForeignKeyField('models.User', source_field='user_id', null=True, db_constraint=True, to_field='id', related_name='tickets', on_delete=OnDelete.SET_NULL)),
+                ('department', fields.CharField(default='', max_length=128)),
+                ('service_code', fields.CharField(null=True, max_length=64)),
+                ('content_enc', fields.BinaryField()),
+                ('status', fields.CharField(default='open', db_index=True, max_length=16)),
+                ('answer_enc', fields.BinaryField(null=True)),
+                ('dedup_key', fields.CharField(unique=True, max_length=160)),
+                ('created_at', fields.DatetimeField(auto_now=False, auto_now_add=True)),
+                ('answered_at', fields.DatetimeField(null=True, auto_now=False, auto_now_add=False)),
+            ],
+            options={'table': 'tickets', 'app': 'models', 'pk_attr': 'id', 'table_description': 'A consultation (咨询) or complaint (投诉) taken by the bot, routed to a department.'},
             bases=['Model'],
         ),
     ]

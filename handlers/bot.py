@@ -1,0 +1,264 @@
+"""What the official-account bot says: guides from the catalogue search, case progress,
+consultation and complaint tickets, nearby service halls, menus.
+
+Transport-free: `bot/callback.py` turns WeChat's XML into a `Message` and our answer back into
+XML. Every answer is plain text (WeChat's passive replies and customer-service messages both
+carry it), with mini-program links written the way WeChat renders them in text.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import yaml
+from tortoise.exceptions import IntegrityError
+from tortoise.transactions import in_transaction
+
+from handlers.catalog import CatalogueReader
+from handlers.numbers import next_number
+from storage.crypto import FieldCipher
+from storage.models import Case, CaseStatus, Follower, Ticket, User
+
+HALLS_FILE = Path(__file__).resolve().parent.parent / "data" / "halls.yaml"
+CASE_NO = re.compile(r"ZB\d{14}")
+TICKET_INTENT = re.compile(r"^\s*(咨询|投诉)[\s:：，,]*(.*)$", re.S)
+MENU_WORDS = {"菜单", "帮助", "help", "?", "？", "你好", "您好"}
+PROGRESS_WORDS = {"查进度", "进度", "办件进度", "查询进度", "我的办件"}
+
+STATUS_TEXT = {
+    CaseStatus.SUBMITTED: "已提交，等待推送至审批部门",
+    CaseStatus.DELIVERED: "已推送至审批部门，等待受理",
+    CaseStatus.ACCEPTED: "已受理",
+    CaseStatus.IN_REVIEW: "审核中",
+    CaseStatus.CORRECTION_REQUESTED: "需要补正材料，请在小程序中查看补正要求",
+    CaseStatus.RESUBMITTED: "已补正，等待重新审核",
+    CaseStatus.APPROVED: "审批通过",
+    CaseStatus.REJECTED: "未予通过，请在小程序中查看原因",
+    CaseStatus.RESULT_ISSUED: "办理结果已出具",
+    CaseStatus.CLOSED: "已办结",
+    CaseStatus.WITHDRAWN: "已撤回",
+}
+
+MENU_TEXT = (
+    "您好，这里是“掌办”泸州政务服务。您可以：\n"
+    "1. 直接提问，如“身份证过期了怎么办”“公积金怎么取”\n"
+    "2. 回复“查进度”或办件编号（ZB开头）查询办件进度\n"
+    "3. 回复“咨询 + 问题”或“投诉 + 内容”留言，我们会转交部门答复\n"
+    "4. 发送位置，查看附近的政务服务大厅"
+)
+
+
+@dataclass(frozen=True)
+class Hall:
+    name: str
+    address: str
+    hours: str
+    phone: str
+    lat: float
+    lng: float
+
+
+def load_halls(path: Path = HALLS_FILE) -> list[Hall]:
+    return [Hall(**h) for h in yaml.safe_load(path.read_text(encoding="utf-8"))["halls"]]
+
+
+def distance_km(lat1: float, lng1: float, lat2: float, lng2: float) -> float:
+    """Great-circle distance (haversine), in kilometres."""
+    r = 6371.0
+    p1, p2 = math.radians(lat1), math.radians(lat2)
+    dp, dl = p2 - p1, math.radians(lng2 - lng1)
+    a = math.sin(dp / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(dl / 2) ** 2
+    return 2 * r * math.asin(math.sqrt(a))
+
+
+def nearest_halls(halls: list[Hall], lat: float, lng: float, n: int = 3) -> list[tuple[Hall, float]]:
+    return sorted(((h, distance_km(lat, lng, h.lat, h.lng)) for h in halls), key=lambda x: x[1])[:n]
+
+
+def fee_text(fee: dict) -> str:
+    if fee["kind"] == "fixed":
+        yuan = fee["amount_fen"] / 100
+        return f"{yuan:g}元"
+    return "按核定金额收取" if fee["kind"] == "assessed" else "免费"
+
+
+class Bot:
+    """Answers followers' messages."""
+
+    def __init__(self, *, catalogue: CatalogueReader, cipher: FieldCipher, halls: list[Hall], mp_appid: str):
+        self.catalogue, self.cipher, self.halls, self.mp_appid = catalogue, cipher, halls, mp_appid
+
+    def mp_link(self, text: str, path: str = "pages/index/index") -> str:
+        """A mini-program link inside a text message, as WeChat renders it."""
+        return f'<a data-miniprogram-appid="{self.mp_appid}" data-miniprogram-path="{path}" href="https://mp.weixin.qq.com">{text}</a>'
+
+    # -- followers -------------------------------------------------------------------------
+
+    async def follower(self, oa_openid: str, *, unionid: str | None = None, subscribed: bool | None = None) -> Follower:
+        """The follower record, created on first contact and linked to a user by unionid."""
+        follower = await Follower.get_or_none(oa_openid=oa_openid)
+        if follower is None:
+            try:
+                follower = await Follower.create(oa_openid=oa_openid)
+            except IntegrityError:
+                follower = await Follower.get(oa_openid=oa_openid)
+        changed = ["last_message_at", "updated_at"]
+        follower.last_message_at = datetime.now(timezone.utc)
+        if subscribed is not None:
+            follower.subscribed = subscribed
+            changed.append("subscribed")
+        if unionid and follower.unionid != unionid:
+            follower.unionid = unionid
+            changed.append("unionid")
+        if follower.user_id is None and follower.unionid:
+            user = await User.filter(unionid=follower.unionid).first()
+            if user is not None:
+                follower.user_id = user.id
+                changed.append("user_id")
+                if user.oa_openid != oa_openid:
+                    await User.filter(id=user.id).update(oa_openid=oa_openid)
+        await follower.save(update_fields=changed)
+        return follower
+
+    # -- answers -----------------------------------------------------------------------------
+
+    def welcome(self) -> str:
+        return "感谢关注“掌办”！\n" + MENU_TEXT + "\n" + self.mp_link("👉 打开掌办小程序，在线办理")
+
+    async def progress(self, follower: Follower, case_no: str | None) -> str:
+        """The status of the follower's own cases; another person's case number reads as unknown."""
+        if follower.user_id is None:
+            return "查询办件进度需要先登录掌办小程序完成实名认证：" + self.mp_link("点击登录掌办", "pages/login/index")
+        query = Case.filter(user_id=follower.user_id)
+        if case_no:
+            case = await query.filter(case_no=case_no).first()
+            if case is None:
+                return f"未找到办件 {case_no}，请核对编号，或在小程序“我的办件”中查看。"
+            return self._case_line(case)
+        cases = await query.order_by("-id").limit(3)
+        if not cases:
+            return "您还没有办件。" + self.mp_link("去小程序办理", "pages/index/index")
+        return "您最近的办件：\n" + "\n".join(self._case_line(c) for c in cases)
+
+    @staticmethod
+    def _case_line(case: Case) -> str:
+        return f"{case.case_no}（{case.service_name}）：{STATUS_TEXT.get(case.status, case.status.value)}"
+
+    async def guide_answer(self, question: str) -> str:
+        """The best guide for a question, with its key facts, or suggestions when nothing fits."""
+        index = await self.catalogue.search_index()
+        hits = index.search(question, limit=3)
+        if not hits or hits[0].score < index.MIN_SCORE:
+            suggestions = "、".join(h.name for h in hits[:3]) if hits else ""
+            text = "抱歉，没有找到与您的问题匹配的办事指南。"
+            if suggestions:
+                text += f"\n您是不是想办：{suggestions}？"
+            return text + "\n可回复“咨询 + 您的问题”留言，工作人员会尽快答复。"
+        guide = await self.catalogue.guide(hits[0].code)
+        materials = [m["name"] for m in guide["materials"] if m["source"] == "applicant" and m["required"]]
+        shared = [m["name"] for m in guide["materials"] if m["source"] == "shared"]
+        flags = guide["flags"]
+        channel = "全程网办" if flags["fully_online"] else f"需到现场{flags['visits_required']}次"
+        lines = [
+            f"【{guide['name']}{'（' + guide['sub_name'] + '）' if guide.get('sub_name') else ''}】",
+            f"办理部门：{guide['department']}",
+            f"承诺时限：{guide['promised_days']}个工作日（法定{guide['legal_days']}个工作日）",
+            f"收费：{fee_text(guide['fee'])}",
+            f"办理方式：{channel}{'，最多跑一次' if flags['max_one_trip'] else ''}",
+        ]
+        if materials:
+            lines.append("需准备：" + "、".join(materials))
+        if shared:
+            lines.append("无需提交（部门共享获取）：" + "、".join(shared))
+        lines.append(self.mp_link("👉 在线办理", f"pages/service/index?code={guide['code']}"))
+        if len(hits) > 1 and hits[1].score >= index.MIN_SCORE:
+            lines.append("相关事项：" + "、".join(h.name for h in hits[1:]))
+        return "\n".join(lines)
+
+    async def take_ticket(self, follower: Follower, kind: str, content: str, dedup_key: str) -> str:
+        """A consultation or complaint ticket, routed to the department of the best-matching service."""
+        content = content.strip()
+        label = "咨询" if kind == "consultation" else "投诉"
+        if len(content) < 4:
+            return f"请在“{label}”后写明具体内容，例如：{label} 公积金提取需要多久到账？"
+        existing = await Ticket.get_or_none(dedup_key=dedup_key)
+        if existing is not None:
+            return self._ticket_confirmation(existing)
+        index = await self.catalogue.search_index()
+        hits = index.search(content, limit=1)
+        department, service_code = "泸州市政务服务中心", None
+        if hits and hits[0].score >= index.MIN_SCORE:
+            guide = await self.catalogue.guide(hits[0].code)
+            department, service_code = guide["department"], guide["code"]
+        try:
+            async with in_transaction():
+                ticket = await Ticket.create(
+                    ticket_no=await next_number("ZX" if kind == "consultation" else "TS"),
+                    kind=kind,
+                    oa_openid=follower.oa_openid,
+                    user_id=follower.user_id,
+                    department=department,
+                    service_code=service_code,
+                    content_enc=self.cipher.encrypt(content[:2000], column="tickets.content"),
+                    dedup_key=dedup_key,
+                )
+        except IntegrityError:  # the same message taken concurrently: one ticket
+            ticket = await Ticket.get(dedup_key=dedup_key)
+        return self._ticket_confirmation(ticket)
+
+    @staticmethod
+    def _ticket_confirmation(ticket: Ticket) -> str:
+        label = "咨询" if ticket.kind == "consultation" else "投诉"
+        promise = "3个工作日" if ticket.kind == "consultation" else "5个工作日"
+        return f"您的{label}已受理，编号 {ticket.ticket_no}，已转交{ticket.department}，将在{promise}内答复。"
+
+    def halls_answer(self, lat: float, lng: float) -> str:
+        lines = ["离您最近的政务服务大厅："]
+        for i, (hall, km) in enumerate(nearest_halls(self.halls, lat, lng), start=1):
+            lines.append(f"{i}. {hall.name}（约{km:.1f}公里）\n   {hall.address}\n   {hall.hours}  电话 {hall.phone}")
+        return "\n".join(lines)
+
+    async def answer_text(self, follower: Follower, text: str, dedup_key: str) -> str:
+        """The answer to a typed (or recognised voice) message."""
+        text = text.strip()
+        if not text or text.lower() in MENU_WORDS:
+            return MENU_TEXT
+        found = CASE_NO.search(text.upper())
+        if found or text in PROGRESS_WORDS:
+            return await self.progress(follower, found.group(0) if found else None)
+        intent = TICKET_INTENT.match(text)
+        if intent:
+            kind = "consultation" if intent.group(1) == "咨询" else "complaint"
+            return await self.take_ticket(follower, kind, intent.group(2), dedup_key)
+        return await self.guide_answer(text)
+
+    async def answer_click(self, follower: Follower, key: str) -> str:
+        if key == "MENU_PROGRESS":
+            return await self.progress(follower, None)
+        if key == "MENU_CONSULT":
+            return "请回复“咨询 + 您的问题”或“投诉 + 具体内容”，我们会转交相关部门在规定时间内答复。"
+        if key == "MENU_HALLS":
+            return "请点击输入框旁的“+”，发送您的位置，为您查找附近的政务服务大厅。"
+        return MENU_TEXT
+
+
+# The official account's menu, pushed by `python server.py menu push`.
+def menu_definition(mp_appid: str, public_base_url: str) -> dict:
+    return {
+        "button": [
+            {"type": "click", "name": "办事指南", "key": "MENU_GUIDE"},
+            {"type": "miniprogram", "name": "掌上办理", "url": public_base_url, "appid": mp_appid, "pagepath": "pages/index/index"},
+            {
+                "name": "我的",
+                "sub_button": [
+                    {"type": "click", "name": "查进度", "key": "MENU_PROGRESS"},
+                    {"type": "click", "name": "咨询投诉", "key": "MENU_CONSULT"},
+                    {"type": "click", "name": "附近大厅", "key": "MENU_HALLS"},
+                ],
+            },
+        ]
+    }
