@@ -37,7 +37,7 @@ def create_app(settings: Settings):
     from core.ratelimit import Limiter
     from handlers.auth import TokenStore
     from handlers.catalog import CatalogueReader
-    from handlers.bot import Bot, load_halls
+    from handlers.bot import FAQ, Bot, load_halls
     from handlers.drafts import Drafts
     from wechat.client import OfficialAccountAPI
     from storage.crypto import FieldCipher
@@ -120,7 +120,8 @@ def create_app(settings: Settings):
         app.ctx.catalogue = CatalogueReader(redis=app.ctx.redis, keys=app.ctx.keys)
         app.ctx.oa = OfficialAccountAPI(wechat_client(settings, "oa", redis=app.ctx.redis, http=app.ctx.http))
         app.ctx.oa_crypto = oa_crypto(settings)
-        app.ctx.bot = Bot(catalogue=app.ctx.catalogue, cipher=app.ctx.cipher, halls=load_halls(), mp_appid=mp_appid(settings))
+        app.ctx.bot = Bot(catalogue=app.ctx.catalogue, cipher=app.ctx.cipher, halls=load_halls(), mp_appid=mp_appid(settings),
+                          faq=FAQ.load())
         app.ctx.bot_tasks = set()
         app.ctx.drafts = Drafts(cipher=app.ctx.cipher, ttl_days=settings.DRAFT_TTL_DAYS)
         app.ctx.broker = jobs.broker

@@ -24,6 +24,7 @@ from storage.crypto import FieldCipher
 from storage.models import Case, CaseStatus, Follower, Ticket, User
 
 HALLS_FILE = Path(__file__).resolve().parent.parent / "data" / "halls.yaml"
+FAQ_FILE = Path(__file__).resolve().parent.parent / "data" / "faq.yaml"
 CASE_NO = re.compile(r"ZB\d{14}")
 TICKET_INTENT = re.compile(r"^\s*(咨询|投诉)[\s:：，,]*(.*)$", re.S)
 MENU_WORDS = {"菜单", "帮助", "help", "?", "？", "你好", "您好"}
@@ -66,6 +67,29 @@ def load_halls(path: Path = HALLS_FILE) -> list[Hall]:
     return [Hall(**h) for h in yaml.safe_load(path.read_text(encoding="utf-8"))["halls"]]
 
 
+class FAQ:
+    """Questions the bot answers directly, ranked by the catalogue search engine."""
+
+    def __init__(self, entries: list[dict]):
+        from handlers.search import SearchIndex
+
+        self.answers = {e["code"]: e["answer"] for e in entries}
+        self.index = SearchIndex.build(
+            [{"code": e["code"], "name": e["question"], "aliases": e.get("aliases", []),
+              "keywords": e.get("keywords", []), "summary": e["answer"]} for e in entries],
+            [],
+        )
+
+    @classmethod
+    def load(cls, path: Path = FAQ_FILE) -> FAQ:
+        return cls(yaml.safe_load(path.read_text(encoding="utf-8"))["faq"])
+
+    def best(self, question: str) -> tuple[float, str] | None:
+        """(score, answer) of the best entry, or None."""
+        hits = self.index.search(question, limit=1)
+        return (hits[0].score, self.answers[hits[0].code]) if hits else None
+
+
 def distance_km(lat1: float, lng1: float, lat2: float, lng2: float) -> float:
     """Great-circle distance (haversine), in kilometres."""
     r = 6371.0
@@ -89,8 +113,10 @@ def fee_text(fee: dict) -> str:
 class Bot:
     """Answers followers' messages."""
 
-    def __init__(self, *, catalogue: CatalogueReader, cipher: FieldCipher, halls: list[Hall], mp_appid: str):
+    def __init__(self, *, catalogue: CatalogueReader, cipher: FieldCipher, halls: list[Hall], mp_appid: str,
+                 faq: FAQ | None = None):
         self.catalogue, self.cipher, self.halls, self.mp_appid = catalogue, cipher, halls, mp_appid
+        self.faq = faq
 
     def mp_link(self, text: str, path: str = "pages/index/index") -> str:
         """A mini-program link inside a text message, as WeChat renders it."""
@@ -152,6 +178,9 @@ class Bot:
         """The best guide for a question, with its key facts, or suggestions when nothing fits."""
         index = await self.catalogue.search_index()
         hits = index.search(question, limit=3)
+        faq = self.faq.best(question) if self.faq else None
+        if faq is not None and faq[0] >= index.MIN_SCORE and (not hits or faq[0] > hits[0].score):
+            return faq[1]
         if not hits or hits[0].score < index.MIN_SCORE:
             suggestions = "、".join(h.name for h in hits[:3]) if hits else ""
             text = "抱歉，没有找到与您的问题匹配的办事指南。"

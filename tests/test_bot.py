@@ -215,3 +215,44 @@ def test_menu_push_reaches_wechat(server, wechat_sim, tmp_path):
     menu = httpx.get(wechat_sim.url + "/__sim__/menu", params={"appid": OA_APPID}).json()
     names = [b["name"] for b in menu["menu"]["button"]] if "menu" in menu else [b["name"] for b in menu["button"]]
     assert names == ["办事指南", "掌上办理", "我的"]
+
+
+@pytest.mark.parametrize(("question", "expected"), [
+    ("大厅几点上班", "周一至周五"), ("12345热线", "12345"), ("怎么实名认证", "刷脸"), ("能用支付宝交钱吗", "支付宝"),
+])
+def test_faq_answers(oa, wechat_sim, question, expected):
+    assert expected in ask(oa, follower(wechat_sim), question)
+
+
+def test_outbound_messages_reach_wechat(wechat_sim):
+    """Customer-service text, news and mini-program cards, and template messages, as WeChat receives them."""
+    import asyncio
+
+    from core.settings import load_settings
+    from storage.redis import create_redis
+    from tests.oa_pusher import OA_SECRET
+    from wechat.client import OfficialAccountAPI, WeChatClient
+
+    openid = follower(wechat_sim)
+
+    async def send() -> str:
+        redis = create_redis(load_settings(REDIS_URL=None))
+        async with httpx.AsyncClient() as http:
+            oa_api = OfficialAccountAPI(WeChatClient(appid=OA_APPID, secret=OA_SECRET, base_url=wechat_sim.url, redis=redis,
+                                                     token_key=f"zbt-oa-{secrets.token_hex(4)}", http=http))
+            await oa_api.send_text(openid, "您的办件已受理")
+            await oa_api.send_news(openid, [{"title": "办事指南", "description": "居民身份证换领", "url": "https://example.gov.cn/g",
+                                             "picurl": "https://example.gov.cn/p.png"}])
+            await oa_api.send_miniprogram_page(openid, title="掌办", appid=SIM_MP_APPID, pagepath="pages/index/index",
+                                               thumb_media_id="MEDIA_ID")
+            msgid = await oa_api.send_template(openid, "TPL_PROGRESS", {"first": {"value": "办件进度"}},
+                                               miniprogram={"appid": SIM_MP_APPID, "pagepath": "pages/case/index"})
+            await redis.aclose()
+            return msgid
+
+    msgid = asyncio.run(send())
+    sent = [m for m in wechat_sim.control("messages")["messages"] if m.get("touser") == openid]
+    kinds = [(m["type"], m.get("msgtype")) for m in sent]
+    assert kinds == [("custom", "text"), ("custom", "news"), ("custom", "miniprogrampage"), ("template", None)], kinds
+    assert sent[0]["content"]["content"] == "您的办件已受理"  # Chinese arrives as Chinese, not \\u escapes
+    assert msgid and str(sent[3]["msgid"]) == msgid
