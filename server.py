@@ -39,6 +39,8 @@ def create_app(settings: Settings):
     from handlers.catalog import CatalogueReader
     from handlers.bot import FAQ, Bot, load_halls
     from handlers.drafts import Drafts
+    from handlers.materials import Materials, Pipeline
+    from storage.files import FileSealer, LocalFileStore
     from wechat.client import OfficialAccountAPI
     from storage.crypto import FieldCipher
     from storage.redis import Keys, create_redis
@@ -79,21 +81,26 @@ def create_app(settings: Settings):
 
     from bot import callback as oa_callback
     from console import auth as console_auth
+    from console import cases as console_cases
     from console import citizens as console_citizens
     from miniprogram_api import auth as mp_auth
     from miniprogram_api import drafts as mp_drafts
     from miniprogram_api import identity as mp_identity
+    from miniprogram_api import materials as mp_materials
     from miniprogram_api import services as mp_services
 
     http.install(app)
     app.blueprint(ops.bp)
     app.blueprint(console_auth.bp)
     app.blueprint(console_citizens.bp)
+    app.blueprint(console_cases.bp)
     app.blueprint(mp_auth.bp)
     app.blueprint(mp_identity.bp)
     app.blueprint(mp_services.bp)
     app.blueprint(mp_drafts.bp)
     app.blueprint(oa_callback.bp)
+    app.blueprint(mp_materials.bp)
+    app.blueprint(mp_materials.files_bp)
     if settings.simulated("WeChat mini-program") or settings.simulated("WeChat official account"):
         from wechat.simulator import SimState, simulator_blueprint
 
@@ -124,6 +131,14 @@ def create_app(settings: Settings):
                           faq=FAQ.load())
         app.ctx.bot_tasks = set()
         app.ctx.drafts = Drafts(cipher=app.ctx.cipher, ttl_days=settings.DRAFT_TTL_DAYS)
+        app.ctx.media_pipeline = Pipeline()
+        app.ctx.materials = Materials(
+            store=LocalFileStore(settings.MEDIA_ROOT),
+            sealer=FileSealer(settings.field_encryption_key(), settings.field_encryption_old_keys()),
+            pipeline=app.ctx.media_pipeline,
+            signing_key=settings.secret_key().encode(),
+            base_url=settings.public_base_url,
+        )
         app.ctx.broker = jobs.broker
         try:
             await jobs.broker.startup()
@@ -154,6 +169,7 @@ def create_app(settings: Settings):
             await jobs.broker.shutdown()
         finally:
             await app.ctx.http.aclose()
+            app.ctx.media_pipeline.shutdown()
             await app.ctx.redis.aclose()
             await close_db()
 

@@ -22,6 +22,7 @@ from core.cn_ids import parse_id_number
 from core.errors import ApiError, Conflict, NotFound
 from handlers.auth import IDENTITY_LEVELS, LEVEL_NAMES
 from handlers.forms import FormDef, Problem, prefill_sources, review_form
+from handlers.materials import lock_for_case
 from handlers.numbers import next_number
 from storage.crypto import FieldCipher
 from storage.models import (
@@ -362,7 +363,16 @@ class Drafts:
 
     async def review(self, *, user: User, draft_id: str) -> list[Problem]:
         draft = await self.get(user=user, draft_id=draft_id)
-        return review(await self.application_of(draft), self.data_of(draft), user)
+        return await self._review(await self.application_of(draft), self.data_of(draft), user)
+
+    async def _review(self, application: Application, data: dict, user: User) -> list[Problem]:
+        """Every problem: the form and slots (pure), then the attached files themselves (database)."""
+        from handlers.materials import review_attached
+
+        problems = review(application, data, user)
+        attached = data.get("materials") if isinstance(data.get("materials"), dict) else {}
+        found = await review_attached(user.id, attached, application.materials)
+        return problems + [Problem(path, code, message) for path, code, message in found]
 
     async def submit(self, *, user: User, draft_id: str, idempotency_key: str, body: dict) -> list[Case]:
         """Cases for the draft (one per item), exactly once per idempotency key."""
@@ -380,7 +390,7 @@ class Drafts:
             raise self._conflict(draft)
         application = await self.application_of(draft)
         data = self.data_of(draft)
-        problems = review(application, data, user)
+        problems = await self._review(application, data, user)
         if problems:
             raise ApiError(
                 f"申请材料还有{len(problems)}处需要完善，请按提示一次性修改",
@@ -396,6 +406,8 @@ class Drafts:
                 if not await Draft.filter(id=draft.id, status="open").update(status="submitted"):
                     raise Conflict("该申请已提交", code="draft_submitted")
                 cases = await self._create_cases(user, draft, application, data)
+                attached = data.get("materials") if isinstance(data.get("materials"), dict) else {}
+                await lock_for_case([i for ids in attached.values() if isinstance(ids, list) for i in ids if isinstance(i, str)])
                 submission.case_nos = [c.case_no for c in cases]
                 await submission.save(update_fields=["case_nos"])
         except IntegrityError:

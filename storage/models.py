@@ -172,6 +172,34 @@ class Ticket(Model):
         table = "tickets"
 
 
+class Material(Model):
+    """An uploaded material (photo or PDF), stored sealed, reusable across applications (材料复用)."""
+
+    id = fields.CharField(max_length=32, primary_key=True)  # random: ids cannot be guessed
+    user: fields.ForeignKeyRelation[User] = fields.ForeignKeyField(
+        "models.User", related_name="materials", on_delete=fields.CASCADE
+    )
+    kind = fields.CharField(max_length=64)
+    mime = fields.CharField(max_length=64)
+    size = fields.IntField()
+    sha256 = fields.CharField(max_length=64)  # of the bytes uploaded
+    width = fields.IntField(null=True)
+    height = fields.IntField(null=True)
+    pages = fields.IntField(null=True)
+    warnings = fields.JSONField(default=list)
+    object_name = fields.CharField(max_length=64)
+    file_key = fields.BinaryField()
+    thumb_object_name = fields.CharField(max_length=64, null=True)
+    thumb_key = fields.BinaryField(null=True)
+    valid_until = fields.DateField(null=True)
+    locked_at = fields.DatetimeField(null=True)  # attached to a submitted case: kept exactly as reviewed
+    created_at = fields.DatetimeField(auto_now_add=True)
+
+    class Meta:
+        table = "materials"
+        unique_together = (("user", "sha256"),)
+
+
 class Official(Model):
     """A government official who signs in to the web console."""
 

@@ -12,7 +12,7 @@ import pytest
 
 from tests.conftest import OA_AES_KEY, OA_TOKEN, SIM_MP_APPID, make_server, run_cli, wechat_env
 from tests.oa_pusher import OA_APPID, OAPusher, event_message, location_message, new_aes_key, text_message, voice_message
-from tests.test_drafts import RENEWAL, new_draft, renewal_answers
+from tests.test_drafts import RENEWAL, new_draft, photo_id, renewal_answers
 from tests.test_identity import auth, id_number, login, to_l3
 
 
@@ -139,14 +139,14 @@ def test_progress_only_for_the_senders_own_cases(server, oa, wechat_sim):
         wechat_sim.control("face/complete", {"verify_id": verify_id, "verify_ret": 10000})
         c.post("/api/v1/identity/face/finish", json={"verify_id": verify_id})
         draft = new_draft(c, service_code=RENEWAL)
-        answers = renewal_answers()
+        answers = renewal_answers(photo_id(server, tokens))
         answers["applicant"]["phone"] = "13700001111"
         c.patch(f"/api/v1/drafts/{draft['id']}", json={"version": 1, "data": answers})
         mine = c.post(f"/api/v1/drafts/{draft['id']}/submit", headers={"Idempotency-Key": uuid.uuid4().hex}).json()["case_no"]
     stranger_tokens = to_l3(server, wechat_sim, "沈十七", id_number())
     with server.client(headers=auth(stranger_tokens)) as c:
         draft = new_draft(c, service_code=RENEWAL)
-        answers = renewal_answers()
+        answers = renewal_answers(photo_id(server, stranger_tokens))
         answers["applicant"]["phone"] = "13700002222"
         c.patch(f"/api/v1/drafts/{draft['id']}", json={"version": 1, "data": answers})
         theirs = c.post(f"/api/v1/drafts/{draft['id']}/submit", headers={"Idempotency-Key": uuid.uuid4().hex}).json()["case_no"]

@@ -38,12 +38,30 @@ def citizen(server, wechat_sim):
     return tokens, "林小满", number, phone
 
 
-def renewal_answers() -> dict:
+def photo_id(server, tokens: dict) -> str:
+    """A real uploaded photo of the citizen's, for the material slots."""
+    import io
+
+    from PIL import Image
+
+    image = Image.new("RGB", (900, 1200), (random.randint(0, 255), 150, 200))
+    for x in range(0, 900, 30):
+        for y in range(0, 1200, 30):
+            image.putpixel((x, y), (0, 0, 0))
+    out = io.BytesIO()
+    image.save(out, "JPEG", quality=90)
+    response = httpx.post(server.url + "/api/v1/materials", headers=auth(tokens), data={"kind": "photo"},
+                          files={"file": ("photo.jpg", out.getvalue(), "image/jpeg")}, timeout=30)
+    assert response.status_code == 201, response.text
+    return response.json()["id"]
+
+
+def renewal_answers(photo: str = "not-uploaded") -> dict:
     return {
         "applicant": {"old_expiry": (TODAY + timedelta(days=30)).isoformat()},
         "appointment": {"station": "jiangyang", "date": (TODAY + timedelta(days=5)).isoformat(), "period": "am",
                         "delivery": "pickup"},
-        "materials": {"photo": ["mat-photo-1"]},
+        "materials": {"photo": [photo]},
     }
 
 
@@ -97,7 +115,7 @@ def test_hidden_field_becomes_required(server, wechat_sim):
     tokens = to_l3(server, wechat_sim, "宋一一", id_number())
     with server.client(headers=auth(tokens)) as c:
         draft = new_draft(c, service_code=RENEWAL)
-        answers = renewal_answers()
+        answers = renewal_answers(photo_id(server, tokens))
         answers["applicant"].update({"phone": "13912345678"})
         saved = c.patch(f"/api/v1/drafts/{draft['id']}", json={"version": 1, "data": answers}).json()
         assert c.post(f"/api/v1/drafts/{draft['id']}/review").json() == {"ok": True, "problems": []}
@@ -179,7 +197,7 @@ def test_idempotent_submit_under_20_concurrent_requests(server, citizen):
     tokens = citizen[0]
     with server.client(headers=auth(tokens)) as c:
         draft = new_draft(c, service_code=RENEWAL)
-        c.patch(f"/api/v1/drafts/{draft['id']}", json={"version": 1, "data": renewal_answers()})
+        c.patch(f"/api/v1/drafts/{draft['id']}", json={"version": 1, "data": renewal_answers(photo_id(server, tokens))})
     key = uuid.uuid4().hex
 
     def submit(_):
@@ -228,7 +246,7 @@ def test_newborn_bundle_one_form_three_linked_cases(server, citizen):
                         "householder_name": name, "relation_to_householder": "daughter", "delivery": "pickup"},
             "insurance": {"region": "510502", "resident_type": "born_here", "payment": "wechat"},
             "attachments": {"notice": "agreed"},
-            "materials": {"application_form": ["mat-form-1"]},
+            "materials": {"application_form": [photo_id(server, tokens)]},
         }
         saved = c.patch(f"/api/v1/drafts/{draft['id']}", json={"version": draft["version"], "data": answers})
         assert saved.status_code == 200
@@ -250,7 +268,7 @@ def test_history_prefill_after_a_case(server, wechat_sim):
     tokens = to_l3(server, wechat_sim, "何十五", id_number())
     with server.client(headers=auth(tokens)) as c:
         first = new_draft(c, service_code=RENEWAL)
-        answers = renewal_answers()
+        answers = renewal_answers(photo_id(server, tokens))
         answers["applicant"]["phone"] = "13711112222"
         c.patch(f"/api/v1/drafts/{first['id']}", json={"version": 1, "data": answers})
         assert c.post(f"/api/v1/drafts/{first['id']}/submit", headers={"Idempotency-Key": uuid.uuid4().hex}).status_code == 201

@@ -1,0 +1,25 @@
+"""`/console/api/cases/{case_no}/materials/{id}`: an official's watermarked, audited copy of a material."""
+
+from __future__ import annotations
+
+from sanic import Blueprint, Request
+from sanic.response import HTTPResponse, raw
+
+from console.auth import current_session
+from core.http import request_id
+from core.openapi import document
+from handlers.materials import official_copy
+
+bp = Blueprint("console_cases", url_prefix="/console/api/cases")
+
+
+@bp.get("/<case_no:str>/materials/<material_id:str>")
+@document(summary="An official's copy of a case material (?reason= required; audited; watermarked)", tag="console",
+          errors=(401, 403, 404, 422))
+async def material(request: Request, case_no: str, material_id: str) -> HTTPResponse:
+    session = await current_session(request, unsafe=False)
+    data, mime = await official_copy(
+        materials=request.app.ctx.materials, official=session.official, case_no=case_no, material_id=material_id,
+        reason=request.args.get("reason", ""), ip=request.remote_addr or request.ip, request_id=request_id(request),
+    )
+    return raw(data, content_type=mime, headers={"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"})

@@ -1,0 +1,256 @@
+"""Materials: upload through the processing pipeline, sealed storage, reuse across drafts,
+signed viewing links, and deletion that never touches what a submitted case relies on.
+
+CPU work (decoding, resizing, PDF checks) runs in a small thread pool; when the pool and its
+short queue are full, uploads are refused with `503 busy` and `Retry-After` instead of piling
+up. A material is written file-first, row-last: a crash in between leaves an orphan object,
+never a row pointing at nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import secrets
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
+
+from tortoise.exceptions import IntegrityError
+
+from core.errors import ApiError, Busy, Conflict, NotFound
+from handlers import media
+from storage.files import FileSealer, FileStore
+from storage.models import Draft, Material, User
+
+IMAGE_LIMIT = 10 * 1024 * 1024
+PDF_LIMIT = 20 * 1024 * 1024
+UPLOAD_LIMIT = PDF_LIMIT  # the largest any kind may be; the per-type limit applies once sniffed
+URL_TTL_S = 300
+KIND_MIMES = {"jpg": {"image/jpeg"}, "png": {"image/jpeg"}, "webp": {"image/jpeg"}, "heic": {"image/jpeg"},
+              "pdf": {"application/pdf"}}
+
+
+def limit_for(mime: str | None) -> int:
+    return PDF_LIMIT if mime == "application/pdf" else IMAGE_LIMIT
+
+
+class Pipeline:
+    """A bounded pool for the CPU work of uploads."""
+
+    def __init__(self, workers: int = 2, queue: int = 4):
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="media")
+        self._capacity = workers + queue
+        self._in_flight = 0
+
+    async def process(self, data: bytes) -> media.Processed:
+        if self._in_flight >= self._capacity:
+            raise Busy("上传的人较多，请稍后重试", code="busy", headers={"Retry-After": "2"})
+        self._in_flight += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._pool, media.process, data)
+        finally:
+            self._in_flight -= 1
+
+    def shutdown(self) -> None:
+        self._pool.shutdown(wait=True)
+
+
+def view(material: Material, *, urls: dict | None = None) -> dict:
+    body = {
+        "id": material.id,
+        "kind": material.kind,
+        "mime": material.mime,
+        "size": material.size,
+        "sha256": material.sha256,
+        "width": material.width,
+        "height": material.height,
+        "pages": material.pages,
+        "quality_warnings": material.warnings,
+        "valid_until": material.valid_until.isoformat() if material.valid_until else None,
+        "locked": material.locked_at is not None,
+        "created_at": material.created_at.isoformat() if material.created_at else None,
+    }
+    if urls:
+        body.update(urls)
+    return body
+
+
+class Materials:
+    """Material use cases for the mini-program."""
+
+    def __init__(self, *, store: FileStore, sealer: FileSealer, pipeline: Pipeline, signing_key: bytes, base_url: str):
+        self.store, self.sealer, self.pipeline = store, sealer, pipeline
+        self._signing_key, self.base_url = signing_key, base_url.rstrip("/")
+
+    async def upload(self, *, user: User, kind: str, data: bytes) -> tuple[Material, bool]:
+        """(material, created): the same bytes uploaded again by the same citizen return the first one."""
+        digest = hashlib.sha256(data).hexdigest()
+        existing = await Material.get_or_none(user_id=user.id, sha256=digest)
+        if existing is not None:
+            return existing, False
+        processed = await self.pipeline.process(data)
+        owner = str(user.id)
+        name = self.sealer.object_name(owner, digest)
+        sealed, file_key = self.sealer.seal(processed.data)
+        await self.store.put(name, sealed)
+        thumb_name = thumb_key = None
+        if processed.thumbnail:
+            thumb_name = self.sealer.object_name(owner, digest, "thumb")
+            sealed_thumb, thumb_key = self.sealer.seal(processed.thumbnail)
+            await self.store.put(thumb_name, sealed_thumb)
+        try:
+            material = await Material.create(
+                id=secrets.token_hex(16), user_id=user.id, kind=kind, mime=processed.mime, size=len(processed.data),
+                sha256=digest, width=processed.width, height=processed.height, pages=processed.pages,
+                warnings=processed.warnings, object_name=name, file_key=file_key,
+                thumb_object_name=thumb_name, thumb_key=thumb_key,
+            )
+        except IntegrityError:  # the same file uploaded twice at once: one row, one object
+            return await Material.get(user_id=user.id, sha256=digest), False
+        return material, True
+
+    async def library(self, *, user: User) -> dict[str, list[Material]]:
+        """The citizen's materials grouped by kind, newest first."""
+        grouped: dict[str, list[Material]] = {}
+        for material in await Material.filter(user_id=user.id).order_by("-created_at"):
+            grouped.setdefault(material.kind, []).append(material)
+        return grouped
+
+    async def get(self, *, user: User, material_id: str) -> Material:
+        material = await Material.get_or_none(id=material_id, user_id=user.id)
+        if material is None:
+            raise NotFound("材料不存在", code="material_not_found")
+        return material
+
+    async def delete(self, *, user: User, material_id: str) -> None:
+        """Deletes a material and its objects, unless a submitted case relies on it."""
+        material = await self.get(user=user, material_id=material_id)
+        if material.locked_at is not None:
+            raise Conflict("该材料已用于提交的申请，不能删除", code="material_in_use")
+        if not await Material.filter(id=material.id, locked_at=None).delete():
+            raise Conflict("该材料已用于提交的申请，不能删除", code="material_in_use")
+        for name in (material.object_name, material.thumb_object_name):
+            if name and not await Material.filter(object_name=name).exists():
+                await self.store.delete(name)
+
+    async def attach(self, *, user: User, drafts, draft_id: str, slot: str, material_id: str) -> tuple[Draft, dict]:
+        """Puts an existing material into a draft's slot (no re-upload), checking the slot accepts its kind."""
+        draft = await drafts.get(user=user, draft_id=draft_id)
+        application = await drafts.application_of(draft)
+        slot_def = next((m for m in application.materials if m["key"] == slot), None)
+        if slot_def is None:
+            raise NotFound("该事项没有这项材料", code="slot_not_found")
+        material = await self.get(user=user, material_id=material_id)
+        allowed = set().union(*(KIND_MIMES.get(k, set()) for k in slot_def["kinds"]))
+        if material.mime not in allowed:
+            raise ApiError(f"“{slot_def['name']}”只接受 {'、'.join(slot_def['kinds'])} 格式", code="material_kind_not_allowed",
+                           status=422)
+        data = drafts.data_of(draft)
+        current = list((data.get("materials") or {}).get(slot) or [])
+        if material.id not in current:
+            current.append(material.id)
+        draft, data = await drafts.patch(user=user, draft_id=draft.id, version=draft.version,
+                                         patch={"materials": {slot: current}})
+        return draft, data
+
+    # -- viewing ------------------------------------------------------------------------
+
+    def _signature(self, material_id: str, variant: str, viewer: str, expires: int) -> str:
+        mac = hmac.new(self._signing_key, f"{material_id}|{variant}|{viewer}|{expires}".encode(), hashlib.sha256)
+        return base64.urlsafe_b64encode(mac.digest()[:18]).decode()
+
+    def signed_urls(self, material: Material, *, viewer: str) -> dict:
+        """Short-lived links for the file and thumbnail, bound to the viewer."""
+        expires = int(time.time()) + URL_TTL_S
+        def url(variant: str) -> str:
+            sig = self._signature(material.id, variant, viewer, expires)
+            return f"{self.base_url}/files/{material.id}/{variant}?v={viewer}&e={expires}&s={sig}"
+        out = {"file_url": url("file"), "url_expires_at": expires}
+        out["thumbnail_url"] = url("thumb") if material.thumb_object_name else None
+        return out
+
+    def check_signature(self, material_id: str, variant: str, viewer: str, expires: str, sig: str) -> None:
+        try:
+            expires_at = int(expires)
+        except ValueError:
+            raise NotFound("链接无效", code="link_invalid") from None
+        expected = self._signature(material_id, variant, viewer, expires_at)
+        if not hmac.compare_digest(expected, sig or "") or expires_at < time.time():
+            raise ApiError("链接已失效，请刷新后重试", code="link_expired", status=403)
+
+    async def content(self, material: Material, variant: str) -> tuple[bytes, str]:
+        if variant == "thumb":
+            if not material.thumb_object_name:
+                raise NotFound("该材料没有缩略图", code="thumbnail_not_found")
+            return self.sealer.open(await self.store.get(material.thumb_object_name), material.thumb_key), "image/jpeg"
+        return self.sealer.open(await self.store.get(material.object_name), material.file_key), material.mime
+
+
+async def review_attached(user_id: int, attached: dict, materials: list[dict]) -> list[tuple[str, str, str]]:
+    """(path, code, message) for attached ids that are not the citizen's or of a kind the slot refuses."""
+    problems = []
+    ids = {i for v in attached.values() if isinstance(v, list) for i in v if isinstance(i, str)}
+    rows = {m.id: m for m in await Material.filter(id__in=list(ids), user_id=user_id)} if ids else {}
+    for slot in materials:
+        value = attached.get(slot["key"])
+        if not isinstance(value, list) or not value:
+            continue
+        allowed = set().union(*(KIND_MIMES.get(k, set()) for k in slot["kinds"]))
+        for material_id in value:
+            material = rows.get(material_id) if isinstance(material_id, str) else None
+            if material is None:
+                problems.append((f"materials.{slot['key']}", "material_not_found", f"“{slot['name']}”中的文件不存在，请重新上传"))
+                break
+            if material.mime not in allowed:
+                problems.append((f"materials.{slot['key']}", "material_kind_not_allowed",
+                                 f"“{slot['name']}”只接受 {'、'.join(slot['kinds'])} 格式"))
+                break
+    return problems
+
+
+async def lock_for_case(material_ids: list[str]) -> None:
+    """Marks materials as used by a submitted case: they can no longer be deleted."""
+    if material_ids:
+        await Material.filter(id__in=material_ids, locked_at=None).update(locked_at=datetime.now(timezone.utc))
+
+
+
+async def official_copy(*, materials: Materials, official, case_no: str, material_id: str, reason: str,
+                        ip: str, request_id: str) -> tuple[bytes, str]:
+    """An official's copy of a case's material: rights checked, read audited, images watermarked.
+
+    Only officials of the item's department (or admins) may see a case's materials. The stored
+    original stays clean; the watermark "仅用于〔事项〕办理，他用无效" and the date are drawn on
+    this copy only.
+    """
+    from core.errors import Forbidden, ValidationFailed
+    from handlers import audit
+    from handlers.numbers import CHINA
+    from storage.models import ActorType, Case
+
+    reason = (reason or "").strip()
+    if not 4 <= len(reason) <= 200:
+        raise ValidationFailed({"reason": "请填写查看原因（4至200字）"})
+    case = await Case.get_or_none(case_no=case_no).prefetch_related("service_item")
+    if case is None:
+        raise NotFound("办件不存在", code="case_not_found")
+    roles = official.roles or []
+    if "admin" not in roles and official.department != case.service_item.department:
+        raise Forbidden("您不是该办件的承办部门人员，无权查看其材料", code="case_forbidden")
+    used = {i for ids in (case.materials or {}).values() for i in (ids if isinstance(ids, list) else [])}
+    if material_id not in used:
+        raise NotFound("该办件没有这份材料", code="material_not_found")
+    material = await Material.get(id=material_id)
+    await audit.record(
+        actor_type=ActorType.OFFICIAL, actor_id=official.id, action="material.read", target_type="material",
+        target_id=material.id, request_id=request_id, ip=ip,
+        detail={"case_no": case.case_no, "reason": reason, "kind": material.kind},
+    )
+    data, mime = await materials.content(material, "file")
+    if mime == "image/jpeg":
+        stamp = f"仅用于〔{case.service_name}〕办理，他用无效 {datetime.now(CHINA):%Y-%m-%d}"
+        data = await asyncio.get_running_loop().run_in_executor(None, media.watermark, data, stamp)
+    return data, mime
