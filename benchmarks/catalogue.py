@@ -192,7 +192,7 @@ def _value_by_type(f) -> Any:
     raise RuntimeError(f"no value for a {t} field ({f.key})")  # uscc: not in this form
 
 
-def complete_data(form, content: dict, people: People) -> dict:
+def complete_data(form, content: dict, people: People, material_ids: dict[str, list[str]] | None = None) -> dict:
     """A complete, valid data set for 户口迁移: every step filled by field type, with the choices
     below so that every field is visible at least once (marriage → spouse fields, joining a
     household → householder fields, mail delivery → mail address; members: an adult spouse and a
@@ -245,8 +245,27 @@ def complete_data(form, content: dict, people: People) -> dict:
             prefix = f"{step.key}.{i}" if step.repeat else step.key
             for key in [k for k in entry if f"{prefix}.{k}" not in visible]:
                 del entry[key]
-    data["materials"] = {m["key"]: [f"mat-{m['key']}-1"] for m in content["materials"] if m["source"] == "applicant"}
+    data["materials"] = {m["key"]: (material_ids or {}).get(m["key"], [f"mat-{m['key']}-1"])
+                         for m in content["materials"] if m["source"] == "applicant"}
     return data
+
+
+def upload_scan(c, key: str) -> str:
+    """A real uploaded material (a generated A4-like JPEG scan), since pre-review checks attachments exist."""
+    import io
+
+    from PIL import Image, ImageDraw
+
+    image = Image.new("RGB", (1240, 1754), (250, 250, 245))
+    draw = ImageDraw.Draw(image)
+    for y in range(120, 1700, 48):
+        draw.line((100, y, 1140, y), fill=(20, 20, 20), width=3)
+    out = io.BytesIO()
+    image.save(out, "JPEG", quality=88)
+    response = c.post("/api/v1/materials", data={"kind": key}, files={"file": (f"{key}.jpg", out.getvalue(), "image/jpeg")})
+    if response.status_code not in (200, 201):
+        raise RuntimeError(f"upload of {key} failed: {response.status_code} {response.text}")
+    return response.json()["id"]
 
 
 # -- citizens ----------------------------------------------------------------------------------
@@ -347,7 +366,8 @@ def prepare(server: CatalogueServer, sim: idb.Simulator, code: str, form, conten
         run.listed = len(listed)
 
         draft = request(c, "POST", "/api/v1/drafts", 201, json={"service_code": code})
-        data = complete_data(form, content, people)
+        needed = [m["key"] for m in content["materials"] if m["source"] == "applicant"]
+        data = complete_data(form, content, people, {key: [upload_scan(c, key)] for key in needed})
         saved = request(c, "PATCH", f"/api/v1/drafts/{draft['id']}", 200,
                         json={"version": draft["version"], "data": data})
         if saved["data"] != data:  # the prefilled values are the ones we send: nothing else is merged in

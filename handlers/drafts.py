@@ -52,6 +52,8 @@ PREFILL_LABELS = {
 
 # -- service: shapes and pure checks ---------------------------------------------------------------
 
+_FORMS: dict[tuple[int, ...], FormDef | None] = {}
+
 
 @dataclass(frozen=True)
 class Application:
@@ -62,12 +64,16 @@ class Application:
 
     @property
     def form(self) -> FormDef | None:
-        forms = [i.content.get("form") for i in self.items if i.content.get("form")]
-        if not forms:
-            return None
-        if len(forms) == 1:
-            return FormDef.model_validate(forms[0])
-        return FormDef.model_validate(merge_forms(forms))
+        # Item versions are immutable, so the validated form of a set of versions never changes.
+        key = tuple(i.id for i in self.items)
+        if key not in _FORMS:
+            forms = [i.content.get("form") for i in self.items if i.content.get("form")]
+            if len(_FORMS) > 1000:
+                _FORMS.clear()
+            _FORMS[key] = (
+                None if not forms else FormDef.model_validate(forms[0] if len(forms) == 1 else merge_forms(forms))
+            )
+        return _FORMS[key]
 
     @property
     def materials(self) -> list[dict]:
