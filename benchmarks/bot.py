@@ -16,9 +16,10 @@ One run:
 - WeRoBot 1.13.1 (PyPI), installed into a throw-away virtual environment under the run's temporary
   directory (never into the project's), with the same token, EncodingAESKey and AppID, answering
   its own encrypted messages with a fixed text (the same text our bot answered), on the two ways of
-  serving it that its deployment guide shows, each one process: `gunicorn --workers 1
-  werobot_app:robot.wsgi` and `robot.run()` with the default server "auto" (Waitress). For each, wrk
-  also measures the signed URL-verification GET, WeRoBot's cheapest request.
+  serving it that its deployment guide shows, each one process: gunicorn (`--workers 1`, the app
+  `robot.wsgi`; the guide's `module:robot.wsgi` target is checked with `gunicorn --check-config`
+  and reported) and `robot.run()` with the default server "auto" (Waitress). For each, wrk also
+  measures the signed URL-verification GET, WeRoBot's cheapest request.
 
 Every POST is a distinct message: WeChat's side is played as in tests/oa_pusher.py (AES-256-CBC
 envelope, `signature` and `msg_signature`), with a MsgId never used before in the run and a current
@@ -84,6 +85,7 @@ WEROBOT_VERSION = "1.13.1"
 WEROBOT_PACKAGES = [f"werobot=={WEROBOT_VERSION}", "cryptography", "gunicorn", "waitress"]
 GUNICORN, WAITRESS = "gunicorn", "auto"
 MAX_SKEW_S = 300  # bot/crypto.py refuses timestamps further than this from its clock
+SETTLE_S = 2.0  # after the last measurement, before stopping our server
 BOT_TARGET = f"POST {OA_PATH} (encrypted FAQ → guide)"
 WEROBOT_TARGET = f"POST {OA_PATH} (encrypted, fixed text)"
 VERIFY_TARGET = f"GET {OA_PATH} (signed URL verification)"
@@ -441,6 +443,9 @@ def run_zhangban(backend: str, workdir: Path, prefix: str, sim: idb.Simulator, a
                                watch_cpu, args, workdir)
         bot.ratio = bot.rps / healthz.rps if bot.rps and healthz.rps else None
         run.rows.append(bot)
+        # wrk stops with --connections messages in flight; let their answers finish before the stop, so
+        # that the log shows the server's own problems rather than work cut off by the stop.
+        time.sleep(SETTLE_S)
     except (RuntimeError, subprocess.TimeoutExpired, OSError) as exc:
         why = str(exc).splitlines()[0][:160]
         print(f"  FAILED: {exc}", file=sys.stderr)
@@ -684,7 +689,9 @@ def section(runs: list[Run], venv: WeRoBotEnv | None, venv_failed: str | None, s
         f"as its own process (`python -m wechat.simulator`). *{EMBEDDED}*: the default, SQLite under the temporary "
         f"`var/`, fakeredis. *{PRODUCTION}*: a fresh database on `{idb.PG_ADMIN_URL}` (dropped afterwards), "
         f"`REDIS_URL={hb.REDIS_URL}` with a throw-away `REDIS_KEY_PREFIX` (its keys deleted afterwards), random "
-        "`SECRET_KEY` and `FIELD_ENCRYPTION_KEY`, `TASK_BROKER=memory`. The answer must be the guide of "
+        "`SECRET_KEY` and `FIELD_ENCRYPTION_KEY`, `TASK_BROKER=memory`; stopped (SIGINT) "
+        f"{SETTLE_S:.0f} s after the last request, so the answers to the messages wrk cut off at the end "
+        "of its run finish first. The answer must be the guide of "
         f"{MARKER} found by the catalogue search. Per message the server checks both signatures and the "
         "timestamp, decrypts, parses with defusedxml, claims the MsgId in Redis (SET NX), reads and updates the "
         "follower row, runs the search (jieba + BM25, index built once per process), reads the cached guide from "

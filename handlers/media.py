@@ -547,7 +547,7 @@ def watermark(jpeg: bytes, text: str, *, font_path: str | None = None, max_pixel
 
     # Draw rows of text on a square mask covering the picture at any angle, turn it, cut
     # out the middle, and blend the colour in through it.
-    side = math.ceil(math.hypot(width, height)) + 2 * text_w
+    side = math.ceil(math.hypot(width, height)) + 2  # its turned inscribed circle covers the picture
     mask = Image.new("L", (side, side), 0)
     draw = ImageDraw.Draw(mask)
     step_x, step_y = text_w + max(size * 2, text_w // 2), text_h * 3
