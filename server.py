@@ -40,7 +40,7 @@ def create_app(settings: Settings):
     from handlers.bot import FAQ, Bot, load_halls
     from handlers.drafts import Drafts
     from handlers.materials import Materials, Pipeline
-    from storage.files import FileSealer, LocalFileStore
+    from storage.files import FileSealer, create_file_store
     from wechat.client import OfficialAccountAPI
     from storage.crypto import FieldCipher
     from storage.redis import Keys, create_redis
@@ -132,8 +132,11 @@ def create_app(settings: Settings):
         app.ctx.bot_tasks = set()
         app.ctx.drafts = Drafts(cipher=app.ctx.cipher, ttl_days=settings.DRAFT_TTL_DAYS)
         app.ctx.media_pipeline = Pipeline()
+        app.ctx.file_store = create_file_store(settings)
+        if hasattr(app.ctx.file_store, "ensure_bucket"):
+            await app.ctx.file_store.ensure_bucket()
         app.ctx.materials = Materials(
-            store=LocalFileStore(settings.MEDIA_ROOT),
+            store=app.ctx.file_store,
             sealer=FileSealer(settings.field_encryption_key(), settings.field_encryption_old_keys()),
             pipeline=app.ctx.media_pipeline,
             signing_key=settings.secret_key().encode(),
@@ -170,6 +173,8 @@ def create_app(settings: Settings):
         finally:
             await app.ctx.http.aclose()
             app.ctx.media_pipeline.shutdown()
+            if hasattr(app.ctx.file_store, "close"):
+                await app.ctx.file_store.close()
             await app.ctx.redis.aclose()
             await close_db()
 

@@ -43,6 +43,7 @@ CHANNEL_GROUPS: dict[str, tuple[str, ...]] = {
     ),
     "Alipay": ("ALIPAY_APP_ID", "ALIPAY_PRIVATE_KEY", "ALIPAY_PUBLIC_KEY"),
     "core platform": ("PLATFORM_BASE_URL", "PLATFORM_APP_KEY", "PLATFORM_SECRET"),
+    "S3 file store": ("S3_BUCKET", "S3_ACCESS_KEY_ID", "S3_SECRET_ACCESS_KEY"),
 }
 PEM_PATH_FIELDS = (
     "WECHATPAY_PRIVATE_KEY",
@@ -119,6 +120,13 @@ class Settings(BaseSettings):
 
     PUBLIC_BASE_URL: str | None = None
 
+    # Material files in an S3-compatible store instead of MEDIA_ROOT (all or none, endpoint optional).
+    S3_BUCKET: str | None = None
+    S3_ENDPOINT_URL: str | None = None
+    S3_REGION: str = "us-east-1"
+    S3_ACCESS_KEY_ID: str | None = None
+    S3_SECRET_ACCESS_KEY: str | None = None
+
     # Operational knobs beyond the contract, each with a safe default.
     LOG_LEVEL: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     REQUEST_MAX_SIZE: int = Field(2 * 1024 * 1024, ge=1024)
@@ -150,6 +158,7 @@ class Settings(BaseSettings):
         "FIELD_ENCRYPTION_KEY",
         "FIELD_ENCRYPTION_OLD_KEYS",
         "PUBLIC_BASE_URL",
+        "S3_ENDPOINT_URL",
         *[name for group in CHANNEL_GROUPS.values() for name in group],
         mode="before",
     )
@@ -174,7 +183,8 @@ class Settings(BaseSettings):
     def _redis_url(cls, value: str | None) -> str | None:
         return None if value is None else _check_url(value, REDIS_SCHEMES)
 
-    @field_validator("WECHAT_API_BASE", "WECHATPAY_API_BASE", "ALIPAY_GATEWAY", "PLATFORM_BASE_URL", "PUBLIC_BASE_URL")
+    @field_validator("WECHAT_API_BASE", "WECHATPAY_API_BASE", "ALIPAY_GATEWAY", "PLATFORM_BASE_URL", "PUBLIC_BASE_URL",
+                     "S3_ENDPOINT_URL")
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:
         return None if value is None else _check_url(value, {"http", "https"})

@@ -390,6 +390,10 @@ class Drafts:
             return replay
         draft = await self.get(user=user, draft_id=draft_id)
         if draft.status != "open":
+            # A concurrent request with this key may have committed since we first looked.
+            replay = await self._replay(user, idempotency_key, fingerprint)
+            if replay is not None:
+                return replay
             done = await Submission.filter(user_id=user.id, draft_id=draft.id).first()
             raise Conflict("该申请已提交", code="draft_submitted", details={"case_nos": done.case_nos if done else []})
         if "version" in body and body["version"] != draft.version:

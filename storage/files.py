@@ -38,7 +38,7 @@ class LocalFileStore:
         self.root = Path(root)
 
     def _path(self, name: str) -> Path:
-        if not name.isalnum():
+        if not (name.isascii() and name.isalnum()):
             raise ValueError("object names are alphanumeric")
         return self.root / name[:2] / name
 
@@ -100,3 +100,15 @@ class FileSealer:
             return AESGCM(file_key).decrypt(sealed[:_NONCE], sealed[_NONCE:], None)
         except Exception:
             raise DecryptionError("sealed file does not open") from None
+
+
+def create_file_store(settings) -> FileStore:
+    """The S3-compatible store when S3_BUCKET is set, else the local directory MEDIA_ROOT."""
+    if settings.S3_BUCKET:
+        from storage.s3 import S3FileStore
+
+        return S3FileStore(
+            bucket=settings.S3_BUCKET, endpoint_url=settings.S3_ENDPOINT_URL, region=settings.S3_REGION,
+            access_key_id=settings.S3_ACCESS_KEY_ID, secret_access_key=settings.S3_SECRET_ACCESS_KEY,
+        )
+    return LocalFileStore(settings.MEDIA_ROOT)

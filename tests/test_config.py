@@ -28,6 +28,7 @@ CASES = [
     ({"WECHATPAY_APIV3_KEY": "abc"}, "WECHATPAY_APIV3_KEY: APIv3 key must be 32 bytes"),
     ({"ALIPAY_PRIVATE_KEY": "/nonexistent/key.pem"}, "ALIPAY_PRIVATE_KEY: file not found: /nonexistent/key.pem"),
     ({"LOG_LEVEL": "LOUD"}, "LOG_LEVEL: must be"),
+    ({"S3_BUCKET": "zhangban-media"}, "S3_ACCESS_KEY_ID: missing; S3 file store is half-configured"),
     ({"RATE_LIMITS": "login.ip=lots"}, "RATE_LIMITS: bad rule 'lots' for login.ip"),
     ({"RATE_LIMITS": "logn.ip=5/minute"}, "RATE_LIMITS: unknown limit 'logn.ip'"),
 ]

@@ -239,3 +239,42 @@ def test_saturation_answers_503_and_loses_nothing(server, owner):
             assert Image.open(io.BytesIO(httpx.get(r.json()["file_url"]).content)).size == (2000, 1500)
     retried = [upload(server, owner, big[i], kind="big") for i, s in enumerate(statuses) if s == 503]
     assert all(r.status_code == 201 for r in retried)  # a retry after Retry-After succeeds
+
+
+def test_materials_in_an_s3_compatible_store(tmp_path_factory, databases, wechat_sim):
+    """The same uploads, with files in a bucket (moto's S3 server) instead of MEDIA_ROOT."""
+    import secrets
+
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    from tests.conftest import free_port, make_server
+
+    port = free_port()
+    moto = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    moto.start()
+    bucket, key_id, secret = f"zbt-{secrets.token_hex(4)}", "AKIA" + secrets.token_hex(8).upper(), secrets.token_urlsafe(30)
+    try:
+        srv, _ = make_server(tmp_path_factory, databases, wechat_sim, "s3store", S3_BUCKET=bucket,
+                             S3_ENDPOINT_URL=f"http://127.0.0.1:{port}", S3_REGION="us-east-1",
+                             S3_ACCESS_KEY_ID=key_id, S3_SECRET_ACCESS_KEY=secret)
+        try:
+            tokens, _ = login(srv, wechat_sim)
+            data = jpeg(1300, 900, (60, 160, 90))
+            created = upload(srv, tokens, data)
+            assert created.status_code == 201, created.text
+            stored = httpx.get(created.json()["file_url"])
+            assert stored.status_code == 200 and Image.open(io.BytesIO(stored.content)).size == (1300, 900)
+        finally:
+            srv.stop()
+        s3 = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}", region_name="us-east-1",
+                          aws_access_key_id=key_id, aws_secret_access_key=secret)
+        objects = s3.list_objects_v2(Bucket=bucket).get("Contents", [])
+        assert len(objects) == 2  # the file and its thumbnail
+        for obj in objects:
+            body = s3.get_object(Bucket=bucket, Key=obj["Key"])["Body"].read()
+            assert not body.startswith(b"\xff\xd8") and stored.content[200:2000] not in body  # sealed
+        local = srv.cwd / "var" / "media"
+        assert not local.exists() or not any(p.is_file() for p in local.rglob("*"))  # nothing went to MEDIA_ROOT
+    finally:
+        moto.stop()
