@@ -84,6 +84,7 @@ def create_app(settings: Settings):
     from console import cases as console_cases
     from console import citizens as console_citizens
     from miniprogram_api import auth as mp_auth
+    from miniprogram_api import cases as mp_cases
     from miniprogram_api import drafts as mp_drafts
     from miniprogram_api import identity as mp_identity
     from miniprogram_api import materials as mp_materials
@@ -98,6 +99,7 @@ def create_app(settings: Settings):
     app.blueprint(mp_identity.bp)
     app.blueprint(mp_services.bp)
     app.blueprint(mp_drafts.bp)
+    app.blueprint(mp_cases.bp)
     app.blueprint(oa_callback.bp)
     app.blueprint(mp_materials.bp)
     app.blueprint(mp_materials.files_bp)

@@ -18,10 +18,11 @@ import yaml
 from tortoise.exceptions import IntegrityError
 from tortoise.transactions import in_transaction
 
+from handlers.cases import STATUS_LABELS
 from handlers.catalog import CatalogueReader
 from handlers.numbers import next_number
 from storage.crypto import FieldCipher
-from storage.models import Case, CaseStatus, Follower, Ticket, User
+from storage.models import Case, Follower, Ticket, User
 
 HALLS_FILE = Path(__file__).resolve().parent.parent / "data" / "halls.yaml"
 FAQ_FILE = Path(__file__).resolve().parent.parent / "data" / "faq.yaml"
@@ -29,20 +30,6 @@ CASE_NO = re.compile(r"ZB\d{14}")
 TICKET_INTENT = re.compile(r"^\s*(咨询|投诉)[\s:：，,]*(.*)$", re.S)
 MENU_WORDS = {"菜单", "帮助", "help", "?", "？", "你好", "您好"}
 PROGRESS_WORDS = {"查进度", "进度", "办件进度", "查询进度", "我的办件"}
-
-STATUS_TEXT = {
-    CaseStatus.SUBMITTED: "已提交，等待推送至审批部门",
-    CaseStatus.DELIVERED: "已推送至审批部门，等待受理",
-    CaseStatus.ACCEPTED: "已受理",
-    CaseStatus.IN_REVIEW: "审核中",
-    CaseStatus.CORRECTION_REQUESTED: "需要补正材料，请在小程序中查看补正要求",
-    CaseStatus.RESUBMITTED: "已补正，等待重新审核",
-    CaseStatus.APPROVED: "审批通过",
-    CaseStatus.REJECTED: "未予通过，请在小程序中查看原因",
-    CaseStatus.RESULT_ISSUED: "办理结果已出具",
-    CaseStatus.CLOSED: "已办结",
-    CaseStatus.WITHDRAWN: "已撤回",
-}
 
 MENU_TEXT = (
     "您好，这里是“掌办”泸州政务服务。您可以：\n"
@@ -172,7 +159,7 @@ class Bot:
 
     @staticmethod
     def _case_line(case: Case) -> str:
-        return f"{case.case_no}（{case.service_name}）：{STATUS_TEXT.get(case.status, case.status.value)}"
+        return f"{case.case_no}（{case.service_name}）：{STATUS_LABELS[case.status]}"
 
     async def guide_answer(self, question: str) -> str:
         """The best guide for a question, with its key facts, or suggestions when nothing fits."""

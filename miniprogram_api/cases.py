@@ -1,0 +1,52 @@
+"""`/api/v1/cases`: the citizen's cases, their timeline and what to do next; withdrawal."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+from sanic import Blueprint, Request
+from sanic.response import HTTPResponse, json
+
+from core.http import json_body, query_args
+from core.openapi import document
+from handlers import cases
+from miniprogram_api.deps import citizen
+
+bp = Blueprint("mp_cases", url_prefix="/api/v1/cases")
+
+
+class ListQuery(BaseModel):
+    before: int | None = Field(None, ge=1, description="cursor: the next_cursor of the previous page")
+    limit: int = Field(20, ge=1, le=100)
+
+
+class WithdrawIn(BaseModel):
+    reason: str = Field("", max_length=200)
+
+
+@bp.get("/")
+@document(summary="My cases, newest first (keyset pages)", tag="cases", errors=(401, 422))
+@citizen
+async def mine(request: Request) -> HTTPResponse:
+    query = query_args(request, ListQuery)
+    rows = await cases.my_cases(user=request.ctx.user, before=query.before, limit=query.limit + 1)
+    page = rows[: query.limit]
+    return json({"items": [cases.summary(c) for c in page],
+                 "next_cursor": page[-1].id if len(rows) > query.limit else None})
+
+
+@bp.get("/<case_no:str>")
+@document(summary="One of my cases: timeline, next action, promised date", tag="cases", errors=(401, 404))
+@citizen
+async def read(request: Request, case_no: str) -> HTTPResponse:
+    case = await cases.my_case(user=request.ctx.user, case_no=case_no)
+    return json(await cases.detail(case))
+
+
+@bp.post("/<case_no:str>/withdraw")
+@document(summary="Withdraw a case not yet accepted", tag="cases", body=WithdrawIn, errors=(401, 404, 409))
+@citizen
+async def withdraw(request: Request, case_no: str) -> HTTPResponse:
+    body = json_body(request, WithdrawIn) if request.body else WithdrawIn()
+    case = await cases.withdraw(user=request.ctx.user, case_no=case_no, reason=body.reason)
+    case = await cases.my_case(user=request.ctx.user, case_no=case.case_no)
+    return json(await cases.detail(case))
