@@ -41,6 +41,7 @@ def create_app(settings: Settings):
     from handlers.drafts import Drafts
     from handlers.materials import Materials, Pipeline
     from storage.files import FileSealer, create_file_store
+    from bridge.signing import Verifier
     from wechat.client import OfficialAccountAPI
     from storage.crypto import FieldCipher
     from storage.redis import Keys, create_redis
@@ -80,6 +81,7 @@ def create_app(settings: Settings):
     app.ctx.keys = Keys(settings.REDIS_KEY_PREFIX)
 
     from bot import callback as oa_callback
+    from bridge import callback as platform_callback
     from console import auth as console_auth
     from console import cases as console_cases
     from console import citizens as console_citizens
@@ -101,6 +103,7 @@ def create_app(settings: Settings):
     app.blueprint(mp_drafts.bp)
     app.blueprint(mp_cases.bp)
     app.blueprint(oa_callback.bp)
+    app.blueprint(platform_callback.bp)
     app.blueprint(mp_materials.bp)
     app.blueprint(mp_materials.files_bp)
     if settings.simulated("WeChat mini-program") or settings.simulated("WeChat official account"):
@@ -129,6 +132,8 @@ def create_app(settings: Settings):
         app.ctx.catalogue = CatalogueReader(redis=app.ctx.redis, keys=app.ctx.keys)
         app.ctx.oa = OfficialAccountAPI(wechat_client(settings, "oa", redis=app.ctx.redis, http=app.ctx.http))
         app.ctx.oa_crypto = oa_crypto(settings)
+        _, platform_key, platform_secret = jobs.platform_endpoint(settings)
+        app.ctx.platform_verifier = Verifier(platform_key, platform_secret)
         app.ctx.bot = Bot(catalogue=app.ctx.catalogue, cipher=app.ctx.cipher, halls=load_halls(), mp_appid=mp_appid(settings),
                           faq=FAQ.load())
         app.ctx.bot_tasks = set()

@@ -53,6 +53,18 @@ broker = create_broker(settings)
 scheduler = TaskiqScheduler(broker, sources=[LabelScheduleSource(broker)])
 
 
+SIM_PLATFORM_KEY = "zhangban-sim"
+SIM_PLATFORM_SECRET = "zhangban-sim-platform-secret-0123456789"
+SIM_PLATFORM_PREFIX = "/_sim/platform"
+
+
+def platform_endpoint(settings: Settings) -> tuple[str, str, str]:
+    """(base URL, app key, secret) of the core platform, or of the in-process simulator."""
+    if settings.simulated("core platform"):
+        return settings.local_base_url + SIM_PLATFORM_PREFIX, SIM_PLATFORM_KEY, SIM_PLATFORM_SECRET
+    return settings.PLATFORM_BASE_URL, settings.PLATFORM_APP_KEY, settings.PLATFORM_SECRET
+
+
 async def run_embedded_scheduler() -> None:
     """The scheduler loop inside the server process (embedded default only)."""
     from taskiq.cli.scheduler.run import SchedulerLoop
@@ -66,10 +78,24 @@ async def run_embedded_scheduler() -> None:
 async def _worker_startup(state: TaskiqState) -> None:
     from storage.db import init_db
 
+    import httpx
+
+    from bridge.client import PlatformClient
+    from handlers.delivery import Relay
+    from handlers.materials import platform_links
+    from storage.crypto import FieldCipher
+
     state.redis = create_redis(settings)
     state.redis_keys = keys
     # With the in-memory broker the app has already set up the ORM; share it.
     state.owns_db = await init_db(settings)
+    state.http = httpx.AsyncClient(timeout=httpx.Timeout(10.0, connect=3.0))
+    base_url, app_key, secret = platform_endpoint(settings)
+    state.relay = Relay(
+        platform=PlatformClient(base_url=base_url, app_key=app_key, secret=secret, http=state.http),
+        cipher=FieldCipher(settings.field_encryption_key(), settings.field_encryption_old_keys()),
+        material_links=platform_links(signing_key=settings.secret_key().encode(), base_url=settings.public_base_url),
+    )
 
 
 @broker.on_event(TaskiqEvents.WORKER_SHUTDOWN)
@@ -77,6 +103,7 @@ async def _worker_shutdown(state: TaskiqState) -> None:
     from storage.db import close_db
 
     await state.redis.aclose()
+    await state.http.aclose()
     if getattr(state, "owns_db", False):
         await close_db()
 
@@ -100,6 +127,21 @@ async def purge_drafts() -> int:
     count = await purge_expired_drafts()
     log.info("expired drafts purged", extra={"count": count})
     return count
+
+
+@broker.task(task_name="zb.relay_outbox", schedule=[{"interval": 5}])
+async def relay_outbox(context: Context = TaskiqDepends()) -> int:
+    """Hands due outbox rows (new cases, retries after failures, expired leases) to the platform."""
+    lock = context.state.redis.lock(context.state.redis_keys("lock", "relay"), timeout=120, blocking_timeout=0)
+    if not await lock.acquire():  # another worker is relaying right now
+        return 0
+    try:
+        return await context.state.relay.run_due()
+    finally:
+        try:
+            await lock.release()
+        except Exception:
+            log.warning("relay lock expired before release")
 
 
 @broker.task(task_name="zb.echo")

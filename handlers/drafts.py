@@ -22,6 +22,7 @@ from core.cn_ids import parse_id_number
 from core.errors import ApiError, Conflict, NotFound
 from handlers.auth import IDENTITY_LEVELS, LEVEL_NAMES
 from handlers.forms import FormDef, Problem, prefill_sources, review_form
+from handlers.delivery import enqueue_delivery
 from handlers.materials import lock_for_case
 from handlers.numbers import next_number
 from storage.crypto import FieldCipher
@@ -461,6 +462,7 @@ class Drafts:
                 draft_id=draft.id,
                 bundle_no=bundle_no,
             )
+            await enqueue_delivery(case)  # commits with the case: the relay hands it to the platform
             await CaseEvent.create(
                 case=case, actor_type=ActorType.CITIZEN, actor_id=str(user.id), from_status=None,
                 to_status=CaseStatus.SUBMITTED.value, note="网上申请已提交",

@@ -348,6 +348,26 @@ class DailySequence(Model):
         table = "daily_sequences"
 
 
+class Outbox(Model):
+    """Work for the core platform, committed with the change that caused it (transactional outbox)."""
+
+    id = fields.BigIntField(primary_key=True)
+    kind = fields.CharField(max_length=32)  # deliver_case | withdraw_case | resubmit_case
+    case: fields.ForeignKeyRelation[Case] = fields.ForeignKeyField(
+        "models.Case", related_name="outbox", on_delete=fields.CASCADE
+    )
+    payload = fields.JSONField(default=dict)
+    status = fields.CharField(max_length=16, default="pending", db_index=True)  # pending | sending | done | dead
+    attempts = fields.IntField(default=0)
+    next_attempt_at = fields.DatetimeField(db_index=True)
+    last_error = fields.CharField(max_length=500, default="")
+    created_at = fields.DatetimeField(auto_now_add=True)
+    done_at = fields.DatetimeField(null=True)
+
+    class Meta:
+        table = "outbox"
+
+
 class CaseEvent(Model):
     """One state change of a case: the timeline shown to the citizen and the audit trail."""
 

@@ -1,0 +1,61 @@
+"""`POST /bridge/callback`: the core platform tells us what happened to a case.
+
+The signature is checked (constant time, timestamp within 5 minutes) and the nonce is taken
+in Redis (SET NX) before the body is read; a forged, stale or replayed request is `401` and
+changes nothing. Duplicates and late events are acknowledged without effect (see
+`handlers.delivery.apply_platform_event`).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Literal
+
+from pydantic import BaseModel, Field
+from sanic import Blueprint, Request
+from sanic.response import HTTPResponse, json
+
+from bridge.signing import SignatureRejected, nonce_of
+from core.errors import ApiError
+from core.http import validate
+from handlers.delivery import apply_platform_event
+
+log = logging.getLogger("zhangban.bridge")
+bp = Blueprint("bridge_callback")
+NONCE_TTL_S = 600  # longer than the accepted clock skew both ways
+
+
+class Callback(BaseModel):
+    case_no: str = Field(pattern=r"^ZB\d{14}$")
+    platform_case_id: str | None = Field(None, max_length=64)
+    seq: int = Field(ge=1, le=10_000_000)
+    event: Literal["accepted", "in_review", "correction_requested", "fee_assessed", "approved", "rejected",
+                   "result_issued", "closed"]
+    at: str | None = Field(None, max_length=40)
+    data: dict = Field(default_factory=dict)
+
+
+@bp.post("/bridge/callback")
+async def callback(request: Request) -> HTTPResponse:
+    ctx = request.app.ctx
+    target = request.path + (f"?{request.query_string}" if request.query_string else "")
+    try:
+        ctx.platform_verifier.verify("POST", target, request.headers, request.body)
+    except SignatureRejected as exc:
+        log.warning("platform callback refused: %s", exc)
+        raise ApiError("签名校验失败", code="signature_invalid", status=401) from None
+    if not await ctx.redis.set(ctx.keys("bridge", "nonce", nonce_of(request.headers)), b"1", nx=True, ex=NONCE_TTL_S):
+        raise ApiError("请求已处理过（nonce 重复）", code="nonce_reused", status=401)
+    try:
+        import json as _json
+
+        body = validate(Callback, _json.loads(request.body or b"null"))
+    except ValueError:
+        raise ApiError("请求内容不是有效的 JSON", code="malformed_json", status=400) from None
+    if body.event == "fee_assessed" and not isinstance(body.data.get("amount_fen"), int):
+        raise ApiError("费用金额应为整数（分）", code="validation_failed", status=422,
+                       details={"fields": {"data.amount_fen": "应为整数（分）"}})
+    result = await apply_platform_event(case_no=body.case_no, seq=body.seq, event=body.event, data=body.data, at=body.at)
+    if result == "unknown_case":
+        raise ApiError("办件不存在", code="case_not_found", status=404)
+    return json({"ok": True, "result": result})

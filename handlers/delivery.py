@@ -1,0 +1,185 @@
+"""Handing cases to the core platform through the transactional outbox, and what comes back.
+
+Submission writes the case and its `deliver_case` outbox row in one transaction. The relay
+claims due rows (a lease, so a crashed worker's row returns after LEASE), calls the platform,
+and on failure schedules the next attempt with exponential backoff and jitter, without limit:
+an outage of any length loses nothing, and the platform deduplicates by our case number.
+
+Platform callbacks carry a per-case sequence number. An event at or below the case's last
+sequence is a duplicate or a late arrival and changes nothing; a newer one moves the case,
+recording any steps the platform skipped over, so a case never moves backwards.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from collections import deque
+from datetime import datetime, timedelta, timezone
+
+from tortoise.transactions import in_transaction
+
+from bridge.client import PlatformClient, PlatformError
+from handlers.cases import TRANSITIONS
+from storage.crypto import FieldCipher
+from storage.models import ActorType, Case, CaseEvent, CaseStatus, Outbox
+
+log = logging.getLogger("zhangban.delivery")
+S = CaseStatus
+LEASE = timedelta(minutes=5)
+MAX_BACKOFF_S = 600
+
+EVENT_STATUS: dict[str, CaseStatus | None] = {
+    "accepted": S.ACCEPTED,
+    "in_review": S.IN_REVIEW,
+    "correction_requested": S.CORRECTION_REQUESTED,
+    "fee_assessed": None,
+    "approved": S.APPROVED,
+    "rejected": S.REJECTED,
+    "result_issued": S.RESULT_ISSUED,
+    "closed": S.CLOSED,
+}
+EVENT_NOTES = {
+    "accepted": "审批部门已受理", "in_review": "审批部门审核中", "correction_requested": "需要补正",
+    "approved": "审批通过", "rejected": "未予通过", "result_issued": "办理结果已出具", "closed": "已办结",
+}
+
+
+def backoff(attempts: int) -> timedelta:
+    """Exponential backoff with ±25% jitter, capped at 10 minutes."""
+    base = min(2 ** max(attempts - 1, 0), MAX_BACKOFF_S)
+    return timedelta(seconds=base * random.uniform(0.75, 1.25))
+
+
+async def enqueue_delivery(case: Case) -> Outbox:
+    """The outbox row that hands `case` to the platform (call inside the case's transaction)."""
+    return await Outbox.create(kind="deliver_case", case=case, payload={}, next_attempt_at=datetime.now(timezone.utc))
+
+
+class Relay:
+    """Delivers due outbox rows to the platform."""
+
+    def __init__(self, *, platform: PlatformClient, cipher: FieldCipher, material_links):
+        self.platform, self.cipher, self.material_links = platform, cipher, material_links
+
+    async def run_due(self, *, limit: int = 50) -> int:
+        """Delivers every due row (at most `limit`); returns how many were done."""
+        now = datetime.now(timezone.utc)
+        rows = await Outbox.filter(status__in=["pending", "sending"], next_attempt_at__lte=now).order_by("id").limit(limit)
+        done = 0
+        for row in rows:
+            done += await self.run_one(row.id)
+        return done
+
+    async def run_one(self, outbox_id: int) -> int:
+        now = datetime.now(timezone.utc)
+        # Claim with a lease: a worker killed mid-call leaves the row to be claimed again after LEASE.
+        claimed = await Outbox.filter(id=outbox_id, status__in=["pending", "sending"], next_attempt_at__lte=now).update(
+            status="sending", next_attempt_at=now + LEASE
+        )
+        if not claimed:
+            return 0
+        row = await Outbox.get(id=outbox_id).prefetch_related("case", "case__service_item")
+        try:
+            await self._deliver(row)
+        except PlatformError as exc:
+            attempts = row.attempts + 1
+            status = "pending" if exc.retryable else "dead"
+            await Outbox.filter(id=row.id).update(
+                status=status, attempts=attempts, last_error=str(exc)[:500],
+                next_attempt_at=datetime.now(timezone.utc) + backoff(attempts),
+            )
+            log.warning("platform delivery failed", extra={"case_no": row.case.case_no, "attempts": attempts,
+                                                          "retryable": exc.retryable})
+            return 0
+        await Outbox.filter(id=row.id).update(status="done", attempts=row.attempts + 1, done_at=datetime.now(timezone.utc))
+        return 1
+
+    async def _deliver(self, row: Outbox) -> None:
+        case = row.case
+        if row.kind != "deliver_case":
+            raise PlatformError(f"unknown outbox kind {row.kind}", retryable=False)
+        if case.status == S.WITHDRAWN:
+            return  # withdrawn before it left: nothing to hand over
+        form = json.loads(self.cipher.decrypt(case.form_snapshot_enc, column="cases.form_snapshot"))
+        materials = [
+            {"slot": slot, **link}
+            for slot, ids in (case.materials or {}).items()
+            for link in await self.material_links(ids)
+        ]
+        answer = await self.platform.submit_case({
+            "case_no": case.case_no,
+            "service_code": case.service_code,
+            "item_version": case.service_item.version,
+            "applicant": form.get("applicant", {}),
+            "form": {k: v for k, v in form.items() if k != "materials"},
+            "materials": materials,
+            "submitted_at": case.submitted_at.isoformat(),
+        })
+        async with in_transaction():
+            fresh = await Case.select_for_update().get(id=case.id)
+            if fresh.platform_case_id is None and answer.get("platform_case_id"):
+                fresh.platform_case_id = str(answer["platform_case_id"])
+                await fresh.save(update_fields=["platform_case_id", "updated_at"])
+            if fresh.status == S.SUBMITTED:
+                await CaseEvent.create(case=fresh, actor_type=ActorType.SYSTEM, from_status=S.SUBMITTED.value,
+                                       to_status=S.DELIVERED.value, note="已推送至审批部门",
+                                       data={"platform_case_id": fresh.platform_case_id})
+                await Case.filter(id=fresh.id).update(status=S.DELIVERED, row_version=fresh.row_version + 1)
+
+
+def path_to(start: CaseStatus, goal: CaseStatus) -> list[CaseStatus] | None:
+    """The shortest chain of allowed steps from `start` to `goal` (excluding start), or None."""
+    if start == goal:
+        return []
+    queue, parent = deque([start]), {start: None}
+    while queue:
+        node = queue.popleft()
+        for nxt in sorted(TRANSITIONS[node], key=lambda s: s.value):
+            if nxt in parent or nxt == S.WITHDRAWN:
+                continue
+            parent[nxt] = node
+            if nxt == goal:
+                chain = [nxt]
+                while parent[chain[-1]] != start:
+                    chain.append(parent[chain[-1]])
+                return chain[::-1]
+            queue.append(nxt)
+    return None
+
+
+async def apply_platform_event(*, case_no: str, seq: int, event: str, data: dict, at: str | None) -> str:
+    """Applies one platform callback: 'applied', 'duplicate' (old seq) or 'ignored' (cannot apply)."""
+    target = EVENT_STATUS[event]
+    async with in_transaction():
+        case = await Case.select_for_update().get_or_none(case_no=case_no)
+        if case is None:
+            return "unknown_case"
+        if seq <= case.platform_seq:
+            return "duplicate"
+        updates: dict = {"platform_seq": seq}
+        result = "applied"
+        if target is None:  # fee assessed: no status change
+            if event == "fee_assessed":
+                updates["fee_fen"] = int(data["amount_fen"])
+                await CaseEvent.create(case=case, actor_type=ActorType.PLATFORM, from_status=case.status.value,
+                                       to_status=case.status.value, note=f"应缴费用 {int(data['amount_fen']) / 100:.2f} 元",
+                                       data={"seq": seq, "event": event, **data})
+        else:
+            chain = path_to(case.status, target)
+            if not chain:
+                result = "ignored"  # e.g. a late event for a state already left, or a withdrawn case
+            else:
+                previous = case.status
+                for step in chain:
+                    skipped = step != target
+                    await CaseEvent.create(
+                        case=case, actor_type=ActorType.PLATFORM, from_status=previous.value, to_status=step.value,
+                        note=EVENT_NOTES.get(step.value, "") + ("（补记）" if skipped else ""),
+                        data={"seq": seq, "event": event, "at": at, **({} if skipped else data)},
+                    )
+                    previous = step
+                updates.update(status=target, row_version=case.row_version + len(chain))
+        await Case.filter(id=case.id).update(**updates)
+    return result
