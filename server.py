@@ -115,6 +115,18 @@ def create_app(settings: Settings):
         sim_bp = simulator_blueprint(app.ctx.wechat_sim, url_prefix=WECHAT_SIM_PREFIX)
         openapi.exclude(bp=sim_bp)  # a stand-in for WeChat, not part of our API
         app.blueprint(sim_bp)
+    if settings.simulated("core platform"):
+        from sanic_ext import openapi
+        from bridge.simulator import PlatformState, platform_blueprint
+
+        # Callbacks every few seconds, so a citizen's case visibly progresses within a minute.
+        app.ctx.platform_sim = PlatformState(
+            jobs.SIM_PLATFORM_KEY, jobs.SIM_PLATFORM_SECRET, callback_url=settings.local_base_url + "/bridge/callback",
+            default_script="happy", step_delay_s=8.0,
+        )
+        platform_bp = platform_blueprint(app.ctx.platform_sim, url_prefix=jobs.SIM_PLATFORM_PREFIX)
+        openapi.exclude(bp=platform_bp)
+        app.blueprint(platform_bp)
 
     @app.before_server_start
     async def _open(app) -> None:
@@ -448,6 +460,18 @@ def cmd_menu(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_platform_sim(settings: Settings, args: argparse.Namespace) -> int:
+    """Runs the core-platform simulator as its own server (see bridge/simulator.py)."""
+    from bridge import simulator
+
+    argv = ["--host", args.host, "--port", str(args.port), "--script", args.script, "--step-delay", str(args.step_delay)]
+    if settings.PLATFORM_APP_KEY and settings.PLATFORM_SECRET:
+        argv += ["--app-key", settings.PLATFORM_APP_KEY, "--secret", settings.PLATFORM_SECRET]
+    argv += ["--callback-url", args.callback_url or settings.public_base_url + "/bridge/callback"]
+    simulator.main(argv)
+    return 0
+
+
 def cmd_check_jobs(settings: Settings, args: argparse.Namespace) -> int:
     """Sends a probe job and waits for a worker to run it: proves the job pipeline end to end."""
     from core.jobs import probe_jobs
@@ -469,6 +493,7 @@ COMMANDS = {
     "create-official": (cmd_create_official, "create an official's console account"),
     "rotate-keys": (cmd_rotate_keys, "reseal personal data under the current FIELD_ENCRYPTION_KEY"),
     "menu": (cmd_menu, "official-account menu: `menu push` sends it to WeChat, `menu show` prints it"),
+    "platform-sim": (cmd_platform_sim, "run the core-platform simulator as its own server"),
     "check-jobs": (cmd_check_jobs, "send a probe job and wait for a worker to run it"),
 }
 
@@ -495,6 +520,12 @@ def build_parser() -> argparse.ArgumentParser:
     parsers["worker"].add_argument("--processes", type=int, default=2, help="worker processes (default 2)")
     parsers["check-jobs"].add_argument("--timeout", type=float, default=10.0)
     parsers["menu"].add_argument("action", choices=["push", "show"])
+    sim = parsers["platform-sim"]
+    sim.add_argument("--host", default="127.0.0.1")
+    sim.add_argument("--port", type=int, default=8702)
+    sim.add_argument("--script", default="happy", help="happy | correction | rejection | duplicates | out_of_order | fee")
+    sim.add_argument("--step-delay", type=float, default=5.0, help="seconds between callbacks")
+    sim.add_argument("--callback-url", help="default: PUBLIC_BASE_URL/bridge/callback")
     return parser
 
 

@@ -582,6 +582,42 @@ class WeRoBotServer(hb.Server):
         return cmd, env
 
 
+    def stop(self) -> float | None:
+        """gunicorn: SIGTERM, its graceful stop (SIGINT would be its quick one, cutting a request
+        short); then http_baseline's stop, which also covers robot.run/Waitress."""
+        began = time.monotonic()
+        if self.how == GUNICORN and self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=hb.STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                pass
+        rest = super().stop()
+        return None if rest is None else time.monotonic() - began
+
+    def log_problems(self) -> list[str]:
+        """Warning/error lines of the plain-text log; a traceback counts once, as its exception line."""
+        try:
+            lines = self.log_path.read_text(errors="replace").splitlines()
+        except OSError:
+            return []
+        problems, i = [], 0
+        while i < len(lines):
+            line = lines[i]
+            if line.lstrip().startswith("Traceback (most recent call last)"):
+                indent = len(line) - len(line.lstrip())  # WeRoBot's own log indents its tracebacks by 4
+                j = i + 1
+                while j < len(lines) and (not lines[j].strip() or len(lines[j]) - len(lines[j].lstrip()) > indent):
+                    j += 1
+                problems.append("Traceback → " + (lines[j].strip() if j < len(lines) else "(cut off)"))
+                i = j + 1
+                continue
+            if re.search(r"Error|Exception|WARNING|CRITICAL|\[E ", line):
+                problems.append(line.strip())
+            i += 1
+        return problems
+
+
 def werobot_label(how: str, venv: WeRoBotEnv | None) -> str:
     v = (venv.versions if venv else {}) or {}
     if how == GUNICORN:
@@ -611,6 +647,7 @@ def run_werobot(how: str, workdir: Path, venv: WeRoBotEnv, account: Account, mes
         run.rows.append(verify)
         run.rows.append(measure_messages(WEROBOT_TARGET, label, server.base, messages, openids, lambda c: c == reply,
                                          watch_cpu, args, workdir))
+        time.sleep(SETTLE_S)  # as for our server: the requests cut off at the end finish before the stop
     except (RuntimeError, subprocess.TimeoutExpired, OSError) as exc:
         why = str(exc).splitlines()[0][:160]
         print(f"  FAILED: {exc}", file=sys.stderr)

@@ -50,7 +50,8 @@ def tortoise_config(settings: Settings) -> dict[str, Any]:
             }
         },
         "use_tz": True,
-        "timezone": "Asia/Shanghai",
+        # UTC in the database: SQLite compares datetimes as text, so one zone for every value.
+        "timezone": "UTC",
     }
 
 

@@ -244,6 +244,8 @@ def start_server(env: dict[str, str], cwd: Path, *, database: Database | None = 
     """Starts `python server.py serve` on a free port (plus worker and scheduler if asked)."""
     port = free_port()
     cwd.mkdir(parents=True, exist_ok=True)
+    # Workers build links to this server (materials for the platform): they must know its address.
+    env = {"PUBLIC_BASE_URL": f"http://127.0.0.1:{port}", **env}
     helpers = []
     if with_workers:
         helpers = [
@@ -311,10 +313,61 @@ OA_TOKEN = secrets.token_urlsafe(24)
 OA_AES_KEY = base64.b64encode(secrets.token_bytes(32)).decode()[:-1]
 
 
+PLATFORM_KEY = "zbt-platform"
+PLATFORM_SECRET = secrets.token_urlsafe(24)
+
+
+@dataclass
+class PlatformSim:
+    """The core-platform simulator running as its own server, and its control API."""
+
+    url: str
+    process: subprocess.Popen
+
+    def control(self, path: str, payload: dict | None = None) -> dict:
+        if payload is None:
+            response = httpx.get(f"{self.url}/__sim__/{path}", timeout=10)
+        else:
+            response = httpx.post(f"{self.url}/__sim__/{path}", json=payload, timeout=10)
+        assert response.status_code == 200, response.text
+        return response.json()
+
+
+_platform: PlatformSim | None = None
+
+
+@pytest.fixture(scope="session")
+def platform_sim(tmp_path_factory) -> Iterator[PlatformSim]:
+    """The platform simulator; callbacks wait an hour unless a test speeds them up."""
+    global _platform
+    port = free_port()
+    log = open(tmp_path_factory.mktemp("platform-sim") / "sim.log", "wb")
+    proc = subprocess.Popen(
+        [PYTHON, "-m", "bridge.simulator", "--host", "127.0.0.1", "--port", str(port), "--app-key", PLATFORM_KEY,
+         "--secret", PLATFORM_SECRET, "--script", "happy", "--step-delay", "3600"],
+        cwd=ROOT, env=base_env(PYTHONPATH=str(ROOT)), stdout=log, stderr=subprocess.STDOUT,
+    )
+    sim = PlatformSim(f"http://127.0.0.1:{port}", proc)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            httpx.get(sim.url + "/__sim__/stats", timeout=1)
+            break
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    _platform = sim
+    yield sim
+    proc.terminate()
+    proc.wait(10)
+
+
 def wechat_env(sim: WeChatSim) -> dict[str, str]:
     from tests.oa_pusher import OA_APPID, OA_SECRET
 
-    return {
+    platform = {}
+    if _platform is not None:
+        platform = {"PLATFORM_BASE_URL": _platform.url, "PLATFORM_APP_KEY": PLATFORM_KEY, "PLATFORM_SECRET": PLATFORM_SECRET}
+    return {**platform,
         "WECHAT_API_BASE": sim.url, "WECHAT_MP_APPID": SIM_MP_APPID, "WECHAT_MP_SECRET": SIM_MP_SECRET,
         "WECHAT_OA_APPID": OA_APPID, "WECHAT_OA_SECRET": OA_SECRET, "WECHAT_OA_TOKEN": OA_TOKEN,
         "WECHAT_OA_AES_KEY": OA_AES_KEY,
@@ -336,9 +389,10 @@ def make_server(tmp_path_factory, databases, wechat_sim, name: str, **extra: str
 
 
 @pytest.fixture(scope="session")
-def server(tmp_path_factory, databases, wechat_sim) -> Iterator[Server]:
+def server(tmp_path_factory, databases, wechat_sim, platform_sim) -> Iterator[Server]:
     """The run's shared server: embedded default, or PostgreSQL + Redis + worker + scheduler."""
     srv, prefix = make_server(tmp_path_factory, databases, wechat_sim, "server")
+    platform_sim.control("config", {"callback_url": srv.url + "/bridge/callback"})
     yield srv
     srv.stop()
     if prefix:

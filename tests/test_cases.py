@@ -55,21 +55,24 @@ def test_case_view_timeline_and_withdrawal(server, wechat_sim):
         listing = c.get("/api/v1/cases").json()
         assert [i["case_no"] for i in listing["items"]] == [case_no] and listing["next_cursor"] is None
         detail = c.get(f"/api/v1/cases/{case_no}").json()
-        assert detail["status"] == "submitted" and detail["status_label"].startswith("已提交")
-        assert [t["status"] for t in detail["timeline"]] == ["submitted"]
+        assert detail["status"] in ("submitted", "delivered_to_platform")
+        assert detail["status_label"].startswith(("已提交", "已推送"))
+        # The relay may already have handed it to the platform (which, in tests, answers slowly).
+        assert [t["status"] for t in detail["timeline"]] in (["submitted"], ["submitted", "delivered_to_platform"])
         assert detail["next_action"] == {"type": "wait", "can_withdraw": True}
         assert date.fromisoformat(detail["promised_date"]).weekday() < 5
         assert detail["fee_fen"] == 2000
         withdrawn = c.post(f"/api/v1/cases/{case_no}/withdraw", json={"reason": "信息填错了，重新申请"})
         assert withdrawn.status_code == 200 and withdrawn.json()["status"] == "withdrawn"
-        assert [t["status"] for t in withdrawn.json()["timeline"]] == ["submitted", "withdrawn"]
+        assert [t["status"] for t in withdrawn.json()["timeline"]][-1] == "withdrawn"
         again = c.post(f"/api/v1/cases/{case_no}/withdraw")
         assert again.status_code == 409 and again.json()["code"] == "withdraw_not_allowed"
     events = server.database.query(
         f"SELECT from_status, to_status, actor_type FROM case_events e JOIN cases c ON c.id = e.case_id "
         f"WHERE c.case_no = '{case_no}' ORDER BY e.id"
     )
-    assert events == [(None, "submitted", "citizen"), ("submitted", "withdrawn", "citizen")]
+    assert events[0] == (None, "submitted", "citizen") and events[-1][1:] == ("withdrawn", "citizen")
+    assert [e[1] for e in events] in (["submitted", "withdrawn"], ["submitted", "delivered_to_platform", "withdrawn"])
 
 
 def test_another_users_case_is_404(server, wechat_sim):

@@ -211,12 +211,12 @@ def test_idempotent_submit_under_20_concurrent_requests(server, citizen):
     assert len(case_nos) == 1
     case_no = case_nos.pop()
     assert case_no.startswith("ZB") and len(case_no) == 16
-    assert results[0].json()["status"] == "submitted"
+    assert results[0].json()["status"] in ("submitted", "delivered_to_platform")  # replays show the case now
     assert server.database.query(f"SELECT count(*) FROM cases WHERE draft_id = '{draft['id']}'") == [(1,)]
     events = server.database.query(
         f"SELECT to_status FROM case_events e JOIN cases c ON c.id = e.case_id WHERE c.case_no = '{case_no}'"
     )
-    assert events == [("submitted",)]
+    assert [e[0] for e in events].count("submitted") == 1  # one case, submitted once (then maybe delivered)
     reused = httpx.post(f"{server.url}/api/v1/drafts/{draft['id']}/submit", json={"version": 99},
                         headers={**auth(tokens), "Idempotency-Key": key})
     assert reused.status_code == 409 and reused.json()["code"] == "idempotency_key_reused"
