@@ -70,6 +70,7 @@ def view(material: Material, *, urls: dict | None = None) -> dict:
         "pages": material.pages,
         "quality_warnings": material.warnings,
         "valid_until": material.valid_until.isoformat() if material.valid_until else None,
+        "expired": bool(material.valid_until and material.valid_until < datetime.now(timezone.utc).date()),
         "locked": material.locked_at is not None,
         "created_at": material.created_at.isoformat() if material.created_at else None,
     }
@@ -85,7 +86,7 @@ class Materials:
         self.store, self.sealer, self.pipeline = store, sealer, pipeline
         self._signing_key, self.base_url = signing_key, base_url.rstrip("/")
 
-    async def upload(self, *, user: User, kind: str, data: bytes) -> tuple[Material, bool]:
+    async def upload(self, *, user: User, kind: str, data: bytes, valid_until=None) -> tuple[Material, bool]:
         """(material, created): the same bytes uploaded again by the same citizen return the first one."""
         digest = hashlib.sha256(data).hexdigest()
         existing = await Material.get_or_none(user_id=user.id, sha256=digest)
@@ -106,7 +107,7 @@ class Materials:
                 id=secrets.token_hex(16), user_id=user.id, kind=kind, mime=processed.mime, size=len(processed.data),
                 sha256=digest, width=processed.width, height=processed.height, pages=processed.pages,
                 warnings=processed.warnings, object_name=name, file_key=file_key,
-                thumb_object_name=thumb_name, thumb_key=thumb_key,
+                thumb_object_name=thumb_name, thumb_key=thumb_key, valid_until=valid_until,
             )
         except IntegrityError:  # the same file uploaded twice at once: one row, one object
             return await Material.get(user_id=user.id, sha256=digest), False

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from datetime import date
 
 from pydantic import BaseModel, Field
 from python_multipart import MultipartParser
@@ -42,8 +43,8 @@ class MaterialOut(BaseModel):
     thumbnail_url: str | None
 
 
-async def _read_upload(request: Request) -> tuple[str, bytes]:
-    """(kind, file bytes) from a streamed multipart body, refusing oversize files while reading."""
+async def _read_upload(request: Request) -> tuple[str, bytes, date | None]:
+    """(kind, file bytes, valid_until) from a streamed multipart body, refusing oversize files while reading."""
     content_type, params = parse_options_header(request.headers.get("content-type", ""))
     if content_type != b"multipart/form-data" or b"boundary" not in params:
         raise UnsupportedMediaType("请以 multipart/form-data 上传文件（wx.uploadFile）")
@@ -101,19 +102,26 @@ async def _read_upload(request: Request) -> tuple[str, bytes]:
     kind = fields.get("kind", {}).get("data", b"").decode("utf-8", "replace").strip()
     if not _KIND.fullmatch(kind):
         problems["kind"] = "请提供材料类别（小写字母、数字或下划线）"
+    valid_until = None
+    raw_valid = fields.get("valid_until", {}).get("data", b"").decode("utf-8", "replace").strip()
+    if raw_valid:
+        try:
+            valid_until = date.fromisoformat(raw_valid)
+        except ValueError:
+            problems["valid_until"] = "有效期格式应为 YYYY-MM-DD"
     if problems:
         raise ValidationFailed(problems)
-    return kind, fields["file"]["data"]
+    return kind, fields["file"]["data"], valid_until
 
 
 @bp.post("/materials", stream=True)
-@document(summary="Upload a photo or PDF (multipart: file, kind)", tag="materials", response=MaterialOut, status=201,
+@document(summary="Upload a photo or PDF (multipart: file, kind, optional valid_until)", tag="materials", response=MaterialOut, status=201,
           errors=(401, 413, 415, 422, 503))
 @citizen
 async def upload(request: Request) -> HTTPResponse:
-    kind, data = await _read_upload(request)
+    kind, data, valid_until = await _read_upload(request)
     service = request.app.ctx.materials
-    material, created = await service.upload(user=request.ctx.user, kind=kind, data=data)
+    material, created = await service.upload(user=request.ctx.user, kind=kind, data=data, valid_until=valid_until)
     return json(view(material, urls=service.signed_urls(material, viewer=str(request.ctx.user.id))),
                 status=201 if created else 200)
 

@@ -278,3 +278,21 @@ def test_materials_in_an_s3_compatible_store(tmp_path_factory, databases, wechat
         assert not local.exists() or not any(p.is_file() for p in local.rglob("*"))  # nothing went to MEDIA_ROOT
     finally:
         moto.stop()
+
+
+def test_oversized_image_is_refused_while_reading(server, owner):
+    too_big = jpeg(800, 600)[:2000] + b"\x00" * (10 * 1024 * 1024 + 10)  # sniffed as JPEG: the 10 MiB limit applies
+    response = upload(server, owner, too_big)
+    assert response.status_code == 413 and response.json()["code"] == "file_too_large"
+
+
+def test_validity_dates_in_the_library(server, owner):
+    expired = httpx.post(server.url + "/api/v1/materials", headers=auth(owner), data={"kind": "id_card", "valid_until": "2020-01-01"},
+                         files={"file": ("id.jpg", jpeg(1000, 700, (1, 2, 3)), "image/jpeg")})
+    assert expired.status_code == 201 and expired.json()["valid_until"] == "2020-01-01" and expired.json()["expired"]
+    bad = httpx.post(server.url + "/api/v1/materials", headers=auth(owner), data={"kind": "id_card", "valid_until": "明年"},
+                     files={"file": ("id.jpg", jpeg(1000, 700, (3, 2, 1)), "image/jpeg")})
+    assert bad.status_code == 422 and "valid_until" in bad.json()["details"]["fields"]
+    library = httpx.get(server.url + "/api/v1/materials", headers=auth(owner)).json()["kinds"]
+    id_cards = next(k for k in library if k["kind"] == "id_card")["items"]
+    assert id_cards[0]["expired"] is True
