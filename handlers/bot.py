@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import yaml
@@ -112,16 +112,23 @@ class Bot:
     # -- followers -------------------------------------------------------------------------
 
     async def follower(self, oa_openid: str, *, unionid: str | None = None, subscribed: bool | None = None) -> Follower:
-        """The follower record, created on first contact and linked to a user by unionid."""
+        """The follower record, created on first contact and linked to a user by unionid.
+
+        `last_message_at` (the 48-hour customer-service window) is written at most once a
+        minute per follower, so a chatty follower costs one read, not a write per message.
+        """
         follower = await Follower.get_or_none(oa_openid=oa_openid)
         if follower is None:
             try:
                 follower = await Follower.create(oa_openid=oa_openid)
             except IntegrityError:
                 follower = await Follower.get(oa_openid=oa_openid)
-        changed = ["last_message_at", "updated_at"]
-        follower.last_message_at = datetime.now(timezone.utc)
-        if subscribed is not None:
+        now = datetime.now(timezone.utc)
+        changed: list[str] = []
+        if follower.last_message_at is None or now - follower.last_message_at > timedelta(minutes=1):
+            follower.last_message_at = now
+            changed.append("last_message_at")
+        if subscribed is not None and follower.subscribed != subscribed:
             follower.subscribed = subscribed
             changed.append("subscribed")
         if unionid and follower.unionid != unionid:
@@ -134,7 +141,8 @@ class Bot:
                 changed.append("user_id")
                 if user.oa_openid != oa_openid:
                     await User.filter(id=user.id).update(oa_openid=oa_openid)
-        await follower.save(update_fields=changed)
+        if changed:
+            await follower.save(update_fields=[*changed, "updated_at"])
         return follower
 
     # -- answers -----------------------------------------------------------------------------
