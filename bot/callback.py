@@ -104,7 +104,7 @@ async def _reply_once(request: Request, message: Message) -> str:
 
 async def _answer_within(request: Request, message: Message, key: str, deadline: float) -> str:
     ctx = request.app.ctx
-    work = asyncio.ensure_future(answer(ctx.bot, ctx.oa, message, key))
+    work = asyncio.ensure_future(answer(ctx.bot, ctx.oa, message, key, checked=_UnionidChecks(ctx.redis, ctx.keys)))
     try:
         content = await asyncio.wait_for(asyncio.shield(work), deadline)
     except asyncio.TimeoutError:
@@ -139,20 +139,39 @@ async def _deliver(ctx, openid: str, content: str) -> None:
         log.error("late answer not sent: WeChat unavailable")
 
 
-async def answer(bot: Bot, oa, message: Message, key: str) -> str | None:
+class _UnionidChecks:
+    """Remembers (in Redis, for an hour) that a follower's unionid was looked up, found or not,
+    so a follower whose account has no unionid costs WeChat one call an hour, not one a message."""
+
+    TTL_S = 3600
+
+    def __init__(self, redis, keys):
+        self.redis, self.keys = redis, keys
+
+    async def forget(self, openid: str) -> None:
+        await self.redis.delete(self.keys("bot", "unionid-checked", openid))
+
+    async def should_look_up(self, openid: str) -> bool:
+        return bool(await self.redis.set(self.keys("bot", "unionid-checked", openid), b"1", nx=True, ex=self.TTL_S))
+
+
+async def answer(bot: Bot, oa, message: Message, key: str, *, checked: _UnionidChecks | None = None) -> str | None:
     """The text to answer `message` with, or None for no reply."""
     if message.msg_type == "event":
         event = message.event or ""
         if event == "unsubscribe":
             await bot.follower(message.from_user, subscribed=False)
             return None
-        follower = await _follower(bot, oa, message.from_user, subscribed=True if event in {"subscribe", "scan"} else None)
+        if event == "subscribe" and checked is not None:
+            await checked.forget(message.from_user)  # a (re)subscribe always looks the unionid up
+        follower = await _follower(bot, oa, message.from_user, checked,
+                                   subscribed=True if event in {"subscribe", "scan"} else None)
         if event == "subscribe":
             return bot.welcome()
         if event == "click":
             return await bot.answer_click(follower, message.event_key or "")
         return None  # location reports, menu views: nothing to say
-    follower = await _follower(bot, oa, message.from_user)
+    follower = await _follower(bot, oa, message.from_user, checked)
     if message.msg_type == "text":
         return await bot.answer_text(follower, message.content or "", key)
     if message.msg_type == "voice":
@@ -167,9 +186,9 @@ async def answer(bot: Bot, oa, message: Message, key: str) -> str | None:
     return bot.welcome()
 
 
-async def _follower(bot: Bot, oa, openid: str, *, subscribed: bool | None = None):
+async def _follower(bot: Bot, oa, openid: str, checked: _UnionidChecks | None, *, subscribed: bool | None = None):
     follower = await bot.follower(openid, subscribed=subscribed)
-    if follower.unionid is None:
+    if follower.unionid is None and (checked is None or await checked.should_look_up(openid)):
         try:  # the unionid links the follower to their mini-program account
             info = await asyncio.wait_for(oa.user_info(openid), 2.0)
             if info.get("unionid"):
