@@ -266,8 +266,8 @@ SIM_MP_APPID, SIM_MP_SECRET = "wx_sim_miniprogram", "sim_mp_secret_0123456789abc
 
 
 @dataclass
-class WeChatSim:
-    """The WeChat simulator running as its own server, and its control API."""
+class SimServer:
+    """A simulator running as its own server, with its `/__sim__/` control API."""
 
     url: str
     process: subprocess.Popen
@@ -279,6 +279,10 @@ class WeChatSim:
             response = httpx.post(f"{self.url}/__sim__/{path}", json=payload, timeout=10)
         assert response.status_code == 200, response.text
         return response.json()
+
+
+class WeChatSim(SimServer):
+    """The WeChat simulator."""
 
     def login_code(self, openid: str | None = None, unionid: str | None = None) -> tuple[str, str]:
         """(code, openid) as wx.login would give them to the mini-program."""
@@ -317,20 +321,8 @@ PLATFORM_KEY = "zbt-platform"
 PLATFORM_SECRET = secrets.token_urlsafe(24)
 
 
-@dataclass
-class PlatformSim:
-    """The core-platform simulator running as its own server, and its control API."""
-
-    url: str
-    process: subprocess.Popen
-
-    def control(self, path: str, payload: dict | None = None) -> dict:
-        if payload is None:
-            response = httpx.get(f"{self.url}/__sim__/{path}", timeout=10)
-        else:
-            response = httpx.post(f"{self.url}/__sim__/{path}", json=payload, timeout=10)
-        assert response.status_code == 200, response.text
-        return response.json()
+class PlatformSim(SimServer):
+    """The core-platform simulator."""
 
 
 _platform: PlatformSim | None = None
