@@ -180,8 +180,11 @@ def create_app(settings: Settings):
         if task is not None:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
-        if app.ctx.bot_tasks:  # late answers still on their way to WeChat
-            await asyncio.wait(list(app.ctx.bot_tasks), timeout=5)
+        # Bot answers still being worked out or on their way to WeChat (a finished answer may
+        # start its late delivery, so look again until none is left or 5 s have passed).
+        deadline = asyncio.get_running_loop().time() + 5
+        while app.ctx.bot_tasks and (left := deadline - asyncio.get_running_loop().time()) > 0:
+            await asyncio.wait(list(app.ctx.bot_tasks), timeout=left)
 
     @app.after_server_stop
     async def _close(app) -> None:

@@ -105,11 +105,14 @@ async def _reply_once(request: Request, message: Message) -> str:
 async def _answer_within(request: Request, message: Message, key: str, deadline: float) -> str:
     ctx = request.app.ctx
     work = asyncio.ensure_future(answer(ctx.bot, ctx.oa, message, key, checked=_UnionidChecks(ctx.redis, ctx.keys)))
+    # Tracked until done: if WeChat hangs up and Sanic cancels this handler, the shielded work
+    # goes on, and a graceful stop waits for it instead of closing the pools under it.
+    ctx.bot_tasks.add(work)
+    work.add_done_callback(ctx.bot_tasks.discard)
     try:
         content = await asyncio.wait_for(asyncio.shield(work), deadline)
     except asyncio.TimeoutError:
         # Too slow for WeChat's 5 seconds: answer `success` now and send the answer later.
-        ctx.bot_tasks.add(work)
         work.add_done_callback(lambda t: _send_late(ctx, message.from_user, t))
         log.info("bot answer deferred to a customer-service message", extra={"msg_type": message.msg_type})
         return "success"
