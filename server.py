@@ -28,7 +28,7 @@ def create_app(settings: Settings):
     """The Sanic app for `settings`, with every blueprint, listener and convention installed."""
     import ujson
     from sanic import Sanic
-    from sanic_ext import Extend
+    from sanic_ext import Extend, openapi
 
     import httpx
 
@@ -109,14 +109,11 @@ def create_app(settings: Settings):
     if settings.simulated("WeChat mini-program") or settings.simulated("WeChat official account"):
         from wechat.simulator import SimState, simulator_blueprint
 
-        from sanic_ext import openapi
-
         app.ctx.wechat_sim = SimState()
         sim_bp = simulator_blueprint(app.ctx.wechat_sim, url_prefix=WECHAT_SIM_PREFIX)
         openapi.exclude(bp=sim_bp)  # a stand-in for WeChat, not part of our API
         app.blueprint(sim_bp)
     if settings.simulated("core platform"):
-        from sanic_ext import openapi
         from bridge.simulator import PlatformState, platform_blueprint
 
         # Callbacks every few seconds, so a citizen's case visibly progresses within a minute.

@@ -8,6 +8,7 @@ changes nothing. Duplicates and late events are acknowledged without effect (see
 
 from __future__ import annotations
 
+import json as json_module
 import logging
 from typing import Literal
 
@@ -47,9 +48,7 @@ async def callback(request: Request) -> HTTPResponse:
     if not await ctx.redis.set(ctx.keys("bridge", "nonce", nonce_of(request.headers)), b"1", nx=True, ex=NONCE_TTL_S):
         raise ApiError("请求已处理过（nonce 重复）", code="nonce_reused", status=401)
     try:
-        import json as _json
-
-        body = validate(Callback, _json.loads(request.body or b"null"))
+        body = validate(Callback, json_module.loads(request.body or b"null"))
     except ValueError:
         raise ApiError("请求内容不是有效的 JSON", code="malformed_json", status=400) from None
     if body.event == "fee_assessed" and not isinstance(body.data.get("amount_fen"), int):

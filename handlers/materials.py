@@ -95,12 +95,13 @@ class Materials:
         processed = await self.pipeline.process(data)
         owner = str(user.id)
         name = self.sealer.object_name(owner, digest)
-        sealed, file_key = self.sealer.seal(processed.data)
+        # Encryption of megabytes is CPU work: keep it off the event loop.
+        sealed, file_key = await asyncio.to_thread(self.sealer.seal, processed.data)
         await self.store.put(name, sealed)
         thumb_name = thumb_key = None
         if processed.thumbnail:
             thumb_name = self.sealer.object_name(owner, digest, "thumb")
-            sealed_thumb, thumb_key = self.sealer.seal(processed.thumbnail)
+            sealed_thumb, thumb_key = await asyncio.to_thread(self.sealer.seal, processed.thumbnail)
             await self.store.put(thumb_name, sealed_thumb)
         try:
             material = await Material.create(
@@ -185,8 +186,10 @@ class Materials:
         if variant == "thumb":
             if not material.thumb_object_name:
                 raise NotFound("该材料没有缩略图", code="thumbnail_not_found")
-            return self.sealer.open(await self.store.get(material.thumb_object_name), material.thumb_key), "image/jpeg"
-        return self.sealer.open(await self.store.get(material.object_name), material.file_key), material.mime
+            sealed = await self.store.get(material.thumb_object_name)
+            return await asyncio.to_thread(self.sealer.open, sealed, material.thumb_key), "image/jpeg"
+        sealed = await self.store.get(material.object_name)
+        return await asyncio.to_thread(self.sealer.open, sealed, material.file_key), material.mime
 
 
 def link_signature(key: bytes, material_id: str, variant: str, viewer: str, expires: int) -> str:
