@@ -41,6 +41,7 @@ def create_app(settings: Settings):
     from handlers.drafts import Drafts
     from handlers.materials import Materials, Pipeline
     from storage.files import FileSealer, create_file_store
+    from bridge.client import PlatformClient
     from bridge.signing import Verifier
     from wechat.client import OfficialAccountAPI
     from storage.crypto import FieldCipher
@@ -89,6 +90,7 @@ def create_app(settings: Settings):
     from miniprogram_api import cases as mp_cases
     from miniprogram_api import drafts as mp_drafts
     from miniprogram_api import identity as mp_identity
+    from miniprogram_api import inbox as mp_inbox
     from miniprogram_api import materials as mp_materials
     from miniprogram_api import services as mp_services
 
@@ -102,6 +104,7 @@ def create_app(settings: Settings):
     app.blueprint(mp_services.bp)
     app.blueprint(mp_drafts.bp)
     app.blueprint(mp_cases.bp)
+    app.blueprint(mp_inbox.bp)
     app.blueprint(oa_callback.bp)
     app.blueprint(platform_callback.bp)
     app.blueprint(mp_materials.bp)
@@ -141,8 +144,10 @@ def create_app(settings: Settings):
         app.ctx.catalogue = CatalogueReader(redis=app.ctx.redis, keys=app.ctx.keys)
         app.ctx.oa = OfficialAccountAPI(wechat_client(settings, "oa", redis=app.ctx.redis, http=app.ctx.http))
         app.ctx.oa_crypto = oa_crypto(settings)
-        _, platform_key, platform_secret = jobs.platform_endpoint(settings)
+        platform_url, platform_key, platform_secret = jobs.platform_endpoint(settings)
         app.ctx.platform_verifier = Verifier(platform_key, platform_secret)
+        app.ctx.platform = PlatformClient(base_url=platform_url, app_key=platform_key, secret=platform_secret,
+                                          http=app.ctx.http)
         app.ctx.bot = Bot(catalogue=app.ctx.catalogue, cipher=app.ctx.cipher, halls=load_halls(), mp_appid=mp_appid(settings),
                           faq=FAQ.load())
         app.ctx.bot_tasks = set()
@@ -200,15 +205,11 @@ def create_app(settings: Settings):
     return app
 
 
-WECHAT_SIM_PREFIX = "/_sim/wechat"
+from wechat.apps import SIM_APPS, WECHAT_SIM_PREFIX, mp_appid, progress_template, wechat_client  # noqa: E402
+
 # The simulated official account's callback credentials (embedded default only).
 SIM_OA_TOKEN = "zhangban_sim_oa_token"
 SIM_OA_AES_KEY = "emhhbmdiYW4tc2ltdWxhdGVkLW9hLWFlcy1rZXkhISE"
-# The simulator's own apps, used when a WeChat channel is left unset (embedded default).
-SIM_APPS = {
-    "mp": ("wx_sim_miniprogram", "sim_mp_secret_0123456789abcdef"),
-    "oa": ("wx_sim_officialacct", "sim_oa_secret_0123456789abcdef"),
-}
 
 
 def oa_crypto(settings: Settings):
@@ -218,29 +219,6 @@ def oa_crypto(settings: Settings):
     if settings.simulated("WeChat official account"):
         return OACrypto(SIM_OA_TOKEN, SIM_OA_AES_KEY, SIM_APPS["oa"][0])
     return OACrypto(settings.WECHAT_OA_TOKEN, settings.WECHAT_OA_AES_KEY, settings.WECHAT_OA_APPID)
-
-
-def mp_appid(settings: Settings) -> str:
-    return SIM_APPS["mp"][0] if settings.simulated("WeChat mini-program") else settings.WECHAT_MP_APPID
-
-
-def wechat_client(settings: Settings, which: str, *, redis, http):
-    """The WeChat client for the mini-program ("mp") or official account ("oa")."""
-    from storage.redis import Keys
-    from wechat.client import WeChatClient
-
-    channel = {"mp": "WeChat mini-program", "oa": "WeChat official account"}[which]
-    if settings.simulated(channel):
-        appid, secret = SIM_APPS[which]
-        base_url = settings.local_base_url + WECHAT_SIM_PREFIX
-    else:
-        appid = settings.WECHAT_MP_APPID if which == "mp" else settings.WECHAT_OA_APPID
-        secret = settings.WECHAT_MP_SECRET if which == "mp" else settings.WECHAT_OA_SECRET
-        base_url = settings.WECHAT_API_BASE
-    keys = Keys(settings.REDIS_KEY_PREFIX)
-    return WeChatClient(
-        appid=appid, secret=secret, base_url=base_url, redis=redis, token_key=keys("wechat", "token", appid), http=http
-    )
 
 
 # -- sub-commands ----------------------------------------------------------------------------
@@ -460,6 +438,58 @@ def cmd_menu(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(settings: Settings, args: argparse.Namespace) -> int:
+    """Runs one sweep now, as the scheduler would: silent cases, overdue cases, due pushes or the outbox."""
+    from datetime import timedelta
+
+    import httpx
+
+    from core import jobs
+    from handlers import push
+    from storage.db import close_db, init_db
+    from storage.redis import create_redis
+
+    async def run() -> int:
+        await init_db(settings)
+        redis = create_redis(settings)
+        http = httpx.AsyncClient(timeout=httpx.Timeout(10.0, connect=3.0))
+        # This process pushes what it makes itself, right after the sweep.
+        push.KICKS_ENABLED = False
+        try:
+            from bridge.client import PlatformClient
+            from handlers.delivery import Relay
+            from handlers.materials import platform_links
+            from handlers.sweeps import mark_overdue, query_silent_cases
+            from storage.crypto import FieldCipher
+
+            base_url, app_key, secret = jobs.platform_endpoint(settings)
+            platform = PlatformClient(base_url=base_url, app_key=app_key, secret=secret, http=http)
+            if args.what == "platform":
+                count = await query_silent_cases(platform, silence=timedelta(seconds=settings.PLATFORM_SILENCE_S))
+            elif args.what == "overdue":
+                count = await mark_overdue()
+            elif args.what == "outbox":
+                relay = Relay(
+                    platform=platform,
+                    cipher=FieldCipher(settings.field_encryption_key(), settings.field_encryption_old_keys()),
+                    material_links=platform_links(signing_key=settings.secret_key().encode(),
+                                                  base_url=settings.public_base_url),
+                    lease=timedelta(seconds=settings.OUTBOX_STUCK_S),
+                )
+                count = await relay.run_due()
+            else:
+                count = 0
+            pushed = await jobs.create_pusher(settings, redis=redis, http=http).run_due()
+            print(f"{args.what}: {count}" + (f"; pushes settled: {pushed}" if pushed else ""))
+            return 0
+        finally:
+            await http.aclose()
+            await redis.aclose()
+            await close_db()
+
+    return asyncio.run(run())
+
+
 def cmd_platform_sim(settings: Settings, args: argparse.Namespace) -> int:
     """Runs the core-platform simulator as its own server (see bridge/simulator.py)."""
     from bridge import simulator
@@ -495,6 +525,7 @@ COMMANDS = {
     "menu": (cmd_menu, "official-account menu: `menu push` sends it to WeChat, `menu show` prints it"),
     "platform-sim": (cmd_platform_sim, "run the core-platform simulator as its own server"),
     "check-jobs": (cmd_check_jobs, "send a probe job and wait for a worker to run it"),
+    "sweep": (cmd_sweep, "run one sweep now: platform | overdue | pushes | outbox"),
 }
 
 
@@ -520,6 +551,7 @@ def build_parser() -> argparse.ArgumentParser:
     parsers["worker"].add_argument("--processes", type=int, default=2, help="worker processes (default 2)")
     parsers["check-jobs"].add_argument("--timeout", type=float, default=10.0)
     parsers["menu"].add_argument("action", choices=["push", "show"])
+    parsers["sweep"].add_argument("what", choices=["platform", "overdue", "pushes", "outbox"])
     sim = parsers["platform-sim"]
     sim.add_argument("--host", default="127.0.0.1")
     sim.add_argument("--port", type=int, default=8702)

@@ -50,8 +50,9 @@ class PlatformClient:
         """Hands a case over; the platform deduplicates by our case number."""
         return await self._call("POST", "/api/cases", payload)
 
-    async def withdraw_case(self, case_no: str) -> dict[str, Any]:
-        return await self._call("POST", f"/api/cases/{case_no}/withdraw", {})
+    async def withdraw_case(self, case_no: str, *, reason: str = "") -> dict[str, Any]:
+        """Withdraws a case the platform has not accepted (409 once it has, 404 if never received)."""
+        return await self._call("POST", f"/api/cases/{case_no}/withdraw", {"reason": reason} if reason else {})
 
     async def resubmit_case(self, case_no: str, payload: dict[str, Any]) -> dict[str, Any]:
         return await self._call("POST", f"/api/cases/{case_no}/resubmit", payload)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from sanic import Blueprint, Request
-from sanic.response import HTTPResponse, raw
+from sanic.response import HTTPResponse, json, raw
 
 from console.auth import current_session
 from core.http import request_id
@@ -23,3 +23,15 @@ async def material(request: Request, case_no: str, material_id: str) -> HTTPResp
         reason=request.args.get("reason", ""), ip=request.remote_addr or request.ip, request_id=request_id(request),
     )
     return raw(data, content_type=mime, headers={"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"})
+
+
+@bp.get("/<case_no:str>/pushes")
+@document(summary="A case's notifications and every push attempt (why the citizen was or was not reached)",
+          tag="console", errors=(401, 403, 404))
+async def pushes(request: Request, case_no: str) -> HTTPResponse:
+    from handlers.cases import pushes_for_official
+
+    session = await current_session(request, unsafe=False)
+    data = await pushes_for_official(official=session.official, case_no=case_no,
+                                     ip=request.remote_addr or request.ip, request_id=request_id(request))
+    return json(data, headers={"Cache-Control": "no-store"})

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
+from datetime import timedelta
 from typing import Any
 
 from taskiq import AsyncBroker, Context, InMemoryBroker, TaskiqDepends, TaskiqEvents, TaskiqScheduler, TaskiqState
@@ -91,10 +92,32 @@ async def _worker_startup(state: TaskiqState) -> None:
     state.owns_db = await init_db(settings)
     state.http = httpx.AsyncClient(timeout=httpx.Timeout(10.0, connect=3.0))
     base_url, app_key, secret = platform_endpoint(settings)
+    state.platform = PlatformClient(base_url=base_url, app_key=app_key, secret=secret, http=state.http)
     state.relay = Relay(
-        platform=PlatformClient(base_url=base_url, app_key=app_key, secret=secret, http=state.http),
+        platform=state.platform,
         cipher=FieldCipher(settings.field_encryption_key(), settings.field_encryption_old_keys()),
         material_links=platform_links(signing_key=settings.secret_key().encode(), base_url=settings.public_base_url),
+        lease=timedelta(seconds=settings.OUTBOX_STUCK_S),
+    )
+    state.pusher = create_pusher(settings, redis=state.redis, http=state.http)
+
+
+def create_pusher(settings: Settings, *, redis, http):
+    """The progress pusher for these settings (WeChat clients, templates, quiet hours)."""
+    from handlers.push import Pusher, QuietHours
+    from wechat.apps import mp_appid, progress_template, wechat_client
+    from wechat.client import OfficialAccountAPI
+
+    return Pusher(
+        mp=wechat_client(settings, "mp", redis=redis, http=http),
+        oa=OfficialAccountAPI(wechat_client(settings, "oa", redis=redis, http=http)),
+        mp_appid=mp_appid(settings),
+        mp_template_id=progress_template(settings, "mp"),
+        oa_template_id=progress_template(settings, "oa"),
+        quiet=QuietHours.parse(settings.PUSH_QUIET_HOURS),
+        lease_s=settings.PUSH_LEASE_S,
+        max_attempts=settings.PUSH_MAX_ATTEMPTS,
+        miniprogram_state="developer" if settings.embedded else "formal",
     )
 
 
@@ -142,6 +165,43 @@ async def relay_outbox(context: Context = TaskiqDepends()) -> int:
             await lock.release()
         except Exception:
             log.warning("relay lock expired before release")
+
+
+@broker.task(task_name="zb.push")
+async def push_notification(notification_id: int, context: Context = TaskiqDepends()) -> str:
+    """Carries one notification to the citizen (kicked right after the change commits)."""
+    return await context.state.pusher.run_one(notification_id)
+
+
+@broker.task(task_name="zb.push_sweep", schedule=[{"interval": 10}])
+async def push_sweep(context: Context = TaskiqDepends()) -> int:
+    """Pushes what is due and was not kicked: retries, quiet-hours waits, lost kicks, dead workers."""
+    return await context.state.pusher.run_due()
+
+
+@broker.task(task_name="zb.platform_sweep", schedule=[{"interval": 600}])
+async def platform_sweep(context: Context = TaskiqDepends()) -> int:
+    """Asks the platform about delivered cases it has been silent on for PLATFORM_SILENCE_S."""
+    from handlers.sweeps import query_silent_cases
+
+    lock = context.state.redis.lock(context.state.redis_keys("lock", "platform_sweep"), timeout=600, blocking_timeout=0)
+    if not await lock.acquire():
+        return 0
+    try:
+        return await query_silent_cases(context.state.platform, silence=timedelta(seconds=settings.PLATFORM_SILENCE_S))
+    finally:
+        try:
+            await lock.release()
+        except Exception:
+            log.warning("platform sweep lock expired before release")
+
+
+@broker.task(task_name="zb.overdue_sweep", schedule=[{"cron": "5 * * * *", "cron_offset": "Asia/Shanghai"}])
+async def overdue_sweep() -> int:
+    """Marks open cases past their promised date overdue and tells their citizens (hourly)."""
+    from handlers.sweeps import mark_overdue
+
+    return await mark_overdue()
 
 
 @broker.task(task_name="zb.echo")

@@ -141,6 +141,28 @@ class Settings(BaseSettings):
     # Overrides of the abuse limits, e.g. "login.ip=120/minute,declare.user=5/hour".
     RATE_LIMITS: str | None = None
 
+    # Progress pushes. Template ids come from the mini-program's and the official account's
+    # consoles (unset: that channel is skipped, or the simulator's ids on the embedded default).
+    PUSH_MP_TEMPLATE_ID: str | None = Field(None, max_length=128)
+    PUSH_OA_TEMPLATE_ID: str | None = Field(None, max_length=128)
+    # Non-urgent pushes wait out these China-time hours ("" turns quiet hours off).
+    PUSH_QUIET_HOURS: str = "22:00-08:00"
+    # A push claimed by a worker that died is taken up again after this long.
+    PUSH_LEASE_S: int = Field(120, ge=1, le=3600)
+    PUSH_MAX_ATTEMPTS: int = Field(8, ge=1, le=50)
+    # Sweeps: outbox rows in flight longer than this are re-queued; delivered cases without a
+    # platform callback for this long are looked up at the platform.
+    OUTBOX_STUCK_S: int = Field(600, ge=1)
+    PLATFORM_SILENCE_S: int = Field(2 * 86400, ge=1)
+
+    @field_validator("PUSH_QUIET_HOURS")
+    @classmethod
+    def _quiet_hours(cls, value: str) -> str:
+        from handlers.push import QuietHours
+
+        QuietHours.parse(value)
+        return value
+
     @field_validator("RATE_LIMITS")
     @classmethod
     def _rate_limits(cls, value: str | None) -> str | None:
@@ -159,6 +181,8 @@ class Settings(BaseSettings):
         "FIELD_ENCRYPTION_OLD_KEYS",
         "PUBLIC_BASE_URL",
         "S3_ENDPOINT_URL",
+        "PUSH_MP_TEMPLATE_ID",
+        "PUSH_OA_TEMPLATE_ID",
         *[name for group in CHANNEL_GROUPS.values() for name in group],
         mode="before",
     )

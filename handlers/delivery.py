@@ -22,6 +22,7 @@ from tortoise.transactions import in_transaction
 
 from bridge.client import PlatformClient, PlatformError
 from handlers.cases import TRANSITIONS
+from handlers.push import kick, notify
 from storage.crypto import FieldCipher
 from storage.models import ActorType, Case, CaseEvent, CaseStatus, Outbox
 
@@ -60,8 +61,8 @@ async def enqueue_delivery(case: Case) -> Outbox:
 class Relay:
     """Delivers due outbox rows to the platform."""
 
-    def __init__(self, *, platform: PlatformClient, cipher: FieldCipher, material_links):
-        self.platform, self.cipher, self.material_links = platform, cipher, material_links
+    def __init__(self, *, platform: PlatformClient, cipher: FieldCipher, material_links, lease: timedelta = LEASE):
+        self.platform, self.cipher, self.material_links, self.lease = platform, cipher, material_links, lease
 
     async def run_due(self, *, limit: int = 50) -> int:
         """Delivers every due row (at most `limit`); returns how many were done."""
@@ -76,7 +77,7 @@ class Relay:
         now = datetime.now(timezone.utc)
         # Claim with a lease: a worker killed mid-call leaves the row to be claimed again after LEASE.
         claimed = await Outbox.filter(id=outbox_id, status__in=["pending", "sending"], next_attempt_at__lte=now).update(
-            status="sending", next_attempt_at=now + LEASE
+            status="sending", next_attempt_at=now + self.lease
         )
         if not claimed:
             return 0
@@ -98,6 +99,12 @@ class Relay:
 
     async def _deliver(self, row: Outbox) -> None:
         case = row.case
+        if row.kind == "withdraw_case":
+            await self._withdraw(row)
+            return
+        if row.kind == "resubmit_case":
+            await self._resubmit(row)
+            return
         if row.kind != "deliver_case":
             raise PlatformError(f"unknown outbox kind {row.kind}", retryable=False)
         if case.status == S.WITHDRAWN:
@@ -117,27 +124,54 @@ class Relay:
             "materials": materials,
             "submitted_at": case.submitted_at.isoformat(),
         })
+        notification = None
         async with in_transaction():
             fresh = await Case.select_for_update().get(id=case.id)
             if fresh.platform_case_id is None and answer.get("platform_case_id"):
                 fresh.platform_case_id = str(answer["platform_case_id"])
                 await fresh.save(update_fields=["platform_case_id", "updated_at"])
             if fresh.status == S.SUBMITTED:
-                await CaseEvent.create(case=fresh, actor_type=ActorType.SYSTEM, from_status=S.SUBMITTED.value,
-                                       to_status=S.DELIVERED.value, note="已推送至审批部门",
-                                       data={"platform_case_id": fresh.platform_case_id})
-                await Case.filter(id=fresh.id).update(status=S.DELIVERED, row_version=fresh.row_version + 1)
+                event = await CaseEvent.create(case=fresh, actor_type=ActorType.SYSTEM, from_status=S.SUBMITTED.value,
+                                               to_status=S.DELIVERED.value, note="已推送至审批部门",
+                                               data={"platform_case_id": fresh.platform_case_id})
+                await Case.filter(id=fresh.id).update(status=S.DELIVERED, row_version=fresh.row_version + 1,
+                                                      platform_heard_at=datetime.now(timezone.utc))
+                notification = await notify(fresh, kind=S.DELIVERED.value, dedup_key=f"event:{event.id}")
+        if notification is not None:
+            await kick([notification.id])
+
+    async def _withdraw(self, row: Outbox) -> None:
+        """Tells the platform about a withdrawal made before the case left (it may have left
+        meanwhile); a platform that never received the case (404) has nothing to withdraw."""
+        try:
+            await self.platform.withdraw_case(row.case.case_no, reason=row.payload.get("reason", ""))
+        except PlatformError as exc:
+            if exc.status != 404:
+                raise
+
+    async def _resubmit(self, row: Outbox) -> None:
+        """Hands the corrected fields and materials to the platform."""
+        materials = [
+            {"slot": slot, **link}
+            for slot, ids in (row.payload.get("materials") or {}).items()
+            for link in await self.material_links(ids)
+        ]
+        fields = json.loads(self.cipher.decrypt(bytes.fromhex(row.payload["fields_enc"]), column="outbox.payload"))
+        await self.platform.resubmit_case(row.case.case_no, {"fields": fields, "materials": materials})
 
 
 def path_to(start: CaseStatus, goal: CaseStatus) -> list[CaseStatus] | None:
-    """The shortest chain of allowed steps from `start` to `goal` (excluding start), or None."""
+    """The shortest chain of allowed steps from `start` to `goal` (excluding start), or None.
+
+    A step skipped over is recorded as inferred ("补记"), so a rejection or a withdrawal is
+    never inferred: the chain passes through them only as its goal."""
     if start == goal:
         return []
     queue, parent = deque([start]), {start: None}
     while queue:
         node = queue.popleft()
         for nxt in sorted(TRANSITIONS[node], key=lambda s: s.value):
-            if nxt in parent or nxt == S.WITHDRAWN:
+            if nxt in parent or (nxt in (S.WITHDRAWN, S.REJECTED) and nxt != goal):
                 continue
             parent[nxt] = node
             if nxt == goal:
@@ -150,22 +184,27 @@ def path_to(start: CaseStatus, goal: CaseStatus) -> list[CaseStatus] | None:
 
 
 async def apply_platform_event(*, case_no: str, seq: int, event: str, data: dict, at: str | None) -> str:
-    """Applies one platform callback: 'applied', 'duplicate' (old seq) or 'ignored' (cannot apply)."""
+    """Applies one platform callback: 'applied', 'duplicate' (old seq) or 'ignored' (cannot apply).
+
+    The change, its case events and the citizen's notification commit together; the push job
+    is kicked after the commit (the push sweep picks up a kick that was lost)."""
     target = EVENT_STATUS[event]
+    notification = None
     async with in_transaction():
         case = await Case.select_for_update().get_or_none(case_no=case_no)
         if case is None:
             return "unknown_case"
         if seq <= case.platform_seq:
             return "duplicate"
-        updates: dict = {"platform_seq": seq}
+        updates: dict = {"platform_seq": seq, "platform_heard_at": datetime.now(timezone.utc)}
         result = "applied"
         if target is None:  # fee assessed: no status change
-            if event == "fee_assessed":
-                updates["fee_fen"] = int(data["amount_fen"])
-                await CaseEvent.create(case=case, actor_type=ActorType.PLATFORM, from_status=case.status.value,
-                                       to_status=case.status.value, note=f"应缴费用 {int(data['amount_fen']) / 100:.2f} 元",
-                                       data={"seq": seq, "event": event, **data})
+            amount = int(data["amount_fen"])
+            updates["fee_fen"] = amount
+            record = await CaseEvent.create(case=case, actor_type=ActorType.PLATFORM, from_status=case.status.value,
+                                            to_status=case.status.value, note=f"应缴费用 {amount / 100:.2f} 元",
+                                            data={"seq": seq, "event": event, **data})
+            notification = await notify(case, kind=event, dedup_key=f"event:{record.id}", data=data)
         else:
             chain = path_to(case.status, target)
             if not chain:
@@ -174,12 +213,17 @@ async def apply_platform_event(*, case_no: str, seq: int, event: str, data: dict
                 previous = case.status
                 for step in chain:
                     skipped = step != target
-                    await CaseEvent.create(
+                    record = await CaseEvent.create(
                         case=case, actor_type=ActorType.PLATFORM, from_status=previous.value, to_status=step.value,
                         note=EVENT_NOTES.get(step.value, "") + ("（补记）" if skipped else ""),
                         data={"seq": seq, "event": event, "at": at, **({} if skipped else data)},
                     )
                     previous = step
+                # One notification for the change, about where the case is now: the steps the
+                # platform skipped over are history, not news.
+                notification = await notify(case, kind=target.value, dedup_key=f"event:{record.id}", data=data)
                 updates.update(status=target, row_version=case.row_version + len(chain))
         await Case.filter(id=case.id).update(**updates)
+    if notification is not None:
+        await kick([notification.id])
     return result

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel, Field
 from sanic import Blueprint, Request
 from sanic.response import HTTPResponse, json
@@ -21,6 +23,11 @@ class ListQuery(BaseModel):
 
 class WithdrawIn(BaseModel):
     reason: str = Field("", max_length=200)
+
+
+class ResubmitIn(BaseModel):
+    fields: dict[str, Any] = Field(default_factory=dict, description='corrected answers by path, e.g. {"applicant.phone": "..."}')
+    materials: dict[str, list[str]] = Field(default_factory=dict, description="re-uploaded material ids by slot")
 
 
 @bp.get("/")
@@ -47,6 +54,33 @@ async def read(request: Request, case_no: str) -> HTTPResponse:
 @citizen
 async def withdraw(request: Request, case_no: str) -> HTTPResponse:
     body = json_body(request, WithdrawIn) if request.body else WithdrawIn()
-    case = await cases.withdraw(user=request.ctx.user, case_no=case_no, reason=body.reason)
+    case = await cases.withdraw(user=request.ctx.user, case_no=case_no, reason=body.reason,
+                                platform=request.app.ctx.platform)
+    await _hand_over()
     case = await cases.my_case(user=request.ctx.user, case_no=case.case_no)
     return json(await cases.detail(case))
+
+
+@bp.post("/<case_no:str>/resubmit")
+@document(summary="Resubmit after correcting exactly the listed fields and materials", tag="cases", body=ResubmitIn,
+          errors=(401, 404, 409, 422))
+@citizen
+async def resubmit(request: Request, case_no: str) -> HTTPResponse:
+    from handlers.drafts import SNAPSHOT_COLUMN
+
+    body = json_body(request, ResubmitIn)
+    case = await cases.resubmit(user=request.ctx.user, case_no=case_no, fields=body.fields, materials=body.materials,
+                                cipher=request.app.ctx.cipher, snapshot_column=SNAPSHOT_COLUMN)
+    await _hand_over()
+    case = await cases.my_case(user=request.ctx.user, case_no=case.case_no)
+    return json(await cases.detail(case))
+
+
+async def _hand_over() -> None:
+    """Asks a worker to relay the outbox now (the periodic relay would, within seconds)."""
+    from core import jobs
+
+    try:
+        await jobs.relay_outbox.kiq()
+    except Exception:  # the broker being down must not fail a committed change
+        pass

@@ -293,6 +293,10 @@ class Case(Model):
     row_version = fields.IntField(default=1)
     submitted_at = fields.DatetimeField(auto_now_add=True)
     updated_at = fields.DatetimeField(auto_now=True)
+    # When the platform last told us something (a callback, or an answer to our status query).
+    platform_heard_at = fields.DatetimeField(null=True)
+    # Set by the overdue sweep once the promised date has passed without a decision.
+    overdue_at = fields.DatetimeField(null=True)
 
     class Meta:
         table = "cases"
@@ -386,3 +390,72 @@ class CaseEvent(Model):
     class Meta:
         table = "case_events"
         indexes = (("case_id", "at"),)
+
+
+class SubscriptionGrant(Model):
+    """One-time subscribe-message rights a citizen gave per template (wx.requestSubscribeMessage)."""
+
+    id = fields.BigIntField(primary_key=True)
+    user: fields.ForeignKeyRelation[User] = fields.ForeignKeyField(
+        "models.User", related_name="subscription_grants", on_delete=fields.CASCADE
+    )
+    template_id = fields.CharField(max_length=128)
+    remaining = fields.IntField(default=0)
+    accepted_total = fields.IntField(default=0)
+    last_result = fields.CharField(max_length=16, default="")
+    updated_at = fields.DatetimeField(auto_now=True)
+
+    class Meta:
+        table = "subscription_grants"
+        unique_together = (("user", "template_id"),)
+
+
+class Notification(Model):
+    """A message to a citizen about a case: the inbox item, and the WeChat push that carries it.
+
+    dedup_key (one per case event) makes it exactly one notification per change, whatever
+    the retries. push_status is pending, sending, sent, inbox_only or failed.
+    """
+
+    id = fields.BigIntField(primary_key=True)
+    dedup_key = fields.CharField(max_length=96, unique=True)
+    user: fields.ForeignKeyRelation[User] = fields.ForeignKeyField(
+        "models.User", related_name="notifications", on_delete=fields.CASCADE
+    )
+    case: fields.ForeignKeyNullableRelation[Case] = fields.ForeignKeyField(
+        "models.Case", related_name="notifications", null=True, on_delete=fields.CASCADE
+    )
+    kind = fields.CharField(max_length=32)  # a case status, or fee_assessed
+    title = fields.CharField(max_length=64)
+    body = fields.CharField(max_length=500)
+    page = fields.CharField(max_length=256, default="")
+    urgent = fields.BooleanField(default=False)
+    push_status = fields.CharField(max_length=16, default="pending", db_index=True)
+    channel = fields.CharField(max_length=16, default="")  # subscribe | template | inbox
+    attempts = fields.IntField(default=0)
+    next_attempt_at = fields.DatetimeField(db_index=True)
+    read_at = fields.DatetimeField(null=True)
+    sent_at = fields.DatetimeField(null=True)
+    created_at = fields.DatetimeField(auto_now_add=True)
+
+    class Meta:
+        table = "notifications"
+        indexes = (("user_id", "id"),)
+
+
+class PushAttempt(Model):
+    """One try at one channel for a notification, and what came of it (shown to officials)."""
+
+    id = fields.BigIntField(primary_key=True)
+    notification: fields.ForeignKeyRelation[Notification] = fields.ForeignKeyField(
+        "models.Notification", related_name="push_attempts", on_delete=fields.CASCADE
+    )
+    channel = fields.CharField(max_length=16)
+    started_at = fields.DatetimeField(auto_now_add=True)
+    finished_at = fields.DatetimeField(null=True)
+    result = fields.CharField(max_length=24, default="started")
+    errcode = fields.IntField(null=True)
+    detail = fields.CharField(max_length=300, default="")
+
+    class Meta:
+        table = "push_attempts"

@@ -317,6 +317,9 @@ OA_TOKEN = secrets.token_urlsafe(24)
 OA_AES_KEY = base64.b64encode(secrets.token_bytes(32)).decode()[:-1]
 
 
+# The progress templates of the test's mini-program and official account.
+MP_TEMPLATE, OA_TEMPLATE = "tmpl-progress-mp-0001", "tmpl-progress-oa-0001"
+
 PLATFORM_KEY = "zbt-platform"
 PLATFORM_SECRET = secrets.token_urlsafe(24)
 
@@ -366,16 +369,20 @@ def wechat_env(sim: WeChatSim) -> dict[str, str]:
     }
 
 
-def make_server(tmp_path_factory, databases, wechat_sim, name: str, **extra: str) -> tuple[Server, str | None]:
+def make_server(tmp_path_factory, databases, wechat_sim, name: str, with_workers: bool | None = None,
+                **extra: str) -> tuple[Server, str | None]:
     """A server on this run's backends, talking to the WeChat simulator server."""
     cwd = tmp_path_factory.mktemp(name)
     # Every test comes from 127.0.0.1: lift the per-IP limits (their own tests check them).
+    # Pushes go out whatever the hour the tests run at (quiet hours have their own test).
     settings = {"REQUEST_MAX_SIZE": "65536", "LOG_LEVEL": "INFO", "RATE_LIMITS": "login.ip=100000/minute,declare.ip=100000/hour,face.ip=100000/hour",
+                "PUSH_MP_TEMPLATE_ID": MP_TEMPLATE, "PUSH_OA_TEMPLATE_ID": OA_TEMPLATE, "PUSH_QUIET_HOURS": "",
                 **wechat_env(wechat_sim), **extra}
     if TEST_DATABASE_URL and TEST_REDIS_URL:
         database = databases.new("postgres")
         prefix = f"zbt{RUN_ID}{name}:"
-        return start_server(production_env(database, prefix, **settings), cwd, database=database, with_workers=name == "server"), prefix
+        workers = name == "server" if with_workers is None else with_workers
+        return start_server(production_env(database, prefix, **settings), cwd, database=database, with_workers=workers), prefix
     database = databases.new("sqlite")
     return start_server(base_env(DATABASE_URL=database.url, **settings), cwd, database=database), None
 

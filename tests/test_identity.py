@@ -35,8 +35,8 @@ def auth(tokens: dict) -> dict:
     return {"Authorization": f"Bearer {tokens['access_token']}"}
 
 
-def to_l3(server: Server, sim: WeChatSim, name: str, number: str) -> dict:
-    tokens, _ = login(server, sim)
+def to_l3(server: Server, sim: WeChatSim, name: str, number: str, openid: str | None = None) -> dict:
+    tokens, _ = login(server, sim, openid)
     with server.client(headers=auth(tokens)) as c:
         assert c.post("/api/v1/identity/declare", json={"name": name, "id_number": number}).status_code == 200
         verify_id = c.post("/api/v1/identity/face/start").json()["verify_id"]

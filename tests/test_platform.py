@@ -90,6 +90,10 @@ def test_the_same_callback_20_times_is_one_transition(server, wechat_sim, platfo
     assert results.count("applied") == 1 and results.count("duplicate") == 19
     timeline = case_of(server, tokens, case_no)["timeline"]
     assert [t["status"] for t in timeline].count("accepted") == 1
+    # ...and one notification for the citizen.
+    assert server.database.query(
+        f"SELECT count(*) FROM notifications n JOIN cases c ON c.id = n.case_id "
+        f"WHERE c.case_no = '{case_no}' AND n.kind = 'accepted'")[0][0] == 1
 
 
 def test_an_older_callback_never_moves_a_case_back(server, wechat_sim, platform_sim):

@@ -218,6 +218,16 @@ class WeChatClient:
         return int(body["verify_ret"])
 
 
+    async def send_subscribe(self, *, openid: str, template_id: str, data: dict, page: str | None = None,
+                             miniprogram_state: str = "formal") -> None:
+        """A one-time subscribe message (uses up one of the user's grants for `template_id`)."""
+        payload: dict[str, Any] = {"touser": openid, "template_id": template_id, "data": data,
+                                   "miniprogram_state": miniprogram_state, "lang": "zh_CN"}
+        if page:
+            payload["page"] = page
+        await self.call("/cgi-bin/message/subscribe/send", payload)
+
+
 class OfficialAccountAPI:
     """The official-account calls the bot and progress pushes use, on a WeChatClient."""
 
