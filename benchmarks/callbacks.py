@@ -211,22 +211,14 @@ class SeededUser:
 
 
 async def seed_push_grants(conn, users: list[SeededUser]) -> int:
-    """TODO(push pipeline): record in Zhangban's own grant table that each of `users` has
-    `user.grants` one-time subscriptions left for `user.template_id`, as
-    `handlers.push.record_grants` would after wx.requestSubscribeMessage answered "accept"; return
-    how many rows were written. Until it does, the Pusher finds no grant and settles every
-    notification as `inbox_only` without calling WeChat (the report says so).
-
-    `conn` is an asyncpg connection to the run's database (migrated, demo loaded, users seeded);
-    the citizens are already registered at the WeChat simulator with the same grants. Probably:
-
-        await conn.execute(
-            "INSERT INTO subscription_grants (user_id, template_id, remaining, accepted_total, last_result, updated_at)"
-            " SELECT u, t, g, g, 'accept', now() FROM unnest($1::bigint[], $2::text[], $3::int[]) AS x(u, t, g)",
-            [u.id for u in users], [u.template_id for u in users], [u.grants for u in users])
-        return len(users)
-    """
-    return 0
+    """Records in Zhangban's grant table that each of `users` has `user.grants` one-time
+    subscriptions left for `user.template_id`, as `handlers.push.record_grants` does after
+    wx.requestSubscribeMessage answered "accept" (the simulator holds the same grants)."""
+    await conn.execute(
+        "INSERT INTO subscription_grants (user_id, template_id, remaining, accepted_total, last_result, updated_at)"
+        " SELECT u, t, g, g, 'accept', now() FROM unnest($1::bigint[], $2::text[], $3::int[]) AS x(u, t, g)",
+        [u.id for u in users], [u.template_id for u in users], [u.grants for u in users])
+    return len(users)
 
 
 class Database:

@@ -217,11 +217,13 @@ class Pusher:
                  attempts=F("attempts") + 1)
         if not claimed:
             return "not_due"
-        notification = await Notification.get(id=notification_id).prefetch_related("case", "user")
+        notification = await Notification.get(id=notification_id).select_related("case", "user")
         # An attempt left unfinished means a worker died in the middle of it. Whether WeChat
         # took that message is unknown; the grant it used is given back (were it used after
         # all, WeChat answers 43101 and the push falls through to the next channel).
-        for left in await PushAttempt.filter(notification_id=notification_id, finished_at=None):
+        unfinished = [] if notification.attempts == 1 else \
+            await PushAttempt.filter(notification_id=notification_id, finished_at=None)
+        for left in unfinished:
             await PushAttempt.filter(id=left.id).update(finished_at=now, result="interrupted",
                                                          detail="推送过程中工作进程中断，已重新推送")
             if left.channel == "subscribe":
