@@ -994,17 +994,7 @@ def run_row(workers: int, n: int, last: bool, tmp: Path, wsim: idb.Simulator, ps
 # -- report ------------------------------------------------------------------------------------
 
 
-def table(rows: list[idb.Row]) -> list[str]:
-    lines = ["| target | server | requests/s | p50 ms | p99 ms | ratio to /healthz |",
-             "| --- | --- | ---: | ---: | ---: | ---: |"]
-    for r in rows:
-        if r.skipped or r.failed:
-            why = f"skipped: {r.skipped}" if r.skipped else f"failed: {r.failed}"
-            lines.append(f"| {r.target} | {r.backend} | {why} | — | — | — |")
-        else:
-            lines.append(f"| {r.target} | {r.backend} | {hb.fmt(r.rps, 0)} | {hb.fmt(r.p50_ms, 2)} | "
-                         f"{hb.fmt(r.p99_ms, 2)} | {hb.fmt(r.ratio, 3)} |")
-    return lines
+table = bot.table  # the same requests/s table as the bot benchmark
 
 
 def landed_table(rows: list[CallbackRow]) -> list[str]:
