@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import json as json_module
 import logging
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from sanic import Blueprint, Request
 from sanic.response import HTTPResponse, json
 
 from bridge.signing import SignatureRejected, nonce_of
-from core.errors import ApiError
-from core.http import validate
+from core.errors import ApiError, ValidationFailed
+from core.http import field_errors, validate
 from handlers.delivery import apply_platform_event
 
 log = logging.getLogger("zhangban.bridge")
@@ -36,6 +36,51 @@ class Callback(BaseModel):
     data: dict = Field(default_factory=dict)
 
 
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True)
+
+
+class CorrectionData(_Strict):
+    fields: list[Annotated[str, Field(min_length=1, max_length=128)]] = Field(default_factory=list, max_length=100)
+    materials: list[Annotated[str, Field(min_length=1, max_length=64)]] = Field(default_factory=list, max_length=50)
+    reason: str = Field("", max_length=500)
+
+    @model_validator(mode="after")
+    def _something_to_fix(self):
+        if not self.fields and not self.materials:
+            raise ValueError("补正通知应列出需补正的字段或材料")
+        return self
+
+
+class FeeData(_Strict):
+    amount_fen: int = Field(ge=0, le=100_000_000)
+
+
+class RejectionData(_Strict):
+    reason: str = Field(min_length=1, max_length=500)
+
+
+class ResultData(_Strict):
+    kind: Literal["electronic", "mail"]
+    licence_no: str | None = Field(None, min_length=1, max_length=64)
+    tracking_no: str | None = Field(None, min_length=1, max_length=64)
+
+    @model_validator(mode="after")
+    def _record(self):
+        if self.kind == "electronic" and not self.licence_no:
+            raise ValueError("电子证照应给出证照编号 licence_no")
+        if self.kind == "mail" and not self.tracking_no:
+            raise ValueError("邮寄结果应给出快递单号 tracking_no")
+        return self
+
+
+# What each event must carry; the others carry nothing we read.
+EVENT_DATA: dict[str, type[BaseModel]] = {
+    "correction_requested": CorrectionData, "fee_assessed": FeeData, "rejected": RejectionData,
+    "result_issued": ResultData,
+}
+
+
 @bp.post("/bridge/callback")
 async def callback(request: Request) -> HTTPResponse:
     ctx = request.app.ctx
@@ -51,9 +96,13 @@ async def callback(request: Request) -> HTTPResponse:
         body = validate(Callback, json_module.loads(request.body or b"null"))
     except ValueError:
         raise ApiError("请求内容不是有效的 JSON", code="malformed_json", status=400) from None
-    if body.event == "fee_assessed" and not isinstance(body.data.get("amount_fen"), int):
-        raise ApiError("费用金额应为整数（分）", code="validation_failed", status=422,
-                       details={"fields": {"data.amount_fen": "应为整数（分）"}})
+    model = EVENT_DATA.get(body.event)
+    if model is not None:
+        try:
+            model.model_validate(body.data)
+        except ValidationError as exc:
+            raise ValidationFailed({("data" if k == "body" else f"data.{k}"): v
+                                    for k, v in field_errors(exc).items()}) from None
     result = await apply_platform_event(case_no=body.case_no, seq=body.seq, event=body.event, data=body.data, at=body.at)
     if result == "unknown_case":
         raise ApiError("办件不存在", code="case_not_found", status=404)

@@ -146,6 +146,10 @@ async def detail(case: Case) -> dict:
         next_action = {"type": "wait", "can_withdraw": True}
     elif case.fee_fen and case.status in (S.ACCEPTED, S.IN_REVIEW, S.APPROVED):
         next_action = {"type": "pay", "amount_fen": case.fee_fen}
+    issued = next((e for e in reversed(events) if e.to_status == S.RESULT_ISSUED.value and e.data.get("kind")), None)
+    result = None
+    if issued is not None:
+        result = {key: issued.data[key] for key in ("kind", "licence_no", "tracking_no") if issued.data.get(key)}
     return {
         **summary(case),
         "timeline": [
@@ -156,6 +160,7 @@ async def detail(case: Case) -> dict:
         "next_action": next_action,
         "promised_date": promised.isoformat(),
         "overdue": case.overdue_at is not None,
+        "result": result,
         "fee_fen": case.fee_fen,
     }
 

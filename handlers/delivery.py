@@ -213,9 +213,14 @@ async def apply_platform_event(*, case_no: str, seq: int, event: str, data: dict
                 previous = case.status
                 for step in chain:
                     skipped = step != target
+                    note = EVENT_NOTES.get(step.value, "")
+                    if skipped:
+                        note += "（补记）"
+                    elif data.get("reason"):
+                        note += f"：{str(data['reason'])[:200]}"
                     record = await CaseEvent.create(
                         case=case, actor_type=ActorType.PLATFORM, from_status=previous.value, to_status=step.value,
-                        note=EVENT_NOTES.get(step.value, "") + ("（补记）" if skipped else ""),
+                        note=note,
                         data={"seq": seq, "event": event, "at": at, **({} if skipped else data)},
                     )
                     previous = step

@@ -128,3 +128,25 @@ def test_forged_stale_or_replayed_callbacks_are_401_and_change_nothing(server, w
     assert case_of(server, tokens, case_no)["status"] == "accepted"  # only the genuine one counted
     unsigned = httpx.post(f"{server.url}/bridge/callback", json=body)
     assert unsigned.status_code == 401
+
+
+def test_callback_data_is_validated_per_event_and_a_bad_one_changes_nothing(server, wechat_sim, platform_sim):
+    tokens, case_no = submit_renewal(server, wechat_sim, "孔二八")
+    wait_for(lambda: case_of(server, tokens, case_no)["status"] == "delivered_to_platform")
+    bad = {
+        "rejected": ({}, "data.reason"),
+        "correction_requested": ({"fields": [], "materials": []}, "data"),
+        "result_issued": ({"kind": "electronic"}, "data"),
+        "fee_assessed": ({"amount_fen": "20.00"}, "data.amount_fen"),
+    }
+    for seq, (event, (data, field)) in enumerate(bad.items(), start=1):
+        refused = post_callback(server, {"case_no": case_no, "seq": seq, "event": event, "data": data})
+        assert refused.status_code == 422, refused.text
+        assert refused.json()["code"] == "validation_failed" and field in refused.json()["details"]["fields"], refused.text
+    case = case_of(server, tokens, case_no)
+    assert case["status"] == "delivered_to_platform" and len(case["timeline"]) == 2
+    # A good rejection is shown with its reason.
+    ok = post_callback(server, {"case_no": case_no, "seq": 9, "event": "rejected", "data": {"reason": "证件照片不符合要求"}})
+    assert ok.json()["result"] == "applied"
+    case = case_of(server, tokens, case_no)
+    assert case["status"] == "rejected" and case["timeline"][-1]["note"] == "未予通过：证件照片不符合要求"

@@ -174,6 +174,7 @@ def test_whole_journey_with_correction_pushes_every_step_once(server, wechat_sim
     assert [t["status"] for t in final["timeline"]] == [
         "submitted", "delivered_to_platform", "accepted", "in_review", "correction_requested", "resubmitted",
         "in_review", "approved", "result_issued", "closed"]
+    assert final["result"]["kind"] == "electronic" and final["result"]["licence_no"].startswith("DZZZ")
     # The platform got the corrected phone and a link to the new photo.
     received = httpx.get(f"{platform_sim.url}/__sim__/cases", params={"case_no": case_no}).json()["cases"][0]
     resubmission = received["resubmissions"][0]
