@@ -160,6 +160,9 @@ class Relay:
         await self.platform.resubmit_case(row.case.case_no, {"fields": fields, "materials": materials})
 
 
+_EVENT_COLUMNS = ("id", "case_no", "status", "platform_seq", "row_version", "user_id", "service_code", "service_name")
+
+
 def path_to(start: CaseStatus, goal: CaseStatus) -> list[CaseStatus] | None:
     """The shortest chain of allowed steps from `start` to `goal` (excluding start), or None.
 
@@ -191,7 +194,8 @@ async def apply_platform_event(*, case_no: str, seq: int, event: str, data: dict
     target = EVENT_STATUS[event]
     notification = None
     async with in_transaction():
-        case = await Case.select_for_update().get_or_none(case_no=case_no)
+        # Only what the change needs: not the sealed form snapshot, which can be kilobytes.
+        case = await Case.select_for_update().filter(case_no=case_no).only(*_EVENT_COLUMNS).first()
         if case is None:
             return "unknown_case"
         if seq <= case.platform_seq:
