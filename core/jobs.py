@@ -184,7 +184,10 @@ async def purge_drafts() -> int:
 @broker.task(task_name="zb.relay_outbox", schedule=[{"interval": 5}])
 async def relay_outbox(context: Context = TaskiqDepends()) -> int:
     """Hands due outbox rows (new cases, retries after failures, expired leases) to the platform."""
-    lock = context.state.redis.lock(context.state.redis_keys("lock", "relay"), timeout=120, blocking_timeout=0)
+    # The lock only saves duplicate effort (each row is claimed on its own), so it is short: a
+    # worker killed while relaying holds it no longer than a row's lease.
+    lock = context.state.redis.lock(context.state.redis_keys("lock", "relay"), timeout=min(60, settings.OUTBOX_STUCK_S),
+                                    blocking_timeout=0)
     if not await lock.acquire():  # another worker is relaying right now
         return 0
     try:

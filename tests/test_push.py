@@ -293,11 +293,49 @@ def test_quiet_hours_hold_routine_pushes_and_the_inbox_has_them_at_once(quiet_se
 
 @pytest.fixture
 def lease_server(tmp_path_factory, databases, wechat_sim):
-    """A server (with its own worker in production mode) whose push leases last 3 s."""
-    srv, _ = make_server(tmp_path_factory, databases, wechat_sim, "pushkill", with_workers=True, PUSH_LEASE_S="3")
+    """A server (with its own worker in production mode) whose push and outbox leases last 3 s."""
+    srv, _ = make_server(tmp_path_factory, databases, wechat_sim, "pushkill", with_workers=True, PUSH_LEASE_S="3",
+                         OUTBOX_STUCK_S="3")
     assert srv.cli("load-demo").returncode == 0
     yield srv
     srv.stop()
+
+
+def kill_and_restart_the_worker(server) -> None:
+    """SIGKILL the process running the jobs (the worker, or the embedded server itself), then start it again."""
+    worker = server.helpers[0] if server.helpers else server
+    os.killpg(worker.proc.pid, signal.SIGKILL)
+    worker.proc.wait()
+    if server.helpers:
+        server.helpers[0] = spawn(["worker", "--processes", "1"], env=server.env, cwd=server.cwd,
+                                  log_path=server.cwd / f"worker-{time.time_ns()}.log")
+    else:
+        restarted = start_server(server.env, server.cwd, database=server.database)
+        server.proc, server.url, server.log_path = restarted.proc, restarted.url, restarted.log_path
+
+
+def test_a_delivery_interrupted_by_sigkill_is_requeued_and_delivered_once(lease_server, wechat_sim, platform_sim):
+    server = lease_server
+    openid, _ = sim_user(wechat_sim)
+    tokens = to_l3(server, wechat_sim, "俞四三", id_number(), openid)
+    before = platform_sim.control("stats")["calls"].get("/api/cases", 0)
+    # Servers of the run with their own database reuse case numbers: count receipts from here on.
+    seen = {c["case_no"]: c["received"] for c in platform_sim.control("cases")["cases"]}
+    # The platform is slow to answer the next submission: the worker is killed while it waits.
+    platform_sim.control("fail", {"path": "/api/cases", "delay_s": 8, "http_status": 503, "times": 1})
+    case_no = submit(server, tokens)
+    wait_for(lambda: platform_sim.control("stats")["calls"].get("/api/cases", 0) > before, timeout=30, interval=0.05)
+    kill_and_restart_the_worker(server)
+    stuck = server.database.query(
+        f"SELECT o.status, o.attempts FROM outbox o JOIN cases c ON c.id = o.case_id WHERE c.case_no = '{case_no}'")
+    assert stuck == [("sending", 0)]  # claimed, never finished: only its lease brings it back
+    # (Read from the database: an embedded server's restart also forgets its sign-ins.)
+    wait_for(lambda: server.database.query(f"SELECT status FROM cases WHERE case_no = '{case_no}'")
+             == [("delivered_to_platform",)], timeout=60)
+    received = httpx.get(f"{platform_sim.url}/__sim__/cases", params={"case_no": case_no}).json()["cases"]
+    assert [c["received"] - seen.get(case_no, 0) for c in received] == [1]
+    assert server.database.query(
+        f"SELECT o.status FROM outbox o JOIN cases c ON c.id = o.case_id WHERE c.case_no = '{case_no}'") == [("done",)]
 
 
 def test_a_push_interrupted_by_sigkill_is_delivered_exactly_once(lease_server, wechat_sim):
@@ -310,16 +348,8 @@ def test_a_push_interrupted_by_sigkill_is_delivered_exactly_once(lease_server, w
     wechat_sim.control("fail", {"path": SUBSCRIBE_PATH, "delay_s": 6, "errcode": -1, "times": 1})
     case_no = submit(server, tokens)
     wait_for(lambda: wechat_sim.control("stats")["calls"].get(SUBSCRIBE_PATH, 0) > before, timeout=30, interval=0.05)
-    pusher = server.helpers[0] if server.helpers else server  # the worker, or the embedded server itself
-    os.killpg(pusher.proc.pid, signal.SIGKILL)
-    pusher.proc.wait()
+    kill_and_restart_the_worker(server)
     assert push_state(server, case_no, "delivered_to_platform")[0] == "sending"
-    if server.helpers:
-        server.helpers[0] = spawn(["worker", "--processes", "1"], env=server.env, cwd=server.cwd,
-                                  log_path=server.cwd / "worker2.log")
-    else:
-        restarted = start_server(server.env, server.cwd, database=server.database)
-        server.proc, server.url, server.log_path = restarted.proc, restarted.url, restarted.log_path
     wait_for(lambda: push_state(server, case_no, "delivered_to_platform") == ("sent", "subscribe"), timeout=60)
     time.sleep(2)
     assert len(messages_for(wechat_sim, case_no, openid)) == 1
