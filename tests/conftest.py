@@ -246,17 +246,15 @@ def start_server(env: dict[str, str], cwd: Path, *, database: Database | None = 
     cwd.mkdir(parents=True, exist_ok=True)
     # Workers build links to this server (materials for the platform): they must know its address.
     env = {"PUBLIC_BASE_URL": f"http://127.0.0.1:{port}", **env}
-    helpers = []
+    proc = spawn(["serve", "--port", str(port)], env=env, cwd=cwd, log_path=cwd / "server.log")
+    server = Server(proc.proc, proc.log_path, url=f"http://127.0.0.1:{port}", database=database, env=env, cwd=cwd)
+    wait_healthy(server)
     if with_workers:
-        helpers = [
+        # After `serve` has migrated, as a deployment runs `migrate` before its workers.
+        server.helpers = [
             spawn(["worker", "--processes", "1"], env=env, cwd=cwd, log_path=cwd / "worker.log"),
             spawn(["scheduler"], env=env, cwd=cwd, log_path=cwd / "scheduler.log"),
         ]
-    proc = spawn(["serve", "--port", str(port)], env=env, cwd=cwd, log_path=cwd / "server.log")
-    server = Server(
-        proc.proc, proc.log_path, url=f"http://127.0.0.1:{port}", database=database, env=env, cwd=cwd, helpers=helpers
-    )
-    wait_healthy(server)
     return server
 
 
