@@ -41,7 +41,6 @@ def create_app(settings: Settings):
     from handlers.drafts import Drafts
     from handlers.materials import Materials, Pipeline
     from storage.files import FileSealer, create_file_store
-    from bridge.client import PlatformClient
     from bridge.signing import Verifier
     from wechat.client import OfficialAccountAPI
     from storage.crypto import FieldCipher
@@ -144,10 +143,9 @@ def create_app(settings: Settings):
         app.ctx.catalogue = CatalogueReader(redis=app.ctx.redis, keys=app.ctx.keys)
         app.ctx.oa = OfficialAccountAPI(wechat_client(settings, "oa", redis=app.ctx.redis, http=app.ctx.http))
         app.ctx.oa_crypto = oa_crypto(settings)
-        platform_url, platform_key, platform_secret = jobs.platform_endpoint(settings)
+        _, platform_key, platform_secret = jobs.platform_endpoint(settings)
         app.ctx.platform_verifier = Verifier(platform_key, platform_secret)
-        app.ctx.platform = PlatformClient(base_url=platform_url, app_key=platform_key, secret=platform_secret,
-                                          http=app.ctx.http)
+        app.ctx.platform = jobs.create_platform_client(settings, http=app.ctx.http)
         app.ctx.bot = Bot(catalogue=app.ctx.catalogue, cipher=app.ctx.cipher, halls=load_halls(), mp_appid=mp_appid(settings),
                           faq=FAQ.load())
         app.ctx.bot_tasks = set()
@@ -456,27 +454,15 @@ def cmd_sweep(settings: Settings, args: argparse.Namespace) -> int:
         # This process pushes what it makes itself, right after the sweep.
         push.KICKS_ENABLED = False
         try:
-            from bridge.client import PlatformClient
-            from handlers.delivery import Relay
-            from handlers.materials import platform_links
             from handlers.sweeps import mark_overdue, query_silent_cases
-            from storage.crypto import FieldCipher
 
-            base_url, app_key, secret = jobs.platform_endpoint(settings)
-            platform = PlatformClient(base_url=base_url, app_key=app_key, secret=secret, http=http)
+            platform = jobs.create_platform_client(settings, http=http)
             if args.what == "platform":
                 count = await query_silent_cases(platform, silence=timedelta(seconds=settings.PLATFORM_SILENCE_S))
             elif args.what == "overdue":
                 count = await mark_overdue()
             elif args.what == "outbox":
-                relay = Relay(
-                    platform=platform,
-                    cipher=FieldCipher(settings.field_encryption_key(), settings.field_encryption_old_keys()),
-                    material_links=platform_links(signing_key=settings.secret_key().encode(),
-                                                  base_url=settings.public_base_url),
-                    lease=timedelta(seconds=settings.OUTBOX_STUCK_S),
-                )
-                count = await relay.run_due()
+                count = await jobs.create_relay(settings, platform=platform).run_due()
             else:
                 count = 0
             pushed = await jobs.create_pusher(settings, redis=redis, http=http).run_due()

@@ -110,25 +110,36 @@ async def _worker_startup(state: TaskiqState) -> None:
 
     import httpx
 
-    from bridge.client import PlatformClient
-    from handlers.delivery import Relay
-    from handlers.materials import platform_links
-    from storage.crypto import FieldCipher
-
     state.redis = create_redis(settings)
     state.redis_keys = keys
     # With the in-memory broker the app has already set up the ORM; share it.
     state.owns_db = await init_db(settings)
     state.http = httpx.AsyncClient(timeout=httpx.Timeout(10.0, connect=3.0))
+    state.platform = create_platform_client(settings, http=state.http)
+    state.relay = create_relay(settings, platform=state.platform)
+    state.pusher = create_pusher(settings, redis=state.redis, http=state.http)
+
+
+def create_platform_client(settings: Settings, *, http):
+    """The core platform's client: configured, or the in-process simulator's."""
+    from bridge.client import PlatformClient
+
     base_url, app_key, secret = platform_endpoint(settings)
-    state.platform = PlatformClient(base_url=base_url, app_key=app_key, secret=secret, http=state.http)
-    state.relay = Relay(
-        platform=state.platform,
+    return PlatformClient(base_url=base_url, app_key=app_key, secret=secret, http=http)
+
+
+def create_relay(settings: Settings, *, platform):
+    """The outbox relay for these settings."""
+    from handlers.delivery import Relay
+    from handlers.materials import platform_links
+    from storage.crypto import FieldCipher
+
+    return Relay(
+        platform=platform,
         cipher=FieldCipher(settings.field_encryption_key(), settings.field_encryption_old_keys()),
         material_links=platform_links(signing_key=settings.secret_key().encode(), base_url=settings.public_base_url),
         lease=timedelta(seconds=settings.OUTBOX_STUCK_S),
     )
-    state.pusher = create_pusher(settings, redis=state.redis, http=state.http)
 
 
 def create_pusher(settings: Settings, *, redis, http):

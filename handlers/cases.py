@@ -241,7 +241,6 @@ async def resubmit(*, user: User, case_no: str, fields: dict, materials: dict, c
     if problems:
         raise ApiError(f"补正内容还有{len(problems)}处问题，请按提示修改", code="review_failed", status=422,
                        details={"problems": [{"path": p.path, "code": p.code, "message": p.message} for p in problems]})
-    changed = {path: value for path, value in fields.items()}
     async with in_transaction():
         case = await transition(case.id, S.RESUBMITTED, actor_type=ActorType.CITIZEN, actor_id=user.id,
                                 note="已按要求补正并重新提交",
@@ -253,23 +252,30 @@ async def resubmit(*, user: User, case_no: str, fields: dict, materials: dict, c
         await lock_for_case([i for ids in materials.values() for i in ids])
         await Outbox.create(
             kind="resubmit_case", case_id=case.id, next_attempt_at=datetime.now(timezone.utc),
-            payload={"fields_enc": cipher.encrypt(json.dumps(changed, ensure_ascii=False), column="outbox.payload").hex(),
+            payload={"fields_enc": cipher.encrypt(json.dumps(fields, ensure_ascii=False), column="outbox.payload").hex(),
                      "materials": materials},
         )
     return case
 
 
-async def pushes_for_official(*, official, case_no: str, ip: str, request_id: str) -> dict:
-    """A case's notifications and push attempts, for an official of its department (audited)."""
+async def case_for_official(*, official, case_no: str) -> Case:
+    """A case an official may see: one of their department's items, or any case for an admin."""
     from core.errors import Forbidden
-    from handlers import audit
-    from handlers.push import attempts_of_case
 
     case = await Case.get_or_none(case_no=case_no).prefetch_related("service_item")
     if case is None:
         raise NotFound("办件不存在", code="case_not_found")
     if "admin" not in (official.roles or []) and official.department != case.service_item.department:
         raise Forbidden("您不是该办件的承办部门人员，无权查看", code="case_forbidden")
+    return case
+
+
+async def pushes_for_official(*, official, case_no: str, ip: str, request_id: str) -> dict:
+    """A case's notifications and push attempts, for an official of its department (audited)."""
+    from handlers import audit
+    from handlers.push import attempts_of_case
+
+    case = await case_for_official(official=official, case_no=case_no)
     await audit.record(actor_type=ActorType.OFFICIAL, actor_id=official.id, action="case.pushes.read",
                        target_type="case", target_id=case.case_no, request_id=request_id, ip=ip)
     return {"case_no": case.case_no, "status": case.status.value, "notifications": await attempts_of_case(case.id)}

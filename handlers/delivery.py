@@ -53,6 +53,17 @@ def backoff(attempts: int) -> timedelta:
     return timedelta(seconds=base * random.uniform(0.75, 1.25))
 
 
+async def kick_relay() -> None:
+    """Asks a worker to relay the outbox now (call after the commit); the relay's schedule
+    would, within seconds, so a broker that is down fails nothing."""
+    try:
+        from core.jobs import relay_outbox
+
+        await relay_outbox.kiq()
+    except Exception:
+        log.warning("could not kick the outbox relay; the schedule will")
+
+
 async def enqueue_delivery(case: Case) -> Outbox:
     """The outbox row that hands `case` to the platform (call inside the case's transaction)."""
     return await Outbox.create(kind="deliver_case", case=case, payload={}, next_attempt_at=datetime.now(timezone.utc))

@@ -257,20 +257,16 @@ async def official_copy(*, materials: Materials, official, case_no: str, materia
     original stays clean; the watermark "仅用于〔事项〕办理，他用无效" and the date are drawn on
     this copy only.
     """
-    from core.errors import Forbidden, ValidationFailed
+    from core.errors import ValidationFailed
     from handlers import audit
+    from handlers.cases import case_for_official
     from handlers.numbers import CHINA
-    from storage.models import ActorType, Case
+    from storage.models import ActorType
 
     reason = (reason or "").strip()
     if not 4 <= len(reason) <= 200:
         raise ValidationFailed({"reason": "请填写查看原因（4至200字）"})
-    case = await Case.get_or_none(case_no=case_no).prefetch_related("service_item")
-    if case is None:
-        raise NotFound("办件不存在", code="case_not_found")
-    roles = official.roles or []
-    if "admin" not in roles and official.department != case.service_item.department:
-        raise Forbidden("您不是该办件的承办部门人员，无权查看其材料", code="case_forbidden")
+    case = await case_for_official(official=official, case_no=case_no)
     used = {i for ids in (case.materials or {}).values() for i in (ids if isinstance(ids, list) else [])}
     if material_id not in used:
         raise NotFound("该办件没有这份材料", code="material_not_found")

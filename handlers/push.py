@@ -56,6 +56,11 @@ PHRASES: dict[str, str] = {
 URGENT = frozenset({"correction_requested", "fee_assessed"})
 NO_GRANT, NOT_FOLLOWING = 43101, 43004
 TRANSIENT_ERRCODES = frozenset({-1, 45009, 45011})
+# Refusals that mean "not through this channel": (attempt result, what officials read).
+FALL_THROUGH = {
+    NO_GRANT: ("no_grant", "用户未授权订阅消息（43101），改用下一渠道"),
+    NOT_FOLLOWING: ("not_following", "用户已取消关注公众号"),
+}
 MAX_BACKOFF_S = 3600
 
 
@@ -254,53 +259,34 @@ class Pusher:
     async def _push(self, notification: Notification) -> str:
         """The channel that carried it: "subscribe", "template" or "inbox"; raises _Retry."""
         user: User = notification.user
-        case = notification.case
-        data = template_data(notification, case)
+        data = template_data(notification, notification.case)
         if self.mp_template_id and user.openid and await self._take_grant(user.id):
-            attempt = await PushAttempt.create(notification_id=notification.id, channel="subscribe")
-            try:
+            async def subscribe() -> str:
                 await self.mp.send_subscribe(openid=user.openid, template_id=self.mp_template_id, data=data,
                                              page=notification.page, miniprogram_state=self.miniprogram_state)
-            except WeChatError as exc:
-                if exc.errcode == NO_GRANT:
-                    # WeChat holds no grant for us after all: ours was stale. Next channel, no retry.
-                    await SubscriptionGrant.filter(user_id=user.id, template_id=self.mp_template_id).update(remaining=0)
-                    await self._finish(attempt, "no_grant", exc.errcode, "用户未授权订阅消息（43101），改用下一渠道")
-                elif exc.errcode in TRANSIENT_ERRCODES:
-                    await self._give_back_grant(user.id)
-                    await self._finish(attempt, "transient", exc.errcode, exc.errmsg[:300])
-                    raise _Retry(exc.errmsg) from None
-                else:
-                    await self._finish(attempt, "refused", exc.errcode, exc.errmsg[:300])
-            except WeChatUnavailable:
-                await self._give_back_grant(user.id)
-                await self._finish(attempt, "transient", None, "微信服务暂时不可用")
-                raise _Retry("wechat unavailable") from None
-            else:
-                await self._finish(attempt, "ok", 0, "")
+                return ""
+
+            try:
+                refused = await self._attempt(notification.id, "subscribe", subscribe)
+            except _Retry:
+                await self._give_back_grant(user.id)  # WeChat did not take it: the grant is still there
+                raise
+            if refused is None:
                 return "subscribe"
+            if refused == NO_GRANT:  # WeChat holds no grant for us after all: ours was stale
+                await SubscriptionGrant.filter(user_id=user.id, template_id=self.mp_template_id).update(remaining=0)
         follower = await self._follower(user)
         if self.oa_template_id and follower is not None:
-            attempt = await PushAttempt.create(notification_id=notification.id, channel="template")
-            try:
-                msgid = await self.oa.send_template(
-                    follower.oa_openid, self.oa_template_id, data,
-                    miniprogram={"appid": self.mp_appid, "pagepath": notification.page})
-            except WeChatError as exc:
-                if exc.errcode == NOT_FOLLOWING:
-                    await Follower.filter(oa_openid=follower.oa_openid).update(subscribed=False)
-                    await self._finish(attempt, "not_following", exc.errcode, "用户已取消关注公众号")
-                elif exc.errcode in TRANSIENT_ERRCODES:
-                    await self._finish(attempt, "transient", exc.errcode, exc.errmsg[:300])
-                    raise _Retry(exc.errmsg) from None
-                else:
-                    await self._finish(attempt, "refused", exc.errcode, exc.errmsg[:300])
-            except WeChatUnavailable:
-                await self._finish(attempt, "transient", None, "微信服务暂时不可用")
-                raise _Retry("wechat unavailable") from None
-            else:
-                await self._finish(attempt, "ok", 0, f"msgid {msgid}")
+            async def template() -> str:
+                msgid = await self.oa.send_template(follower.oa_openid, self.oa_template_id, data,
+                                                    miniprogram={"appid": self.mp_appid, "pagepath": notification.page})
+                return f"msgid {msgid}"
+
+            refused = await self._attempt(notification.id, "template", template)
+            if refused is None:
                 return "template"
+            if refused == NOT_FOLLOWING:
+                await Follower.filter(oa_openid=follower.oa_openid).update(subscribed=False)
         reasons = []
         if not self.mp_template_id or not user.openid:
             reasons.append("未配置小程序订阅消息")
@@ -310,6 +296,25 @@ class Pusher:
         await PushAttempt.create(notification_id=notification.id, channel="inbox", finished_at=datetime.now(timezone.utc),
                                  result="inbox_only", detail="，".join(reasons) + "，仅站内消息")
         return "inbox"
+
+    async def _attempt(self, notification_id: int, channel: str, send) -> int | None:
+        """One recorded try at a channel: None when WeChat took it, its errcode when WeChat refused
+        it for good (try the next channel); raises _Retry when the failure is transient."""
+        attempt = await PushAttempt.create(notification_id=notification_id, channel=channel)
+        try:
+            detail = await send()
+        except WeChatError as exc:
+            if exc.errcode in TRANSIENT_ERRCODES:
+                await self._finish(attempt, "transient", exc.errcode, exc.errmsg[:300])
+                raise _Retry(exc.errmsg) from None
+            result, detail = FALL_THROUGH.get(exc.errcode, ("refused", exc.errmsg[:300]))
+            await self._finish(attempt, result, exc.errcode, detail)
+            return exc.errcode
+        except WeChatUnavailable:
+            await self._finish(attempt, "transient", None, "微信服务暂时不可用")
+            raise _Retry("wechat unavailable") from None
+        await self._finish(attempt, "ok", 0, detail)
+        return None
 
     async def _take_grant(self, user_id: int) -> bool:
         return bool(await SubscriptionGrant.filter(user_id=user_id, template_id=self.mp_template_id, remaining__gt=0)
@@ -369,8 +374,11 @@ async def inbox(user: User, *, before: int | None, limit: int) -> tuple[list[Not
     if before is not None:
         query = query.filter(id__lt=before)
     rows = await query.order_by("-id").limit(limit).prefetch_related("case")
-    unread = await Notification.filter(user_id=user.id, read_at=None).count()
-    return rows, unread
+    return rows, await unread_count(user)
+
+
+async def unread_count(user: User) -> int:
+    return await Notification.filter(user_id=user.id, read_at=None).count()
 
 
 def inbox_item(n: Notification) -> dict:

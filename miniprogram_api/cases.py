@@ -11,6 +11,7 @@ from sanic.response import HTTPResponse, json
 from core.http import json_body, query_args
 from core.openapi import document
 from handlers import cases
+from handlers.delivery import kick_relay
 from miniprogram_api.deps import citizen
 
 bp = Blueprint("mp_cases", url_prefix="/api/v1/cases")
@@ -56,7 +57,7 @@ async def withdraw(request: Request, case_no: str) -> HTTPResponse:
     body = json_body(request, WithdrawIn) if request.body else WithdrawIn()
     case = await cases.withdraw(user=request.ctx.user, case_no=case_no, reason=body.reason,
                                 platform=request.app.ctx.platform)
-    await _hand_over()
+    await kick_relay()
     case = await cases.my_case(user=request.ctx.user, case_no=case.case_no)
     return json(await cases.detail(case))
 
@@ -71,16 +72,6 @@ async def resubmit(request: Request, case_no: str) -> HTTPResponse:
     body = json_body(request, ResubmitIn)
     case = await cases.resubmit(user=request.ctx.user, case_no=case_no, fields=body.fields, materials=body.materials,
                                 cipher=request.app.ctx.cipher, snapshot_column=SNAPSHOT_COLUMN)
-    await _hand_over()
+    await kick_relay()
     case = await cases.my_case(user=request.ctx.user, case_no=case.case_no)
     return json(await cases.detail(case))
-
-
-async def _hand_over() -> None:
-    """Asks a worker to relay the outbox now (the periodic relay would, within seconds)."""
-    from core import jobs
-
-    try:
-        await jobs.relay_outbox.kiq()
-    except Exception:  # the broker being down must not fail a committed change
-        pass

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import re
 
 from pydantic import BaseModel, Field
@@ -12,6 +11,7 @@ from sanic.response import HTTPResponse, json
 from core.errors import ApiError
 from core.http import json_body
 from core.openapi import document
+from handlers.delivery import kick_relay
 from handlers.drafts import problem_body
 from miniprogram_api.deps import citizen
 
@@ -49,16 +49,6 @@ class SubmitOut(BaseModel):
     case_no: str
     status: str
     cases: list[dict]
-
-
-async def _hand_over() -> None:
-    """Asks a worker to relay the new case to the platform now (the periodic relay would, within seconds)."""
-    from core import jobs
-
-    try:
-        await jobs.relay_outbox.kiq()
-    except Exception:  # the broker being down must not fail a committed submission
-        logging.getLogger("zhangban.drafts").warning("could not kick the outbox relay; the schedule will")
 
 
 def _view(draft, data: dict, prefill: dict | None = None) -> dict:
@@ -136,7 +126,7 @@ async def submit(request: Request, draft_id: str) -> HTTPResponse:
         raise ApiError("请在请求头 Idempotency-Key 中提供8至128位的唯一标识", code="idempotency_key_required", status=400)
     payload = json_body(request, SubmitIn).model_dump(exclude_none=True) if request.body else {}
     cases = await request.app.ctx.drafts.submit(user=request.ctx.user, draft_id=draft_id, idempotency_key=key, body=payload)
-    await _hand_over()
+    await kick_relay()
     return json(
         {
             "case_no": cases[0].case_no,

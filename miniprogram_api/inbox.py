@@ -90,5 +90,4 @@ async def mark_read(request: Request) -> HTTPResponse:
     if (body.ids is None) == (body.all is None):
         raise ValidationFailed({"ids": "请给出要标记的消息编号，或以 all: true 标记全部"})
     changed = await push.mark_read(request.ctx.user, None if body.all else body.ids)
-    _, unread = await push.inbox(request.ctx.user, before=None, limit=0)
-    return json({"marked": changed, "unread": unread})
+    return json({"marked": changed, "unread": await push.unread_count(request.ctx.user)})
