@@ -17,8 +17,8 @@ import httpx
 import pytest
 
 from handlers.numbers import CHINA
-from handlers.push import PHRASES, QuietHours, body_of, clip
-from tests.conftest import MP_TEMPLATE, OA_TEMPLATE, SIM_MP_APPID, make_server, spawn, start_server
+from handlers.push import PHRASES, QuietHours, body_of, clip, template_data
+from tests.conftest import MP_TEMPLATE, OA_TEMPLATE, PLATFORM_SECRET, SIM_MP_APPID, make_server, run_cli, spawn, start_server
 from tests.oa_pusher import OA_APPID, event_message
 from tests.test_drafts import RENEWAL, new_draft, photo_id, renewal_answers
 from tests.test_identity import auth, id_number, to_l3
@@ -49,20 +49,27 @@ def test_quiet_hours_cross_midnight_and_resume_in_the_morning():
 
 
 def test_template_values_fit_wechats_field_limits():
+    from types import SimpleNamespace
+
     long_name = "城乡居民基本养老保险待遇领取资格认证及待遇发放申请"
     assert len(long_name) > 20
     cut = clip(long_name, 20)
     assert len(cut) == 20 and cut.endswith("…") and long_name.startswith(cut[:-1])
     assert clip("居民身份证\n换领", 20) == "居民身份证 换领"
+    case = SimpleNamespace(service_name=long_name, case_no="ZB20261122000017")
+    at = datetime(2026, 11, 22, 2, 30, tzinfo=timezone.utc)
     for kind, phrase in PHRASES.items():
-        data = {"thing1": {"value": clip(long_name, 20)}, "character_string2": {"value": "ZB20261122000017"},
-                "phrase3": {"value": phrase}, "time4": {"value": "2026年11月22日 10:30"},
-                "thing5": {"value": clip(body_of(kind, {"reason": "照片不清晰，背景应为白色" * 3, "amount_fen": 2000,
-                                                        "fields": ["a"], "materials": ["b"]}), 20)}}
+        body = body_of(kind, {"reason": "照片不清晰，背景应为白色" * 3, "amount_fen": 2000, "fields": ["a"],
+                              "materials": ["b"], "kind": "mail", "tracking_no": "SF1234567890"})
+        data = template_data(SimpleNamespace(kind=kind, body=body, title="", id=1, created_at=at), case)
         try:
             _check_subscribe_data(data)  # the simulator applies WeChat's documented rules
         except WeChatError as exc:
             pytest.fail(f"{kind}: WeChat would refuse {exc.errmsg}")
+        assert data["thing1"]["value"] == cut and data["phrase3"]["value"] == phrase
+        assert data["character_string2"]["value"] == "ZB20261122000017"
+        assert data["time4"]["value"] == "2026年11月22日 10:30"  # China time
+        assert data["thing5"]["value"] == clip(body, 20)
     assert body_of("fee_assessed", {"amount_fen": 2005}) == "应缴费用 20.05 元，请在小程序中完成缴费。"
 
 
@@ -404,12 +411,10 @@ def test_the_platform_sweep_recovers_callbacks_that_never_arrived(server, wechat
         wait_for(lambda: httpx.get(f"{platform_sim.url}/__sim__/cases",
                                    params={"case_no": case_no}).json()["cases"][0]["status"] == "closed")
     finally:
-        platform_sim.control("config", {"callback_secret": platform_sim_secret(), "retry_budget_s": 30,
+        platform_sim.control("config", {"callback_secret": PLATFORM_SECRET, "retry_budget_s": 30,
                                         "step_delay_s": 60})
     assert case_of(server, tokens, case_no)["status"] == "delivered_to_platform"
     time.sleep(1.1)
-    from tests.conftest import run_cli
-
     swept = run_cli("sweep", "platform", env={**server.env, "PLATFORM_SILENCE_S": "1"}, cwd=server.cwd)
     assert swept.returncode == 0, swept.stderr
     case = case_of(server, tokens, case_no)
@@ -421,12 +426,6 @@ def test_the_platform_sweep_recovers_callbacks_that_never_arrived(server, wechat
     assert [m["data"]["phrase3"]["value"] for m in messages_for(wechat_sim, case_no, openid)] == ["已报送", "已办结"]
     again = run_cli("sweep", "platform", env={**server.env, "PLATFORM_SILENCE_S": "1"}, cwd=server.cwd)
     assert again.returncode == 0 and case_of(server, tokens, case_no)["timeline"] == case["timeline"]
-
-
-def platform_sim_secret() -> str:
-    from tests.conftest import PLATFORM_SECRET
-
-    return PLATFORM_SECRET
 
 
 def test_the_overdue_sweep_marks_late_cases_and_tells_the_citizen_once(server, wechat_sim):
