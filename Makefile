@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test install migrate demo bench clean
+.PHONY: run test lint install migrate demo bench clean
 
 $(STAMP): requirements.lock
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -18,8 +18,15 @@ run: $(STAMP)
 	$(PY) server.py load-demo
 	$(PY) server.py serve
 
+# Three pytest workers: most tests wait on servers and sockets, so three keep two cores busy.
+PYTEST_ARGS ?= -n 3
+
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 bench: $(STAMP)
 	$(PY) benchmarks/http_baseline.py

@@ -1,7 +1,7 @@
 """Zhangban (掌办): app factory and the one entry point.
 
-    python server.py                 serve on the embedded default (same as `serve`)
-    python server.py <sub-command>   see `python server.py --help`
+python server.py                 serve on the embedded default (same as `serve`)
+python server.py <sub-command>   see `python server.py --help`
 """
 
 from __future__ import annotations
@@ -26,25 +26,24 @@ log = logging.getLogger("zhangban")
 
 def create_app(settings: Settings):
     """The Sanic app for `settings`, with every blueprint, listener and convention installed."""
+    import httpx
     import ujson
     from sanic import Sanic
     from sanic_ext import Extend, openapi
 
-    import httpx
-
+    from bridge.signing import Verifier
     from core import http, ops
     from core.logs import logging_config
     from core.ratelimit import Limiter
     from handlers.auth import TokenStore
-    from handlers.catalog import CatalogueReader
     from handlers.bot import FAQ, Bot, load_halls
+    from handlers.catalog import CatalogueReader
     from handlers.drafts import Drafts
     from handlers.materials import Materials, Pipeline
-    from storage.files import FileSealer, create_file_store
-    from bridge.signing import Verifier
-    from wechat.client import OfficialAccountAPI
     from storage.crypto import FieldCipher
+    from storage.files import FileSealer, create_file_store
     from storage.redis import Keys, create_redis
+    from wechat.client import OfficialAccountAPI
 
     install(settings)
     from core import jobs  # builds the broker from the installed settings
@@ -120,8 +119,11 @@ def create_app(settings: Settings):
 
         # Callbacks every few seconds, so a citizen's case visibly progresses within a minute.
         app.ctx.platform_sim = PlatformState(
-            jobs.SIM_PLATFORM_KEY, jobs.SIM_PLATFORM_SECRET, callback_url=settings.local_base_url + "/bridge/callback",
-            default_script="happy", step_delay_s=8.0,
+            jobs.SIM_PLATFORM_KEY,
+            jobs.SIM_PLATFORM_SECRET,
+            callback_url=settings.local_base_url + "/bridge/callback",
+            default_script="happy",
+            step_delay_s=8.0,
         )
         platform_bp = platform_blueprint(app.ctx.platform_sim, url_prefix=jobs.SIM_PLATFORM_PREFIX)
         openapi.exclude(bp=platform_bp)
@@ -146,8 +148,13 @@ def create_app(settings: Settings):
         _, platform_key, platform_secret = jobs.platform_endpoint(settings)
         app.ctx.platform_verifier = Verifier(platform_key, platform_secret)
         app.ctx.platform = jobs.create_platform_client(settings, http=app.ctx.http)
-        app.ctx.bot = Bot(catalogue=app.ctx.catalogue, cipher=app.ctx.cipher, halls=load_halls(), mp_appid=mp_appid(settings),
-                          faq=FAQ.load())
+        app.ctx.bot = Bot(
+            catalogue=app.ctx.catalogue,
+            cipher=app.ctx.cipher,
+            halls=load_halls(),
+            mp_appid=mp_appid(settings),
+            faq=FAQ.load(),
+        )
         app.ctx.bot_tasks = set()
         app.ctx.drafts = Drafts(cipher=app.ctx.cipher, ttl_days=settings.DRAFT_TTL_DAYS)
         app.ctx.media_pipeline = Pipeline()
@@ -203,7 +210,7 @@ def create_app(settings: Settings):
     return app
 
 
-from wechat.apps import SIM_APPS, WECHAT_SIM_PREFIX, mp_appid, progress_template, wechat_client  # noqa: E402
+from wechat.apps import SIM_APPS, WECHAT_SIM_PREFIX, mp_appid, wechat_client  # noqa: E402
 
 # The simulated official account's callback credentials (embedded default only).
 SIM_OA_TOKEN = "zhangban_sim_oa_token"
@@ -290,7 +297,6 @@ async def _with_db(settings: Settings, work):
 def cmd_import_catalogue(settings: Settings, args: argparse.Namespace) -> int:
     """Validates a catalogue YAML file whole, then publishes every changed item."""
     from handlers.catalog import DEMO_CATALOGUE, CatalogueError, load_catalogue_file
-
     from storage.redis import Keys, create_redis
 
     path = Path(args.file) if getattr(args, "file", None) else DEMO_CATALOGUE
@@ -378,7 +384,9 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     from core.jobs import TASK_MODULES
 
     # taskiq's worker processes import the broker by module path.
-    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parent), os.environ.get("PYTHONPATH")]))
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        filter(None, [str(Path(__file__).resolve().parent), os.environ.get("PYTHONPATH")])
+    )
     argv = ["core.jobs:broker", *TASK_MODULES, "--workers", str(args.processes), "--log-level", settings.LOG_LEVEL]
     return WorkerCMD().exec(argv) or 0
 
@@ -386,7 +394,9 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_scheduler(settings: Settings, args: argparse.Namespace) -> int:
     """Runs the taskiq scheduler that kicks periodic jobs (production; run exactly one)."""
     if settings.TASK_BROKER != "redis":
-        print("TASK_BROKER: the scheduler needs 'redis' (the memory broker schedules inside the server)", file=sys.stderr)
+        print(
+            "TASK_BROKER: the scheduler needs 'redis' (the memory broker schedules inside the server)", file=sys.stderr
+        )
         return 2
     from taskiq.cli.scheduler.cmd import SchedulerCMD
 
@@ -401,7 +411,9 @@ def cmd_rotate_keys(settings: Settings, args: argparse.Namespace) -> int:
 
     cipher = FieldCipher(settings.field_encryption_key(), settings.field_encryption_old_keys())
     counts = asyncio.run(_with_db(settings, lambda: rotate_keys(cipher=cipher)))
-    print(f"resealed {counts['users']} user(s) and {counts['addresses']} address(es) under key {cipher.current_id.hex()}")
+    print(
+        f"resealed {counts['users']} user(s) and {counts['addresses']} address(es) under key {cipher.current_id.hex()}"
+    )
     return 0
 
 
@@ -480,7 +492,16 @@ def cmd_platform_sim(settings: Settings, args: argparse.Namespace) -> int:
     """Runs the core-platform simulator as its own server (see bridge/simulator.py)."""
     from bridge import simulator
 
-    argv = ["--host", args.host, "--port", str(args.port), "--script", args.script, "--step-delay", str(args.step_delay)]
+    argv = [
+        "--host",
+        args.host,
+        "--port",
+        str(args.port),
+        "--script",
+        args.script,
+        "--step-delay",
+        str(args.step_delay),
+    ]
     if settings.PLATFORM_APP_KEY and settings.PLATFORM_SECRET:
         argv += ["--app-key", settings.PLATFORM_APP_KEY, "--secret", settings.PLATFORM_SECRET]
     argv += ["--callback-url", args.callback_url or settings.public_base_url + "/bridge/callback"]
@@ -541,7 +562,9 @@ def build_parser() -> argparse.ArgumentParser:
     sim = parsers["platform-sim"]
     sim.add_argument("--host", default="127.0.0.1")
     sim.add_argument("--port", type=int, default=8702)
-    sim.add_argument("--script", default="happy", help="happy | correction | rejection | duplicates | out_of_order | fee")
+    sim.add_argument(
+        "--script", default="happy", help="happy | correction | rejection | duplicates | out_of_order | fee"
+    )
     sim.add_argument("--step-delay", type=float, default=5.0, help="seconds between callbacks")
     sim.add_argument("--callback-url", help="default: PUBLIC_BASE_URL/bridge/callback")
     return parser
@@ -569,7 +592,10 @@ def main(argv: list[str] | None = None) -> int:
         from core.logs import mask_text
 
         log.error("%s failed", command, exc_info=exc)
-        print(f"{command}: {type(exc).__name__}: {mask_text(str(exc)).splitlines()[0] if str(exc) else ''}", file=sys.stderr)
+        print(
+            f"{command}: {type(exc).__name__}: {mask_text(str(exc)).splitlines()[0] if str(exc) else ''}",
+            file=sys.stderr,
+        )
         return 1
 
 

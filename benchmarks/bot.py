@@ -98,16 +98,23 @@ VERIFY_TARGET = f"GET {OA_PATH} (signed URL verification)"
 class Account:
     """The official account of the run: the simulator's default OA app, a fresh token and AES key."""
 
-    token: str = field(default_factory=lambda: "".join(
-        secrets.choice(string.ascii_letters + string.digits) for _ in range(32)))  # WeChat: 3-32 letters/digits
+    token: str = field(
+        default_factory=lambda: "".join(secrets.choice(string.ascii_letters + string.digits) for _ in range(32))
+    )  # WeChat: 3-32 letters/digits
     aes_key: str = field(default_factory=new_aes_key)
     appid: str = OA_APPID
     secret: str = OA_SECRET
 
     def server_env(self, sim_url: str) -> dict[str, str]:
-        return {"WECHAT_API_BASE": sim_url, "WECHAT_MP_APPID": idb.SIM_APPID, "WECHAT_MP_SECRET": idb.SIM_SECRET,
-                "WECHAT_OA_APPID": self.appid, "WECHAT_OA_SECRET": self.secret,
-                "WECHAT_OA_TOKEN": self.token, "WECHAT_OA_AES_KEY": self.aes_key}
+        return {
+            "WECHAT_API_BASE": sim_url,
+            "WECHAT_MP_APPID": idb.SIM_APPID,
+            "WECHAT_MP_SECRET": idb.SIM_SECRET,
+            "WECHAT_OA_APPID": self.appid,
+            "WECHAT_OA_SECRET": self.secret,
+            "WECHAT_OA_TOKEN": self.token,
+            "WECHAT_OA_AES_KEY": self.aes_key,
+        }
 
 
 class Messages:
@@ -125,9 +132,16 @@ class Messages:
         xml = text_message(openid, text, msg_id=str(next(self._ids)), create_time=int(timestamp))
         cipher = self.pusher.encrypt(xml)
         token = self.account.token
-        query = urlencode({"signature": _sha1(token, timestamp, nonce), "timestamp": timestamp, "nonce": nonce,
-                           "openid": openid, "encrypt_type": "aes",
-                           "msg_signature": _sha1(token, timestamp, nonce, cipher)})
+        query = urlencode(
+            {
+                "signature": _sha1(token, timestamp, nonce),
+                "timestamp": timestamp,
+                "nonce": nonce,
+                "openid": openid,
+                "encrypt_type": "aes",
+                "msg_signature": _sha1(token, timestamp, nonce, cipher),
+            }
+        )
         body = f"<xml><ToUserName><![CDATA[gh_sim]]></ToUserName><Encrypt><![CDATA[{cipher}]]></Encrypt></xml>"
         return f"{OA_PATH}?{query}", body
 
@@ -144,8 +158,14 @@ class Messages:
     def verify_query(self) -> str:
         """The signed query of WeChat's URL verification GET (`echostr` echoed back)."""
         timestamp, nonce = str(int(time.time())), f"{secrets.randbelow(10**9):09d}"
-        return urlencode({"signature": _sha1(self.account.token, timestamp, nonce), "timestamp": timestamp,
-                          "nonce": nonce, "echostr": "zbbench" + secrets.token_hex(4)})
+        return urlencode(
+            {
+                "signature": _sha1(self.account.token, timestamp, nonce),
+                "timestamp": timestamp,
+                "nonce": nonce,
+                "echostr": "zbbench" + secrets.token_hex(4),
+            }
+        )
 
     def read_reply(self, body: str) -> str:
         """The Content of an encrypted passive text reply, after checking its MsgSignature, the
@@ -268,10 +288,17 @@ class LuaRun:
         self.requests, self.script = directory / f"{name}.requests", directory / f"{name}.lua"
         self.samples, self.summary_path = directory / f"{name}.samples", directory / f"{name}.summary"
         every = max(1, expected // max(1, max_samples))
-        self.script.write_text(LUA % {
-            "requests": lua_string(str(self.requests)), "samples": lua_string(str(self.samples)),
-            "summary": lua_string(str(self.summary_path)), "threads": threads, "every": every,
-            "max_samples": max_samples})
+        self.script.write_text(
+            LUA
+            % {
+                "requests": lua_string(str(self.requests)),
+                "samples": lua_string(str(self.samples)),
+                "summary": lua_string(str(self.summary_path)),
+                "threads": threads,
+                "every": every,
+                "max_samples": max_samples,
+            }
+        )
 
     def counters(self) -> dict[str, int]:
         totals = dict.fromkeys(COUNTERS, 0)
@@ -290,12 +317,17 @@ class LuaRun:
             while pos < len(data):
                 eol = data.index(b"\n", pos)
                 status, length = (int(x) for x in data[pos:eol].split())
-                bodies.append((status, data[eol + 1: eol + 1 + length].decode("utf-8", "replace")))
+                bodies.append((status, data[eol + 1 : eol + 1 + length].decode("utf-8", "replace")))
                 pos = eol + 1 + length + 1
         return bodies
 
     def cleanup(self) -> None:
-        for path in [self.requests, self.script, self.summary_path, *self.samples.parent.glob(self.samples.name + ".*")]:
+        for path in [
+            self.requests,
+            self.script,
+            self.summary_path,
+            *self.samples.parent.glob(self.samples.name + ".*"),
+        ]:
             path.unlink(missing_ok=True)
 
 
@@ -304,9 +336,17 @@ def script_cmd(args: argparse.Namespace, url: str, seconds: int, script: Path | 
     return cmd[:-1] + ["-s", str(script)] + cmd[-1:]
 
 
-def measure_messages(target: str, backend: str, base: str, messages: Messages, openids: list[str],
-                     expect: Callable[[str], bool], watch_cpu: Callable[[], idb.CpuWatch],
-                     args: argparse.Namespace, workdir: Path) -> idb.Row:
+def measure_messages(
+    target: str,
+    backend: str,
+    base: str,
+    messages: Messages,
+    openids: list[str],
+    expect: Callable[[str], bool],
+    watch_cpu: Callable[[], idb.CpuWatch],
+    args: argparse.Namespace,
+    workdir: Path,
+) -> idb.Row:
     """Warm-up then a measured wrk run of distinct new messages (again, up to --retries, when other
     processes disturbed it); the sampled replies are checked with `expect(content)`."""
     url = base + OA_PATH
@@ -371,14 +411,21 @@ def measure_messages(target: str, backend: str, base: str, messages: Messages, o
             + f"; warm-up: {warm_counts['issued']} messages at {warm_rate:,.0f}/s; "
             f"CPU used, in shares of one core: {watch.shares()}"
         )
-        print(f"  {target}: {hb.fmt(row.rps, 0)} req/s, p50 {hb.fmt(row.p50_ms, 2)} ms, p99 {hb.fmt(row.p99_ms, 2)} ms"
-              f" ({result.requests} requests; other processes used {row.others_cpu:.0%} of the CPU)\n"
-              f"    {row.notes[-1]}", flush=True)
+        print(
+            f"  {target}: {hb.fmt(row.rps, 0)} req/s, p50 {hb.fmt(row.p50_ms, 2)} ms, p99 {hb.fmt(row.p99_ms, 2)} ms"
+            f" ({result.requests} requests; other processes used {row.others_cpu:.0%} of the CPU)\n"
+            f"    {row.notes[-1]}",
+            flush=True,
+        )
         if counts["reused"]:
-            row.notes.append(f"{counts['reused']} requests repeated an earlier message (the file was too small): "
-                             "those were answered from the de-duplication cache; raise --messages")
+            row.notes.append(
+                f"{counts['reused']} requests repeated an earlier message (the file was too small): "
+                "those were answered from the de-duplication cache; raise --messages"
+            )
         if errors or problems:
-            row.notes.append(f"ERRORS: {errors} bad answers counted by wrk, {sum(problems.values())} bad sampled replies")
+            row.notes.append(
+                f"ERRORS: {errors} bad answers counted by wrk, {sum(problems.values())} bad sampled replies"
+            )
         if oldest_age > MAX_SKEW_S - 30:
             row.notes.append(f"the oldest timestamp was {oldest_age:.0f} s old at the end (limit {MAX_SKEW_S} s)")
         if row.others_cpu <= hb.BUSY:
@@ -400,8 +447,17 @@ class Run(idb.BackendRun):
     extra_notes: list[str] = field(default_factory=list)
 
 
-def run_zhangban(backend: str, workdir: Path, prefix: str, sim: idb.Simulator, account: Account, messages: Messages,
-                 openids: list[str], args: argparse.Namespace, servers: list) -> Run:
+def run_zhangban(
+    backend: str,
+    workdir: Path,
+    prefix: str,
+    sim: idb.Simulator,
+    account: Account,
+    messages: Messages,
+    openids: list[str],
+    args: argparse.Namespace,
+    servers: list,
+) -> Run:
     run = Run(backend)
     targets = ["GET /healthz", BOT_TARGET]
     extra = account.server_env(sim.url)
@@ -439,8 +495,9 @@ def run_zhangban(backend: str, workdir: Path, prefix: str, sim: idb.Simulator, a
         healthz = idb.measure_wrk("GET /healthz", backend, f"{server.base}/healthz", None, watch_cpu, args)
         healthz.ratio = 1.0 if healthz.rps else None
         run.rows.append(healthz)
-        bot = measure_messages(BOT_TARGET, backend, server.base, messages, openids, lambda c: MARKER in c,
-                               watch_cpu, args, workdir)
+        bot = measure_messages(
+            BOT_TARGET, backend, server.base, messages, openids, lambda c: MARKER in c, watch_cpu, args, workdir
+        )
         bot.ratio = bot.rps / healthz.rps if bot.rps and healthz.rps else None
         run.rows.append(bot)
         # wrk stops with --connections messages in flight; let their answers finish before the stop, so
@@ -502,29 +559,45 @@ def make_werobot_env(directory: Path) -> WeRoBotEnv:
     began = time.monotonic()
     base_python = getattr(sys, "_base_executable", None) or shutil.which("python3") or "python3"
     clean = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME")}
-    made = subprocess.run([base_python, "-m", "venv", str(env.path)], capture_output=True, text=True, env=clean,
-                          timeout=300)
+    made = subprocess.run(
+        [base_python, "-m", "venv", str(env.path)], capture_output=True, text=True, env=clean, timeout=300
+    )
     if made.returncode != 0:
         raise RuntimeError(f"python -m venv failed: {made.stderr.strip()[-300:]}")
-    pip = subprocess.run([env.python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-input",
-                          *WEROBOT_PACKAGES], capture_output=True, text=True, env=clean, timeout=600)
+    pip = subprocess.run(
+        [env.python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-input", *WEROBOT_PACKAGES],
+        capture_output=True,
+        text=True,
+        env=clean,
+        timeout=600,
+    )
     if pip.returncode != 0:
         raise RuntimeError(f"pip install {' '.join(WEROBOT_PACKAGES)} failed: {pip.stderr.strip()[-300:]}")
     probe = subprocess.run(
-        [env.python, "-c", (
-            "import importlib.metadata as m, json, platform, bottle\n"
-            "names = ['WeRoBot', 'bottle', 'cryptography', 'gunicorn', 'waitress']\n"
-            "picks = None\n"
-            "for adapter in bottle.AutoServer.adapters:  # what server='auto' tries, in order\n"
-            "    mod = {'WaitressServer': 'waitress', 'PasteServer': 'paste', 'TwistedServer': 'twisted',\n"
-            "           'CherryPyServer': 'cherrypy', 'CherootServer': 'cheroot', 'WSGIRefServer': 'wsgiref'}.get(adapter.__name__)\n"
-            "    try:\n"
-            "        __import__(mod); picks = adapter.__name__; break\n"
-            "    except Exception:\n"
-            "        pass\n"
-            "print(json.dumps({'versions': {n: m.version(n) for n in names} | {'Python': platform.python_version()},"
-            " 'auto': picks, 'order': [a.__name__ for a in bottle.AutoServer.adapters]}))")],
-        capture_output=True, text=True, env=clean, cwd=directory, timeout=60)
+        [
+            env.python,
+            "-c",
+            (
+                "import importlib.metadata as m, json, platform, bottle\n"
+                "names = ['WeRoBot', 'bottle', 'cryptography', 'gunicorn', 'waitress']\n"
+                "picks = None\n"
+                "for adapter in bottle.AutoServer.adapters:  # what server='auto' tries, in order\n"
+                "    mod = {'WaitressServer': 'waitress', 'PasteServer': 'paste', 'TwistedServer': 'twisted',\n"
+                "           'CherryPyServer': 'cherrypy', 'CherootServer': 'cheroot', 'WSGIRefServer': 'wsgiref'}.get(adapter.__name__)\n"
+                "    try:\n"
+                "        __import__(mod); picks = adapter.__name__; break\n"
+                "    except Exception:\n"
+                "        pass\n"
+                "print(json.dumps({'versions': {n: m.version(n) for n in names} | {'Python': platform.python_version()},"
+                " 'auto': picks, 'order': [a.__name__ for a in bottle.AutoServer.adapters]}))"
+            ),
+        ],
+        capture_output=True,
+        text=True,
+        env=clean,
+        cwd=directory,
+        timeout=60,
+    )
     if probe.returncode != 0:
         raise RuntimeError(f"WeRoBot's venv does not work: {probe.stderr.strip()[-300:]}")
     found = json.loads(probe.stdout)
@@ -541,10 +614,20 @@ def check_documented_target(venv: WeRoBotEnv, workdir: Path, account: Account) -
     """What `gunicorn --check-config werobot_app:robot.wsgi` (the guide's form) says, in one line."""
     shutil.copy(BENCH_DIR / "werobot_app.py", workdir / "werobot_app.py")
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME")}
-    env.update(PYTHONDONTWRITEBYTECODE="1", WEROBOT_TOKEN=account.token, WEROBOT_APP_ID=account.appid,
-               WEROBOT_AES_KEY=account.aes_key)
-    done = subprocess.run([venv.gunicorn, "--check-config", *venv.gunicorn_flags, "werobot_app:robot.wsgi"],
-                          capture_output=True, text=True, env=env, cwd=workdir, timeout=60)
+    env.update(
+        PYTHONDONTWRITEBYTECODE="1",
+        WEROBOT_TOKEN=account.token,
+        WEROBOT_APP_ID=account.appid,
+        WEROBOT_AES_KEY=account.aes_key,
+    )
+    done = subprocess.run(
+        [venv.gunicorn, "--check-config", *venv.gunicorn_flags, "werobot_app:robot.wsgi"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=workdir,
+        timeout=60,
+    )
     if done.returncode == 0:
         return "accepted"
     lines = [line.strip() for line in (done.stderr + done.stdout).splitlines() if line.strip()]
@@ -555,8 +638,9 @@ class WeRoBotServer(hb.Server):
     """benchmarks/werobot_app.py (copied into its own temporary directory, where WeRoBot's default
     SQLite session file goes too) on gunicorn or robot.run(server="auto"), in its own session."""
 
-    def __init__(self, how: str, label: str, workdir: Path, venv: WeRoBotEnv, account: Account, reply: str,
-                 messages: Messages):
+    def __init__(
+        self, how: str, label: str, workdir: Path, venv: WeRoBotEnv, account: Account, reply: str, messages: Messages
+    ):
         super().__init__(hb.Target(label, "werobot", 1), workdir, "")
         self.how, self.venv, self.account, self.reply = how, venv, account, reply
         self._verify = messages.verify_query()
@@ -572,15 +656,27 @@ class WeRoBotServer(hb.Server):
 
     def _command_and_env(self) -> tuple[list[str], dict[str, str]]:
         env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME")}
-        env.update(PYTHONUNBUFFERED="1", PYTHONDONTWRITEBYTECODE="1", WEROBOT_TOKEN=self.account.token,
-                   WEROBOT_APP_ID=self.account.appid, WEROBOT_AES_KEY=self.account.aes_key, WEROBOT_REPLY=self.reply)
+        env.update(
+            PYTHONUNBUFFERED="1",
+            PYTHONDONTWRITEBYTECODE="1",
+            WEROBOT_TOKEN=self.account.token,
+            WEROBOT_APP_ID=self.account.appid,
+            WEROBOT_AES_KEY=self.account.aes_key,
+            WEROBOT_REPLY=self.reply,
+        )
         if self.how == GUNICORN:
-            cmd = [self.venv.gunicorn, "--workers", "1", "--bind", f"{HOST}:{self.port}", *self.venv.gunicorn_flags,
-                   "werobot_app:application"]
+            cmd = [
+                self.venv.gunicorn,
+                "--workers",
+                "1",
+                "--bind",
+                f"{HOST}:{self.port}",
+                *self.venv.gunicorn_flags,
+                "werobot_app:application",
+            ]
         else:
             cmd = [self.venv.python, "werobot_app.py", "--host", HOST, "--port", str(self.port), "--server", "auto"]
         return cmd, env
-
 
     def stop(self) -> float | None:
         """gunicorn: SIGTERM, its graceful stop (SIGINT would be its quick one, cutting a request
@@ -625,8 +721,16 @@ def werobot_label(how: str, venv: WeRoBotEnv | None) -> str:
     return f"WeRoBot {WEROBOT_VERSION}, robot.run auto → Waitress {v.get('waitress', '?')} (1 process)"
 
 
-def run_werobot(how: str, workdir: Path, venv: WeRoBotEnv, account: Account, messages: Messages, reply: str,
-                args: argparse.Namespace, servers: list) -> Run:
+def run_werobot(
+    how: str,
+    workdir: Path,
+    venv: WeRoBotEnv,
+    account: Account,
+    messages: Messages,
+    reply: str,
+    args: argparse.Namespace,
+    servers: list,
+) -> Run:
     label = werobot_label(how, venv)
     run = Run(label)
     openids = [f"o{secrets.token_hex(13)}" for _ in range(args.followers)]  # its own senders
@@ -645,8 +749,11 @@ def run_werobot(how: str, workdir: Path, venv: WeRoBotEnv, account: Account, mes
 
         verify = idb.measure_wrk(VERIFY_TARGET, label, server.url, None, watch_cpu, args)
         run.rows.append(verify)
-        run.rows.append(measure_messages(WEROBOT_TARGET, label, server.base, messages, openids, lambda c: c == reply,
-                                         watch_cpu, args, workdir))
+        run.rows.append(
+            measure_messages(
+                WEROBOT_TARGET, label, server.base, messages, openids, lambda c: c == reply, watch_cpu, args, workdir
+            )
+        )
         time.sleep(SETTLE_S)  # as for our server: the requests cut off at the end finish before the stop
     except (RuntimeError, subprocess.TimeoutExpired, OSError) as exc:
         why = str(exc).splitlines()[0][:160]
@@ -669,15 +776,19 @@ def run_werobot(how: str, workdir: Path, venv: WeRoBotEnv, account: Account, mes
 
 
 def table(rows: list[idb.Row]) -> list[str]:
-    lines = ["| target | server | requests/s | p50 ms | p99 ms | ratio to /healthz |",
-             "| --- | --- | ---: | ---: | ---: | ---: |"]
+    lines = [
+        "| target | server | requests/s | p50 ms | p99 ms | ratio to /healthz |",
+        "| --- | --- | ---: | ---: | ---: | ---: |",
+    ]
     for r in rows:
         if r.skipped or r.failed:
             why = f"skipped: {r.skipped}" if r.skipped else f"failed: {r.failed}"
             lines.append(f"| {r.target} | {r.backend} | {why} | — | — | — |")
         else:
-            lines.append(f"| {r.target} | {r.backend} | {hb.fmt(r.rps, 0)} | {hb.fmt(r.p50_ms, 2)} | "
-                         f"{hb.fmt(r.p99_ms, 2)} | {hb.fmt(r.ratio, 3)} |")
+            lines.append(
+                f"| {r.target} | {r.backend} | {hb.fmt(r.rps, 0)} | {hb.fmt(r.p50_ms, 2)} | "
+                f"{hb.fmt(r.p99_ms, 2)} | {hb.fmt(r.ratio, 3)} |"
+            )
     return lines
 
 
@@ -690,32 +801,43 @@ def log_kinds(problems: list[str], top: int = 4) -> list[tuple[str, int]]:
     return sorted(kinds.items(), key=lambda kv: -kv[1])[:top]
 
 
-def section(runs: list[Run], venv: WeRoBotEnv | None, venv_failed: str | None, sim_problems: list[str],
-            reference: str | None, args: argparse.Namespace, machine: str, when: str) -> str:
+def section(
+    runs: list[Run],
+    venv: WeRoBotEnv | None,
+    venv_failed: str | None,
+    sim_problems: list[str],
+    reference: str | None,
+    args: argparse.Namespace,
+    machine: str,
+    when: str,
+) -> str:
     rows = [r for run in runs for r in run.rows]
     url = f"http://{HOST}:PORT"
     healthz_cmd = " ".join(shlex.quote(p) for p in hb.wrk_command(args, f"{url}/healthz", args.duration))
     bot_cmd = " ".join(shlex.quote(p) for p in script_cmd(args, url + OA_PATH, args.duration, "bot.lua"))
-    verify_cmd = " ".join(shlex.quote(p) for p in hb.wrk_command(
-        args, f"{url}{OA_PATH}?signature=…&timestamp=…&nonce=…&echostr=…", args.duration))
+    verify_cmd = " ".join(
+        shlex.quote(p)
+        for p in hb.wrk_command(args, f"{url}{OA_PATH}?signature=…&timestamp=…&nonce=…&echostr=…", args.duration)
+    )
     warmup = " ".join(hb.wrk_command(args, f"{url}/...", args.warmup, latency=False))
     versions = venv.versions if venv else {}
     body = [
         SECTION,
         "",
         f"Measured {when} by `.venv/bin/python benchmarks/bot.py`"
-        + (f" ({' '.join(sys.argv[1:])})" if sys.argv[1:] else "") + ".",
+        + (f" ({' '.join(sys.argv[1:])})" if sys.argv[1:] else "")
+        + ".",
         "",
         *table(rows),
         "",
-        "- What each POST is: a safe-mode (`encrypt_type=aes`) text message \"身份证过期了怎么办\" built as WeChat "
+        '- What each POST is: a safe-mode (`encrypt_type=aes`) text message "身份证过期了怎么办" built as WeChat '
         "builds it (`tests/oa_pusher.py`: AES-256-CBC envelope with the AppID, `signature` and `msg_signature` over "
         "a current timestamp and a fresh nonce), each with a MsgId never used before in the run. Distinct messages "
         "matter: the callback de-duplicates on MsgId (WeChat retries unanswered messages) and answers a repeat from "
         "its Redis cache, which would not measure the real work. The messages are generated right before each wrk "
         "run into a file (path?query TAB body per line; at least "
         f"`--messages` {args.messages} and 1.5 × the warm-up rate × the duration) and a wrk Lua script sends each "
-        "once (`request()` returns `wrk.format(\"POST\", path?query, headers, body)`), so every timestamp is within "
+        'once (`request()` returns `wrk.format("POST", path?query, headers, body)`), so every timestamp is within '
         "seconds of the server clock (the server refuses more than 5 minutes). The script counts requests that "
         "would have repeated a message, non-200 answers, bodies that are not an encrypted reply and `success` "
         f"(answer deferred past the deadline), and keeps up to {args.samples} replies spread over the run, which "
@@ -739,18 +861,19 @@ def section(runs: list[Run], venv: WeRoBotEnv | None, venv_failed: str | None, s
         "the run's temporary directory (`python -m venv`, then `pip install "
         f"{' '.join(WEROBOT_PACKAGES)}`; deleted at the end, never in the project's requirements): "
         + (", ".join(f"{k} {v}" for k, v in versions.items()) if versions else "versions unknown")
-        + (f", set up in {venv.took_s:.0f} s" if venv else "") + ". "
+        + (f", set up in {venv.took_s:.0f} s" if venv else "")
+        + ". "
         "`benchmarks/werobot_app.py`: `WeRoBot()` with `TOKEN`, `APP_ID` and `ENCODING_AES_KEY` (the same account), "
         "one `@robot.text` handler returning a fixed text — the reply our embedded server gave in its set-up check, "
         "so both encrypt the same content — and WeRoBot's defaults otherwise, including its default session storage "
         "(SQLite file in the working directory: a read and a committed write per message). Served the two ways "
-        "WeRoBot's deployment guide (docs/deploy.rst, \"部署\") shows, each one process: "
+        'WeRoBot\'s deployment guide (docs/deploy.rst, "部署") shows, each one process: '
         f"`gunicorn --workers 1 --bind 127.0.0.1:PORT {' '.join(venv.gunicorn_flags) + ' ' if venv and venv.gunicorn_flags else ''}"
-        "werobot_app:application` (\"通过 WSGI HTTP Server 运行\"; gunicorn's default sync worker, which closes the "
+        'werobot_app:application` ("通过 WSGI HTTP Server 运行"; gunicorn\'s default sync worker, which closes the '
         "connection after each answer; `application` is `robot.wsgi`: the guide's target form "
         f"`robot:robot.wsgi`, checked with `gunicorn --check-config werobot_app:robot.wsgi`, was "
         f"{venv.documented_target if venv else 'not checked'}), and "
-        "`python werobot_app.py` = `robot.run(server=\"auto\")` (the default; the guide says it can run in "
+        '`python werobot_app.py` = `robot.run(server="auto")` (the default; the guide says it can run in '
         "production once a server is installed), which picked "
         f"{venv.auto_picks if venv else '?'} with Waitress's default 4 threads. Its messages are generated the "
         f"same way, from {args.followers} random OpenIDs, and each reply must decrypt to exactly the fixed text. "
@@ -767,15 +890,20 @@ def section(runs: list[Run], venv: WeRoBotEnv | None, venv_failed: str | None, s
     ]
     measured = [r.others_cpu for r in rows if r.rps is not None]
     if measured:
-        body.append(f"- Noise: other processes used at most {max(measured):.0%} of the CPU during the measured runs "
-                    f"(rows above {hb.BUSY:.0%} are flagged below; a disturbed row is measured again, up to "
-                    f"{args.retries} times, keeping the least disturbed attempt). Counted as ours: the server "
-                    "(its process group), the simulator, wrk, this script and, in production mode, the PostgreSQL "
-                    "backends of the benchmark's database and the whole redis-server process.")
+        body.append(
+            f"- Noise: other processes used at most {max(measured):.0%} of the CPU during the measured runs "
+            f"(rows above {hb.BUSY:.0%} are flagged below; a disturbed row is measured again, up to "
+            f"{args.retries} times, keeping the least disturbed attempt). Counted as ours: the server "
+            "(its process group), the simulator, wrk, this script and, in production mode, the PostgreSQL "
+            "backends of the benchmark's database and the whole redis-server process."
+        )
     starts = ", ".join(f"{run.backend}: {run.start_s:.1f} s" for run in runs if run.start_s is not None)
     if starts:
-        body.append(f"- Time from start to the first answer (after load-demo for Zhangban): {starts}. load-demo said: "
-                    + "; ".join(f"{run.backend}: `{run.load_demo}`" for run in runs if run.load_demo) + ".")
+        body.append(
+            f"- Time from start to the first answer (after load-demo for Zhangban): {starts}. load-demo said: "
+            + "; ".join(f"{run.backend}: `{run.load_demo}`" for run in runs if run.load_demo)
+            + "."
+        )
     by = {(r.target, r.backend): r for r in rows}
     ours = [by.get((BOT_TARGET, b)) for b in (EMBEDDED, PRODUCTION)]
     theirs = [r for r in rows if r.target == WEROBOT_TARGET and r.rps]
@@ -789,22 +917,30 @@ def section(runs: list[Run], venv: WeRoBotEnv | None, venv_failed: str | None, s
         for r in run.rows:
             name = f"{r.target}, {r.backend}"
             if r.attempts > 1:
-                notes.append(f"{name}: measured {r.attempts} times because other processes disturbed it; "
-                             "the least disturbed attempt is shown")
+                notes.append(
+                    f"{name}: measured {r.attempts} times because other processes disturbed it; "
+                    "the least disturbed attempt is shown"
+                )
             if r.others_cpu > hb.BUSY:
-                notes.append(f"{name}: other processes used {r.others_cpu:.0%} of the CPU while it was measured: "
-                             "its numbers are low")
+                notes.append(
+                    f"{name}: other processes used {r.others_cpu:.0%} of the CPU while it was measured: "
+                    "its numbers are low"
+                )
             notes += [f"{name}: {n}" for n in r.notes]
         if run.log_problems:
-            notes.append(f"{run.backend}: {len(run.log_problems)} warning/error line(s) in the server's log: "
-                         + "; ".join(f"{n} × `{kind}`" for kind, n in log_kinds(run.log_problems)))
+            notes.append(
+                f"{run.backend}: {len(run.log_problems)} warning/error line(s) in the server's log: "
+                + "; ".join(f"{n} × `{kind}`" for kind, n in log_kinds(run.log_problems))
+            )
         elif run.start_s is not None:
             notes.append(f"{run.backend}: no warning or error in the server's log")
         if run.stop_s is not None and run.stop_s > 5:
             notes.append(f"{run.backend}: the server took {run.stop_s:.1f} s to stop")
         notes += [f"{run.backend}: {n}" for n in run.cleanup + run.extra_notes]
     if sim_problems:
-        notes.append(f"WeChat simulator: {len(sim_problems)} error line(s) in its log, first: `{sim_problems[0][:240]}`")
+        notes.append(
+            f"WeChat simulator: {len(sim_problems)} error line(s) in its log, first: `{sim_problems[0][:240]}`"
+        )
     if notes:
         body += ["- Notes and problems seen:", *[f"  - {n}" for n in notes]]
     return "\n".join(body) + "\n"
@@ -815,45 +951,71 @@ def section(runs: list[Run], venv: WeRoBotEnv | None, venv_failed: str | None, s
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        description="Official-account bot: encrypted POST /wechat/oa vs /healthz, and WeRoBot (see benchmarks/README.md).")
-    parser.add_argument("--duration", type=hb.positive, default=10, help="seconds of each measured wrk run (default 10)")
+        description="Official-account bot: encrypted POST /wechat/oa vs /healthz, and WeRoBot (see benchmarks/README.md)."
+    )
+    parser.add_argument(
+        "--duration", type=hb.positive, default=10, help="seconds of each measured wrk run (default 10)"
+    )
     parser.add_argument("--warmup", type=hb.positive, default=2, help="seconds of each wrk warm-up run (default 2)")
     parser.add_argument("--connections", type=hb.positive, default=32, help="wrk connections (default 32)")
     parser.add_argument("--threads", type=hb.positive, default=1, help="wrk threads (default 1)")
-    parser.add_argument("--messages", type=hb.positive, default=20000,
-                        help="at least this many distinct messages per measured run (default 20000; more when the "
-                             "warm-up shows they would run out)")
+    parser.add_argument(
+        "--messages",
+        type=hb.positive,
+        default=20000,
+        help="at least this many distinct messages per measured run (default 20000; more when the "
+        "warm-up shows they would run out)",
+    )
     parser.add_argument("--followers", type=hb.positive, default=200, help="senders of the messages (default 200)")
-    parser.add_argument("--samples", type=hb.positive, default=200, help="replies decrypted and checked per run (default 200)")
+    parser.add_argument(
+        "--samples", type=hb.positive, default=200, help="replies decrypted and checked per run (default 200)"
+    )
     parser.add_argument("--no-production", action="store_true", help="skip the PostgreSQL + Redis backend")
     parser.add_argument("--no-werobot", action="store_true", help="skip WeRoBot (no virtual environment is made)")
     parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
-    parser.add_argument("--quiet-wait", type=float, default=120, metavar="S",
-                        help="before each measurement, wait up to S seconds for other processes to go idle (default 120)")
-    parser.add_argument("--retries", type=int, default=2, metavar="N",
-                        help="measure a target again, up to N times, when other processes disturbed it (default 2)")
-    parser.add_argument("--keep-logs", type=Path, metavar="DIR", help="copy the servers' and simulator's output into DIR")
+    parser.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=120,
+        metavar="S",
+        help="before each measurement, wait up to S seconds for other processes to go idle (default 120)",
+    )
+    parser.add_argument(
+        "--retries",
+        type=int,
+        default=2,
+        metavar="N",
+        help="measure a target again, up to N times, when other processes disturbed it (default 2)",
+    )
+    parser.add_argument(
+        "--keep-logs", type=Path, metavar="DIR", help="copy the servers' and simulator's output into DIR"
+    )
     args = parser.parse_args(argv)
     if args.retries < 0:
         parser.error("--retries cannot be negative")
     if args.threads > args.connections:
         parser.error("--threads cannot exceed --connections")
     if args.duration + 30 > MAX_SKEW_S - 30:
-        parser.error(f"--duration: at most {MAX_SKEW_S - 60} s (the messages' timestamps must stay within "
-                     f"{MAX_SKEW_S} s of the server clock)")
+        parser.error(
+            f"--duration: at most {MAX_SKEW_S - 60} s (the messages' timestamps must stay within "
+            f"{MAX_SKEW_S} s of the server clock)"
+        )
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if shutil.which("wrk") is None:
-        print("wrk is not installed: this benchmark uses it as the load generator.\n"
-              "Install it from Debian's packages:  apt-get install -y wrk", file=sys.stderr)
+        print(
+            "wrk is not installed: this benchmark uses it as the load generator.\n"
+            "Install it from Debian's packages:  apt-get install -y wrk",
+            file=sys.stderr,
+        )
         return 2
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, hb._raise_interrupt)
 
-    when = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    when = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     machine = hb.machine_line()
     print(f"Official-account bot benchmark, {when}\n{machine}\n")
     if args.no_production:
@@ -877,16 +1039,20 @@ def main(argv: list[str] | None = None) -> int:
     sim = idb.Simulator(Path(tmp.name))
     try:
         if not args.no_werobot:
-            print(f"WeRoBot: making a throw-away virtual environment (pip install {' '.join(WEROBOT_PACKAGES)})",
-                  flush=True)
+            print(
+                f"WeRoBot: making a throw-away virtual environment (pip install {' '.join(WEROBOT_PACKAGES)})",
+                flush=True,
+            )
             try:
                 venv = make_werobot_env(Path(tmp.name))
                 print(f"  done in {venv.took_s:.0f} s: {venv.versions}; server 'auto' → {venv.auto_picks}", flush=True)
                 check_dir = Path(tmp.name) / "werobot-check"
                 check_dir.mkdir()
                 venv.documented_target = check_documented_target(venv, check_dir, account)
-                print(f"  gunicorn --check-config werobot_app:robot.wsgi (the guide's form): "
-                      f"{venv.documented_target}", flush=True)
+                print(
+                    f"  gunicorn --check-config werobot_app:robot.wsgi (the guide's form): {venv.documented_target}",
+                    flush=True,
+                )
             except (RuntimeError, subprocess.TimeoutExpired, OSError, ValueError) as exc:
                 venv_failed = str(exc).splitlines()[0][:200]
                 print(f"  FAILED: {exc}", file=sys.stderr)

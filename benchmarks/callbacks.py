@@ -81,10 +81,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import bot  # noqa: E402  (the wrk Lua run files, report helpers)
 import catalogue as cat  # noqa: E402  (a server that can run `migrate` / `load-demo` with its own environment)
 import http_baseline as hb  # noqa: E402  (the shared benchmark plumbing)
 import identity as idb  # noqa: E402  (simulator, PostgreSQL, wrk rows, CPU watch)
+
+import bot  # noqa: E402  (the wrk Lua run files, report helpers)
 
 ROOT = hb.ROOT
 HOST = hb.HOST
@@ -124,8 +125,16 @@ class Platform:
     def body(self, case_no: str, seq: int) -> bytes:
         event = EVENTS[seq - 1]
         data = {"kind": "electronic", "licence_no": f"DZZZ{case_no[2:]}"} if event == "result_issued" else {}
-        return dumps_body({"case_no": case_no, "platform_case_id": f"PT{case_no[2:]}", "seq": seq, "event": event,
-                           "at": dt.datetime.now(CHINA).isoformat(timespec="seconds"), "data": data})
+        return dumps_body(
+            {
+                "case_no": case_no,
+                "platform_case_id": f"PT{case_no[2:]}",
+                "seq": seq,
+                "event": event,
+                "at": dt.datetime.now(CHINA).isoformat(timespec="seconds"),
+                "data": data,
+            }
+        )
 
     def signed(self, case_no: str, seq: int) -> tuple[dict[str, str], bytes]:
         body = self.body(case_no, seq)
@@ -138,12 +147,14 @@ class Platform:
         lines = 0
         with open(path, "w", encoding="utf-8") as out:
             for start in range(0, len(case_nos), batch):
-                chunk = case_nos[start:start + batch]
+                chunk = case_nos[start : start + batch]
                 for seq in range(1, len(EVENTS) + 1):
                     for case_no in chunk:
                         headers, body = self.signed(case_no, seq)
-                        out.write(f"{headers['X-Timestamp']}\t{headers['X-Nonce']}\t{headers['X-Signature']}\t"
-                                  f"{body.decode()}\n")
+                        out.write(
+                            f"{headers['X-Timestamp']}\t{headers['X-Nonce']}\t{headers['X-Signature']}\t"
+                            f"{body.decode()}\n"
+                        )
                         lines += 1
         return lines, began
 
@@ -167,10 +178,28 @@ class PlatformSim(idb.Simulator):
         self._log = open(self.log_path, "wb")
         began = time.monotonic()
         self.proc = subprocess.Popen(
-            [hb.python_bin(), "-m", "bridge.simulator", "--host", HOST, "--port", str(self.port),
-             "--app-key", self.platform.app_key, "--secret", self.platform.secret, "--script", "happy",
-             "--step-delay", "3600"],
-            cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
+            [
+                hb.python_bin(),
+                "-m",
+                "bridge.simulator",
+                "--host",
+                HOST,
+                "--port",
+                str(self.port),
+                "--app-key",
+                self.platform.app_key,
+                "--secret",
+                self.platform.secret,
+                "--script",
+                "happy",
+                "--step-delay",
+                "3600",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
         while time.monotonic() < began + hb.START_TIMEOUT:
@@ -217,7 +246,10 @@ async def seed_push_grants(conn, users: list[SeededUser]) -> int:
     await conn.execute(
         "INSERT INTO subscription_grants (user_id, template_id, remaining, accepted_total, last_result, updated_at)"
         " SELECT u, t, g, g, 'accept', now() FROM unnest($1::bigint[], $2::text[], $3::int[]) AS x(u, t, g)",
-        [u.id for u in users], [u.template_id for u in users], [u.grants for u in users])
+        [u.id for u in users],
+        [u.template_id for u in users],
+        [u.grants for u in users],
+    )
     return len(users)
 
 
@@ -258,20 +290,26 @@ class Database:
         """NOT NULL columns of `table` without a default that the seeding does not fill."""
         rows = await conn.fetch(
             "SELECT column_name FROM information_schema.columns WHERE table_schema = 'public' AND table_name = $1 "
-            "AND is_nullable = 'NO' AND column_default IS NULL", table)
+            "AND is_nullable = 'NO' AND column_default IS NULL",
+            table,
+        )
         return sorted({r[0] for r in rows} - filled)
 
     def seed_users(self, count: int, template_id: str) -> list[SeededUser]:
         async def work(conn):
-            missing = await self._unfilled(conn, "users", {"openid", "identity_level", "is_active", "created_at",
-                                                           "updated_at"})
+            missing = await self._unfilled(
+                conn, "users", {"openid", "identity_level", "is_active", "created_at", "updated_at"}
+            )
             if missing:
-                raise RuntimeError(f"seeding: users.{', '.join(missing)} must be filled "
-                                   "(update benchmarks/callbacks.py)")
+                raise RuntimeError(
+                    f"seeding: users.{', '.join(missing)} must be filled (update benchmarks/callbacks.py)"
+                )
             openids = ["o" + secrets.token_urlsafe(21)[:27] for _ in range(count)]  # 28 characters, like WeChat's
             rows = await conn.fetch(
                 "INSERT INTO users (openid, identity_level, is_active, created_at, updated_at) "
-                "SELECT o, 'L1', true, now(), now() FROM unnest($1::text[]) AS t(o) RETURNING id, openid", openids)
+                "SELECT o, 'L1', true, now(), now() FROM unnest($1::text[]) AS t(o) RETURNING id, openid",
+                openids,
+            )
             return [SeededUser(int(r[0]), r[1], template_id, GRANTS_PER_USER) for r in rows]
 
         self.users = self.run(work)
@@ -286,22 +324,48 @@ class Database:
             if self.item is None:
                 row = await conn.fetchrow(
                     "SELECT id, code, name FROM service_items WHERE name = $1 AND is_current "
-                    "ORDER BY version DESC LIMIT 1", ITEM_NAME)
+                    "ORDER BY version DESC LIMIT 1",
+                    ITEM_NAME,
+                )
                 if row is None:
                     raise RuntimeError(f"seeding: no current service item named {ITEM_NAME} (did load-demo run?)")
                 self.item = (int(row[0]), row[1], row[2])
-                columns = {r[0] for r in await conn.fetch(
-                    "SELECT column_name FROM information_schema.columns WHERE table_schema = 'public' "
-                    "AND table_name = 'cases'")}
+                columns = {
+                    r[0]
+                    for r in await conn.fetch(
+                        "SELECT column_name FROM information_schema.columns WHERE table_schema = 'public' "
+                        "AND table_name = 'cases'"
+                    )
+                }
                 self.extras = {k: v for k, v in DELIVERED_EXTRAS.items() if k in columns}
-                missing = await self._unfilled(conn, "cases", set(self.extras) | {
-                    "case_no", "user_id", "service_item_id", "service_code", "service_name", "status", "materials",
-                    "platform_seq", "row_version", "submitted_at", "updated_at"})
-                missing += [f"case_events.{c}" for c in await self._unfilled(conn, "case_events", {
-                    "case_id", "at", "actor_type", "from_status", "to_status", "note", "data"})]
+                missing = await self._unfilled(
+                    conn,
+                    "cases",
+                    set(self.extras)
+                    | {
+                        "case_no",
+                        "user_id",
+                        "service_item_id",
+                        "service_code",
+                        "service_name",
+                        "status",
+                        "materials",
+                        "platform_seq",
+                        "row_version",
+                        "submitted_at",
+                        "updated_at",
+                    },
+                )
+                missing += [
+                    f"case_events.{c}"
+                    for c in await self._unfilled(
+                        conn, "case_events", {"case_id", "at", "actor_type", "from_status", "to_status", "note", "data"}
+                    )
+                ]
                 if missing:
-                    raise RuntimeError(f"seeding: cases.{', '.join(missing)} must be filled "
-                                       "(update benchmarks/callbacks.py)")
+                    raise RuntimeError(
+                        f"seeding: cases.{', '.join(missing)} must be filled (update benchmarks/callbacks.py)"
+                    )
             numbers = range(self.next_no, self.next_no + count)
             case_nos = [f"ZB{self.day}{n:06d}" for n in numbers]  # ^ZB\d{14}$
             owners = [self.users[n % len(self.users)].id for n in numbers]
@@ -310,16 +374,26 @@ class Database:
             extra_values = "".join(f", {v}" for v in self.extras.values())
             async with conn.transaction():
                 # row_version 2: created (1), then handed to the platform by the relay (+1).
-                ids = [r[0] for r in await conn.fetch(
-                    "INSERT INTO cases (case_no, user_id, service_item_id, service_code, service_name, status, "
-                    f"materials, platform_seq, row_version, submitted_at, updated_at{extra_columns}) "
-                    "SELECT c, u, $3, $4, $5, 'delivered_to_platform', '{}'::jsonb, 0, 2, now(), now()"
-                    f"{extra_values} FROM unnest($1::text[], $2::bigint[]) AS t(c, u) RETURNING id",
-                    case_nos, owners, item_id, code, name)]
+                ids = [
+                    r[0]
+                    for r in await conn.fetch(
+                        "INSERT INTO cases (case_no, user_id, service_item_id, service_code, service_name, status, "
+                        f"materials, platform_seq, row_version, submitted_at, updated_at{extra_columns}) "
+                        "SELECT c, u, $3, $4, $5, 'delivered_to_platform', '{}'::jsonb, 0, 2, now(), now()"
+                        f"{extra_values} FROM unnest($1::text[], $2::bigint[]) AS t(c, u) RETURNING id",
+                        case_nos,
+                        owners,
+                        item_id,
+                        code,
+                        name,
+                    )
+                ]
                 await conn.execute(
                     "INSERT INTO case_events (case_id, at, actor_type, from_status, to_status, note, data) "
                     "SELECT i, now(), 'system', 'submitted', 'delivered_to_platform', '已推送至审批部门', '{}'::jsonb "
-                    "FROM unnest($1::bigint[]) AS t(i)", ids)
+                    "FROM unnest($1::bigint[]) AS t(i)",
+                    ids,
+                )
             return case_nos
 
         case_nos = self.run(work)
@@ -341,8 +415,10 @@ class Database:
         return {s: int(n) for s, n in self.fetch("SELECT status, count(*) FROM cases GROUP BY 1 ORDER BY 2 DESC")}
 
     def push_present(self) -> bool:
-        rows = self.fetch("SELECT count(*) FROM information_schema.columns WHERE table_schema = 'public' "
-                          "AND table_name = 'notifications' AND column_name = 'push_status'")
+        rows = self.fetch(
+            "SELECT count(*) FROM information_schema.columns WHERE table_schema = 'public' "
+            "AND table_name = 'notifications' AND column_name = 'push_status'"
+        )
         return bool(rows[0][0])
 
     def push_counts(self) -> dict[str, int]:
@@ -466,11 +542,19 @@ class CallbackRun(bot.LuaRun):
         self.requests, self.script = directory / f"{name}.requests", directory / f"{name}.lua"
         self.samples, self.summary_path = directory / f"{name}.samples", directory / f"{name}.summary"
         every = max(1, expected // max(1, max_samples))
-        self.script.write_text(LUA % {
-            "requests": bot.lua_string(str(self.requests)), "samples": bot.lua_string(str(self.samples)),
-            "summary": bot.lua_string(str(self.summary_path)), "threads": threads, "every": every,
-            "max_samples": max_samples, "app_key": bot.lua_string(platform.app_key),
-            "path": bot.lua_string(CALLBACK_PATH)})
+        self.script.write_text(
+            LUA
+            % {
+                "requests": bot.lua_string(str(self.requests)),
+                "samples": bot.lua_string(str(self.samples)),
+                "summary": bot.lua_string(str(self.summary_path)),
+                "threads": threads,
+                "every": every,
+                "max_samples": max_samples,
+                "app_key": bot.lua_string(platform.app_key),
+                "path": bot.lua_string(CALLBACK_PATH),
+            }
+        )
 
     def counters(self) -> dict[str, int]:
         totals = dict.fromkeys(COUNTERS, 0)
@@ -490,8 +574,12 @@ def check_samples(samples: list[tuple[int, str]]) -> tuple[int, dict[str, int]]:
             answer = json.loads(body)
         except ValueError:
             answer = None
-        if status == 200 and isinstance(answer, dict) and answer.get("ok") is True \
-                and answer.get("result") == "applied":
+        if (
+            status == 200
+            and isinstance(answer, dict)
+            and answer.get("ok") is True
+            and answer.get("result") == "applied"
+        ):
             good += 1
             continue
         if status == 200 and isinstance(answer, dict):
@@ -549,8 +637,15 @@ class Drain:
         return self.sent / self.seconds if self.seconds else None
 
 
-def drain(db: Database, wsim: idb.Simulator, label: str, processes: int, timeout: float, *,
-          since: tuple[float, dict[str, int], int] | None = None) -> Drain:
+def drain(
+    db: Database,
+    wsim: idb.Simulator,
+    label: str,
+    processes: int,
+    timeout: float,
+    *,
+    since: tuple[float, dict[str, int], int] | None = None,
+) -> Drain:
     """Polls the push counts every POLL_S (one database connection throughout) until nothing is
     pending or sending, or `timeout`. The rate's window starts at `since` (monotonic time, push
     counts and WeChat sends taken then: the end of the measured run), or without it at the first
@@ -628,12 +723,21 @@ class Helper(hb.Server):
     def start(self) -> float:
         self._log = open(self.log_path, "ab")
         began = time.monotonic()
-        self.proc = subprocess.Popen(self.argv, cwd=self.workdir, env=self.env, stdin=subprocess.DEVNULL,
-                                     stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen(
+            self.argv,
+            cwd=self.workdir,
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         time.sleep(0.5)
         if self.proc.poll() is not None:
-            raise RuntimeError(f"{self.name} exited with code {self.proc.returncode}: "
-                               f"{self.log_path.read_text(errors='replace')[-300:]}")
+            raise RuntimeError(
+                f"{self.name} exited with code {self.proc.returncode}: "
+                f"{self.log_path.read_text(errors='replace')[-300:]}"
+            )
         return time.monotonic() - began
 
     def keep_log(self, directory: Path | None) -> None:
@@ -661,8 +765,15 @@ def probe(base: str, platform: Platform, case_no: str) -> str:
         for what, hdrs, want_status, want in (
             ("first", headers, 200, "applied"),
             ("same nonce", headers, 401, "nonce_reused"),
-            ("re-signed", {**sign("POST", CALLBACK_PATH, body, app_key=platform.app_key, secret=platform.secret),
-                           "Content-Type": "application/json"}, 200, "duplicate"),
+            (
+                "re-signed",
+                {
+                    **sign("POST", CALLBACK_PATH, body, app_key=platform.app_key, secret=platform.secret),
+                    "Content-Type": "application/json",
+                },
+                200,
+                "duplicate",
+            ),
         ):
             response = client.post(CALLBACK_PATH, content=body, headers=hdrs)
             try:
@@ -676,9 +787,18 @@ def probe(base: str, platform: Platform, case_no: str) -> str:
     return "; ".join(seen)
 
 
-def measure_callbacks(label: str, base: str, platform: Platform, pool: Pool, db: Database, wsim: idb.Simulator,
-                      push: bool, watch_cpu: Callable[[], idb.CpuWatch], args: argparse.Namespace,
-                      workdir: Path) -> CallbackRow:
+def measure_callbacks(
+    label: str,
+    base: str,
+    platform: Platform,
+    pool: Pool,
+    db: Database,
+    wsim: idb.Simulator,
+    push: bool,
+    watch_cpu: Callable[[], idb.CpuWatch],
+    args: argparse.Namespace,
+    workdir: Path,
+) -> CallbackRow:
     """Warm-up then a measured wrk run of distinct signed callbacks on unused cases (again, up to
     --retries, when other processes disturbed it)."""
     url = base + CALLBACK_PATH
@@ -702,8 +822,9 @@ def measure_callbacks(label: str, base: str, platform: Platform, pool: Pool, db:
             cases = pool.take(need)
             if pool.seeded > seeded:
                 print(f"    seeded {pool.seeded - seeded} more cases for the measured run", flush=True)
-            measured = CallbackRun(workdir, slug, args.threads, max(1, int(row.warm_rate * args.duration)),
-                                   args.samples, platform)
+            measured = CallbackRun(
+                workdir, slug, args.threads, max(1, int(row.warm_rate * args.duration)), args.samples, platform
+            )
             time.sleep(SETTLE_S)  # the warm-up's cut-off requests finish before the counts below
             if push:  # and its pushes are done, so the measured run starts with none queued
                 warm_drain = drain(db, wsim, "after the warm-up", 1, args.drain_timeout)
@@ -728,8 +849,14 @@ def measure_callbacks(label: str, base: str, platform: Platform, pool: Pool, db:
             row.counts = measured.counters()
             samples = measured.sample_bodies()
             if push:  # at once, so the drain's end is seen within a poll
-                row.after = drain(db, wsim, "drain after the measured run", 1, args.drain_timeout,
-                                  since=(row.push_end_t, row.push_end, row.sends_end))
+                row.after = drain(
+                    db,
+                    wsim,
+                    "drain after the measured run",
+                    1,
+                    args.drain_timeout,
+                    since=(row.push_end_t, row.push_end, row.sends_end),
+                )
             time.sleep(max(0.0, SETTLE_S - (time.monotonic() - began - row.seconds)))
             row.events_written = db.platform_events() - events0
         except Exception as exc:  # wrk, its output, the database: the row says what went wrong
@@ -752,18 +879,29 @@ def measure_callbacks(label: str, base: str, platform: Platform, pool: Pool, db:
             f"{c['other']} other 200, {c['non200']} non-200; {row.events_written} platform case events written; "
             f"wrk socket errors: {result.socket_errors or 'none'}; {len(samples)} sampled answers checked: "
             f"{row.sample_good} `applied`"
-            + (f", others: {', '.join(f'{k} ×{v}' for k, v in sorted(row.sample_problems.items()))}"
-               if row.sample_problems else "")
-            + f"; warm-up: {row.warm_rate:,.0f}/s; CPU used, in shares of one core: {row.shares}")
-        print(f"  {TARGET}: {hb.fmt(row.rps, 0)} req/s, p50 {hb.fmt(row.p50_ms, 2)} ms, p99 {hb.fmt(row.p99_ms, 2)} ms"
-              f" ({result.requests} requests; other processes used {row.others_cpu:.0%} of the CPU)\n"
-              f"    {row.notes[-1]}", flush=True)
+            + (
+                f", others: {', '.join(f'{k} ×{v}' for k, v in sorted(row.sample_problems.items()))}"
+                if row.sample_problems
+                else ""
+            )
+            + f"; warm-up: {row.warm_rate:,.0f}/s; CPU used, in shares of one core: {row.shares}"
+        )
+        print(
+            f"  {TARGET}: {hb.fmt(row.rps, 0)} req/s, p50 {hb.fmt(row.p50_ms, 2)} ms, p99 {hb.fmt(row.p99_ms, 2)} ms"
+            f" ({result.requests} requests; other processes used {row.others_cpu:.0%} of the CPU)\n"
+            f"    {row.notes[-1]}",
+            flush=True,
+        )
         if c["reused"]:
-            row.notes.append(f"{c['reused']} requests repeated an earlier callback (the file was too small) and were "
-                             "refused as replayed nonces")
+            row.notes.append(
+                f"{c['reused']} requests repeated an earlier callback (the file was too small) and were "
+                "refused as replayed nonces"
+            )
         if c["non200"] or c["other"] or c["ignored"]:
-            row.notes.append(f"ERRORS: {c['non200']} non-200 answers, {c['other']} unexpected 200 bodies, "
-                             f"{c['ignored']} ignored events")
+            row.notes.append(
+                f"ERRORS: {c['non200']} non-200 answers, {c['other']} unexpected 200 bodies, "
+                f"{c['ignored']} ignored events"
+            )
         if oldest_age > MAX_SKEW_S - 30:
             row.notes.append(f"the oldest timestamp was {oldest_age:.0f} s old at the end (limit {MAX_SKEW_S} s)")
         if row.others_cpu <= hb.BUSY:
@@ -785,8 +923,15 @@ async def _grant_at_sim(sim_url: str, users: list[SeededUser], concurrency: int 
 
     async def worker(client: httpx.AsyncClient) -> None:
         for user in todo:
-            response = await client.post("/__sim__/subscriptions", json={
-                "appid": idb.SIM_APPID, "openid": user.openid, "template_id": user.template_id, "count": user.grants})
+            response = await client.post(
+                "/__sim__/subscriptions",
+                json={
+                    "appid": idb.SIM_APPID,
+                    "openid": user.openid,
+                    "template_id": user.template_id,
+                    "count": user.grants,
+                },
+            )
             if response.status_code != 200 or response.json().get("remaining") != user.grants:
                 raise RuntimeError(f"simulator subscriptions: {response.status_code} {response.text[:200]}")
 
@@ -802,7 +947,7 @@ async def _send_backlog(base: str, platform: Platform, case_nos: list[str], conc
     for seq in range(1, len(EVENTS) + 1):
         todo = iter(case_nos)
 
-        async def worker(client: httpx.AsyncClient) -> None:
+        async def worker(client: httpx.AsyncClient, todo=todo, seq=seq) -> None:
             for case_no in todo:
                 headers, body = platform.signed(case_no, seq)
                 headers["Content-Type"] = "application/json"
@@ -818,8 +963,16 @@ async def _send_backlog(base: str, platform: Platform, case_nos: list[str], conc
     return outcomes
 
 
-def backlog_drains(server: cat.CatalogueServer, helpers: list[Helper], platform: Platform, pool: Pool, db: Database,
-                   wsim: idb.Simulator, args: argparse.Namespace, servers: list) -> list[Drain]:
+def backlog_drains(
+    server: cat.CatalogueServer,
+    helpers: list[Helper],
+    platform: Platform,
+    pool: Pool,
+    db: Database,
+    wsim: idb.Simulator,
+    args: argparse.Namespace,
+    servers: list,
+) -> list[Drain]:
     """Per --drain-processes: the running worker stopped, --backlog callbacks sent, a worker with
     that many processes started (added to `helpers`) and timed until nothing is pending."""
     drains = []
@@ -831,15 +984,24 @@ def backlog_drains(server: cat.CatalogueServer, helpers: list[Helper], platform:
                 servers.remove(helper)
         cases = pool.take(math.ceil(args.backlog / len(EVENTS)))
         outcomes = asyncio.run(_send_backlog(server.base, platform, cases))
-        print(f"  backlog for {processes} worker process(es): {sum(outcomes.values())} callbacks sent with no worker "
-              f"running: {', '.join(f'{k} ×{v}' for k, v in sorted(outcomes.items()))}", flush=True)
-        current = Helper(f"worker x{processes}", cmd[:2] + ["worker", "--processes", str(processes)], env,
-                         server.workdir)
+        print(
+            f"  backlog for {processes} worker process(es): {sum(outcomes.values())} callbacks sent with no worker "
+            f"running: {', '.join(f'{k} ×{v}' for k, v in sorted(outcomes.items()))}",
+            flush=True,
+        )
+        current = Helper(
+            f"worker x{processes}", cmd[:2] + ["worker", "--processes", str(processes)], env, server.workdir
+        )
         servers.append(current)
         helpers.append(current)
         current.start()
-        result = drain(db, wsim, f"backlog drain ({len(cases) * len(EVENTS)} callbacks queued with the worker stopped)",
-                       processes, args.drain_timeout)
+        result = drain(
+            db,
+            wsim,
+            f"backlog drain ({len(cases) * len(EVENTS)} callbacks queued with the worker stopped)",
+            processes,
+            args.drain_timeout,
+        )
         result.notes.append("callbacks: " + ", ".join(f"{k} ×{v}" for k, v in sorted(outcomes.items())))
         drains.append(result)
         print_drain(result)
@@ -848,17 +1010,30 @@ def backlog_drains(server: cat.CatalogueServer, helpers: list[Helper], platform:
 
 def print_drain(d: Drain) -> None:
     end = d.end or {}
-    print(f"  pushes, {d.label}, {d.processes} worker process(es): {d.settled} settled ({d.sent} sent) in "
-          f"{hb.fmt(d.seconds, 1)} s = {hb.fmt(d.rate, 0)}/s; WeChat subscribe messages: {d.sends}; now "
-          + ", ".join(f"{s} {end.get(s, 0)}" for s in PUSH_STATUSES)
-          + (f"; {'; '.join(d.notes)}" if d.notes else ""), flush=True)
+    print(
+        f"  pushes, {d.label}, {d.processes} worker process(es): {d.settled} settled ({d.sent} sent) in "
+        f"{hb.fmt(d.seconds, 1)} s = {hb.fmt(d.rate, 0)}/s; WeChat subscribe messages: {d.sends}; now "
+        + ", ".join(f"{s} {end.get(s, 0)}" for s in PUSH_STATUSES)
+        + (f"; {'; '.join(d.notes)}" if d.notes else ""),
+        flush=True,
+    )
 
 
 # -- one row -----------------------------------------------------------------------------------
 
 
-def run_row(workers: int, n: int, last: bool, tmp: Path, wsim: idb.Simulator, psim: PlatformSim,
-            platform: Platform, template_id: str, args: argparse.Namespace, servers: list) -> RowRun:
+def run_row(
+    workers: int,
+    n: int,
+    last: bool,
+    tmp: Path,
+    wsim: idb.Simulator,
+    psim: PlatformSim,
+    platform: Platform,
+    template_id: str,
+    args: argparse.Namespace,
+    servers: list,
+) -> RowRun:
     label = f"{workers} Sanic worker{'s' if workers > 1 else ''}"
     run = RowRun(label, workers=workers)
     targets = ["GET /healthz", TARGET]
@@ -873,9 +1048,16 @@ def run_row(workers: int, n: int, last: bool, tmp: Path, wsim: idb.Simulator, ps
         print(f"  FAILED: {why}", file=sys.stderr)
         run.rows = [idb.Row(t, label, failed=why) for t in targets]
         return run
-    extra = {"DATABASE_URL": idb.pg_url_for(db_name), "TASK_BROKER": "redis",
-             "WECHAT_API_BASE": wsim.url, "WECHAT_MP_APPID": idb.SIM_APPID, "WECHAT_MP_SECRET": idb.SIM_SECRET,
-             "PUSH_MP_TEMPLATE_ID": template_id, "PUSH_QUIET_HOURS": "", **platform.env(psim.url)}
+    extra = {
+        "DATABASE_URL": idb.pg_url_for(db_name),
+        "TASK_BROKER": "redis",
+        "WECHAT_API_BASE": wsim.url,
+        "WECHAT_MP_APPID": idb.SIM_APPID,
+        "WECHAT_MP_SECRET": idb.SIM_SECRET,
+        "PUSH_MP_TEMPLATE_ID": template_id,
+        "PUSH_QUIET_HOURS": "",
+        **platform.env(psim.url),
+    }
     server = cat.CatalogueServer(hb.Target(label, "zhangban", workers, redis=True), workdir, prefix, extra)
     server.extra_env["PUBLIC_BASE_URL"] = server.base  # workers build links to it (as in tests/conftest.py)
     servers.append(server)
@@ -895,18 +1077,26 @@ def run_row(workers: int, n: int, last: bool, tmp: Path, wsim: idb.Simulator, ps
         pool.seed(args.cases + 1)
         probe_case = pool.take(1)[0]
         run.seeded_users = len(users)
-        print(f"  load-demo: {run.load_demo}; seeded {len(users)} citizens and {pool.seeded} cases of {ITEM_NAME} "
-              "in delivered_to_platform", flush=True)
+        print(
+            f"  load-demo: {run.load_demo}; seeded {len(users)} citizens and {pool.seeded} cases of {ITEM_NAME} "
+            "in delivered_to_platform",
+            flush=True,
+        )
         if run.push_present:
             began = time.monotonic()
             asyncio.run(_grant_at_sim(wsim.url, users))
             run.grants_seeded = db.seed_grants()
-            print(f"  push pipeline present: {len(users)} citizens registered at the WeChat simulator with "
-                  f"{GRANTS_PER_USER} grants each for {template_id} ({time.monotonic() - began:.1f} s); "
-                  f"seed_push_grants() recorded {run.grants_seeded} grant row(s) in Zhangban", flush=True)
+            print(
+                f"  push pipeline present: {len(users)} citizens registered at the WeChat simulator with "
+                f"{GRANTS_PER_USER} grants each for {template_id} ({time.monotonic() - began:.1f} s); "
+                f"seed_push_grants() recorded {run.grants_seeded} grant row(s) in Zhangban",
+                flush=True,
+            )
             if not run.grants_seeded:
-                run.extra_notes.append("seed_push_grants() is still a TODO: Zhangban knew of no grant, so pushes "
-                                       "could only settle as inbox_only, without a WeChat call")
+                run.extra_notes.append(
+                    "seed_push_grants() is still a TODO: Zhangban knew of no grant, so pushes "
+                    "could only settle as inbox_only, without a WeChat call"
+                )
         else:
             print("  push pipeline not present (no notifications.push_status column): pushes skipped", flush=True)
         cmd, env = server._command_and_env()
@@ -933,8 +1123,9 @@ def run_row(workers: int, n: int, last: bool, tmp: Path, wsim: idb.Simulator, ps
         healthz = idb.measure_wrk("GET /healthz", label, f"{server.base}/healthz", None, watch_cpu, args)
         healthz.ratio = 1.0 if healthz.rps else None
         run.rows.append(healthz)
-        row = measure_callbacks(label, server.base, platform, pool, db, wsim, bool(run.push_present), watch_cpu,
-                                args, workdir)
+        row = measure_callbacks(
+            label, server.base, platform, pool, db, wsim, bool(run.push_present), watch_cpu, args, workdir
+        )
         row.ratio = row.rps / healthz.rps if row.rps and healthz.rps else None
         run.rows.append(row)
         if run.push_present and row.push_start is not None and row.push_end is not None:
@@ -943,8 +1134,11 @@ def run_row(workers: int, n: int, last: bool, tmp: Path, wsim: idb.Simulator, ps
             during.sent = row.push_end["sent"] - row.push_start["sent"]
             during.sends = row.sends_end - row.sends_start
             created = sum(row.push_end[s] - row.push_start[s] for s in PUSH_STATUSES)
-            during.notes.append(f"{created} notifications created; "
-                                + ", ".join(f"{s} {row.push_end[s]}" for s in PUSH_STATUSES) + " at its end")
+            during.notes.append(
+                f"{created} notifications created; "
+                + ", ".join(f"{s} {row.push_end[s]}" for s in PUSH_STATUSES)
+                + " at its end"
+            )
             run.drains.append(during)
             print_drain(during)
             if row.after is not None:
@@ -998,31 +1192,45 @@ table = bot.table  # the same requests/s table as the bot benchmark
 
 
 def landed_table(rows: list[CallbackRow]) -> list[str]:
-    lines = ["| server | callbacks sent | answered | applied | duplicate | ignored | non-200 | "
-             "platform case events written |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines = [
+        "| server | callbacks sent | answered | applied | duplicate | ignored | non-200 | "
+        "platform case events written |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
     for r in rows:
         c = r.counts
         written = "—" if r.events_written is None else f"{r.events_written:,}"
-        lines.append(f"| {r.backend} | {c['issued']:,} | {c['responses']:,} | {c['applied']:,} | {c['duplicate']:,} | "
-                     f"{c['ignored']:,} | {c['non200']:,} | {written} |")
+        lines.append(
+            f"| {r.backend} | {c['issued']:,} | {c['responses']:,} | {c['applied']:,} | {c['duplicate']:,} | "
+            f"{c['ignored']:,} | {c['non200']:,} | {written} |"
+        )
     return lines
 
 
 def push_table(runs: list[RowRun]) -> list[str]:
-    lines = ["| server | phase | worker processes | pushes settled | sent via WeChat | WeChat subscribe messages | "
-             "seconds | settled/s | sent/s |",
-             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines = [
+        "| server | phase | worker processes | pushes settled | sent via WeChat | WeChat subscribe messages | "
+        "seconds | settled/s | sent/s |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
     for run in runs:
         for d in run.drains:
-            lines.append(f"| {run.backend} | {d.label}{' (timed out)' if d.timed_out else ''} | {d.processes} | "
-                         f"{d.settled:,} | {d.sent:,} | {d.sends:,} | {hb.fmt(d.seconds, 1)} | {hb.fmt(d.rate, 0)} | "
-                         f"{hb.fmt(d.sent_rate, 0)} |")
+            lines.append(
+                f"| {run.backend} | {d.label}{' (timed out)' if d.timed_out else ''} | {d.processes} | "
+                f"{d.settled:,} | {d.sent:,} | {d.sends:,} | {hb.fmt(d.seconds, 1)} | {hb.fmt(d.rate, 0)} | "
+                f"{hb.fmt(d.sent_rate, 0)} |"
+            )
     return lines
 
 
-def section(runs: list[RowRun], sim_problems: dict[str, list[str]], args: argparse.Namespace, machine: str,
-            when: str, template_id: str) -> str:
+def section(
+    runs: list[RowRun],
+    sim_problems: dict[str, list[str]],
+    args: argparse.Namespace,
+    machine: str,
+    when: str,
+    template_id: str,
+) -> str:
     rows = [r for run in runs for r in run.rows]
     measured = [r for r in rows if isinstance(r, CallbackRow) and r.counts]
     url = f"http://{HOST}:PORT"
@@ -1034,7 +1242,8 @@ def section(runs: list[RowRun], sim_problems: dict[str, list[str]], args: argpar
         SECTION,
         "",
         f"Measured {when} by `.venv/bin/python benchmarks/callbacks.py`"
-        + (f" ({' '.join(sys.argv[1:])})" if sys.argv[1:] else "") + ".",
+        + (f" ({' '.join(sys.argv[1:])})" if sys.argv[1:] else "")
+        + ".",
         "",
         *table(rows),
         "",
@@ -1042,25 +1251,29 @@ def section(runs: list[RowRun], sim_problems: dict[str, list[str]], args: argpar
     if measured:
         body += ["What landed, per measured run:", "", *landed_table(measured), ""]
     if push:
-        body += ["Progress pushes (settled = sent, inbox_only or failed; sent = carried by a WeChat message):", "",
-                 *push_table(runs), ""]
+        body += [
+            "Progress pushes (settled = sent, inbox_only or failed; sent = carried by a WeChat message):",
+            "",
+            *push_table(runs),
+            "",
+        ]
     body += [
-        "- What each POST is: a status callback as the core platform sends it, `{\"case_no\", \"platform_case_id\", "
-        "\"seq\", \"event\", \"at\", \"data\"}`, signed with `bridge.signing` (X-App-Key, X-Timestamp, X-Nonce, "
+        '- What each POST is: a status callback as the core platform sends it, `{"case_no", "platform_case_id", '
+        '"seq", "event", "at", "data"}`, signed with `bridge.signing` (X-App-Key, X-Timestamp, X-Nonce, '
         "X-Signature: HMAC-SHA256 over method, path, timestamp, nonce and the body's SHA-256) with a fresh nonce and "
         "a current timestamp. Per request the server checks the signature and the timestamp, takes the nonce in "
         "Redis (SET NX; a repeat is refused with 401, so none may be sent twice), validates the body and applies the "
         "event in a transaction with the case row locked (`SELECT … FOR UPDATE`): a case-event row and the case's "
         "status, seq and row_version" + (", plus a notification and its push job" if push else "") + ". "
         f"Each case gets seq 1 {EVENTS[0]}, 2 {EVENTS[1]}, 3 {EVENTS[2]}, 4 {EVENTS[3]} "
-        "(`{\"kind\": \"electronic\", \"licence_no\"}`) and 5 closed, each a real transition. The callbacks are "
+        '(`{"kind": "electronic", "licence_no"}`) and 5 closed, each a real transition. The callbacks are '
         "generated right before each wrk run into a file that a wrk Lua script sends once each (1.5 × the warm-up "
         f"rate × the duration of them), taking the cases in batches of {args.batch}: all of a batch's seq 1, then its "
         "seq 2, …, so the next event of a case follows a whole batch later and nearly all are applied in order "
         "(a later seq overtaking an earlier one is applied with the skipped steps recorded, and the earlier one "
         "answers `duplicate`). The script counts the answers by result and keeps up to "
         f"{args.samples} of them, spread over the run, plus up to 20 non-200 ones, checked here to be "
-        "`200 {\"ok\": true, \"result\": \"applied\"}`. Before measuring, one probe callback by hand must answer "
+        '`200 {"ok": true, "result": "applied"}`. Before measuring, one probe callback by hand must answer '
         "`applied`, the same request again `401 nonce_reused` and the same event newly signed `duplicate`.",
         f"- Servers, one row each, everything fresh: a new PostgreSQL database on `{idb.PG_ADMIN_URL}` (dropped "
         f"afterwards), `REDIS_URL={hb.REDIS_URL}` with a throw-away `REDIS_KEY_PREFIX` (its keys deleted "
@@ -1077,8 +1290,12 @@ def section(runs: list[RowRun], sim_problems: dict[str, list[str]], args: argpar
         f"{args.cases} cases of {ITEM_NAME} in `delivered_to_platform` (platform_seq 0, one `system` case event), "
         f"case *i* owned by citizen *i* mod {args.users}; more were added while the server ran when the warm-up "
         "showed the measured run would need them"
-        + (": " + ", ".join(f"{run.backend} {run.seeded_cases:,} cases" for run in runs if run.seeded_cases)
-           if any(run.seeded_cases for run in runs) else "") + ".",
+        + (
+            ": " + ", ".join(f"{run.backend} {run.seeded_cases:,} cases" for run in runs if run.seeded_cases)
+            if any(run.seeded_cases for run in runs)
+            else ""
+        )
+        + ".",
     ]
     if push:
         body.append(
@@ -1095,10 +1312,13 @@ def section(runs: list[RowRun], sim_problems: dict[str, list[str]], args: argpar
             "row's server the worker is stopped, "
             f"{args.backlog} more callbacks are sent (httpx, 16 in flight, all applied), then a worker with that many "
             "processes is started; timed from the first poll that saw a push settle until nothing is left. "
-            "WeChat subscribe messages: calls to `" + SUBSCRIBE_SEND + "` counted by the simulator.")
+            "WeChat subscribe messages: calls to `" + SUBSCRIBE_SEND + "` counted by the simulator."
+        )
     else:
-        body.append("- Pushes: push pipeline not present (no `notifications.push_status` column in the migrated "
-                    "database): not measured.")
+        body.append(
+            "- Pushes: push pipeline not present (no `notifications.push_status` column in the migrated "
+            "database): not measured."
+        )
     body += [
         f"- Commands: `{healthz_cmd}`; `{cb_cmd}`; each after a warm-up `{warmup}` (with the same `-s` script and its "
         "own callbacks for the POSTs). The ratio column is requests/s divided by `/healthz` requests/s of the same "
@@ -1110,11 +1330,13 @@ def section(runs: list[RowRun], sim_problems: dict[str, list[str]], args: argpar
     ]
     noise = [r.others_cpu for r in rows if r.rps is not None]
     if noise:
-        body.append(f"- Noise: other processes used at most {max(noise):.0%} of the CPU during the measured runs "
-                    f"(rows above {hb.BUSY:.0%} are flagged below; a disturbed row is measured again, up to "
-                    f"{args.retries} times, keeping the least disturbed attempt). Counted as ours: the server, worker "
-                    "and scheduler (their process groups), both simulators, wrk, this script, the PostgreSQL "
-                    "backends of the run's database and the whole redis-server process.")
+        body.append(
+            f"- Noise: other processes used at most {max(noise):.0%} of the CPU during the measured runs "
+            f"(rows above {hb.BUSY:.0%} are flagged below; a disturbed row is measured again, up to "
+            f"{args.retries} times, keeping the least disturbed attempt). Counted as ours: the server, worker "
+            "and scheduler (their process groups), both simulators, wrk, this script, the PostgreSQL "
+            "backends of the run's database and the whole redis-server process."
+        )
     starts = ", ".join(f"{run.backend}: {run.start_s:.1f} s" for run in runs if run.start_s is not None)
     if starts:
         body.append(f"- Time from start to the first answer (after migrate, load-demo and seeding): {starts}.")
@@ -1125,25 +1347,35 @@ def section(runs: list[RowRun], sim_problems: dict[str, list[str]], args: argpar
         for r in run.rows:
             name = f"{r.target}, {r.backend}"
             if r.attempts > 1:
-                notes.append(f"{name}: measured {r.attempts} times because other processes disturbed it; "
-                             "the least disturbed attempt is shown")
+                notes.append(
+                    f"{name}: measured {r.attempts} times because other processes disturbed it; "
+                    "the least disturbed attempt is shown"
+                )
             if r.others_cpu > hb.BUSY:
-                notes.append(f"{name}: other processes used {r.others_cpu:.0%} of the CPU while it was measured: "
-                             "its numbers are low")
+                notes.append(
+                    f"{name}: other processes used {r.others_cpu:.0%} of the CPU while it was measured: "
+                    "its numbers are low"
+                )
             notes += [f"{name}: {n}" for n in r.notes]
         for d in run.drains:
             notes += [f"{run.backend}, pushes {d.label}, {d.processes} process(es): {n}" for n in d.notes]
         if run.statuses:
-            notes.append(f"{run.backend}: cases by status at the end: "
-                         + ", ".join(f"{k} {v:,}" for k, v in run.statuses.items()))
+            notes.append(
+                f"{run.backend}: cases by status at the end: "
+                + ", ".join(f"{k} {v:,}" for k, v in run.statuses.items())
+            )
         if run.log_problems:
-            notes.append(f"{run.backend}: {len(run.log_problems)} warning/error line(s) in the server's log: "
-                         + "; ".join(f"{n} × `{kind}`" for kind, n in bot.log_kinds(run.log_problems)))
+            notes.append(
+                f"{run.backend}: {len(run.log_problems)} warning/error line(s) in the server's log: "
+                + "; ".join(f"{n} × `{kind}`" for kind, n in bot.log_kinds(run.log_problems))
+            )
         elif run.start_s is not None:
             notes.append(f"{run.backend}: no warning or error in the server's log")
         for name, problems in run.helper_problems.items():
-            notes.append(f"{run.backend}: {len(problems)} warning/error line(s) in the {name}'s log: "
-                         + "; ".join(f"{n} × `{kind}`" for kind, n in bot.log_kinds(problems)))
+            notes.append(
+                f"{run.backend}: {len(problems)} warning/error line(s) in the {name}'s log: "
+                + "; ".join(f"{n} × `{kind}`" for kind, n in bot.log_kinds(problems))
+            )
         if run.stop_s is not None and run.stop_s > 5:
             notes.append(f"{run.backend}: the server took {run.stop_s:.1f} s to stop")
         notes += [f"{run.backend}: {n}" for n in run.cleanup + run.extra_notes]
@@ -1171,45 +1403,82 @@ def number_list(text: str) -> list[int]:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Platform callbacks: signed POST /bridge/callback vs /healthz on PostgreSQL, and the progress "
-                    "pushes they queue (see benchmarks/README.md).")
-    parser.add_argument("--duration", type=hb.positive, default=10,
-                        help="seconds of each measured wrk run (default 10)")
+        "pushes they queue (see benchmarks/README.md)."
+    )
+    parser.add_argument(
+        "--duration", type=hb.positive, default=10, help="seconds of each measured wrk run (default 10)"
+    )
     parser.add_argument("--warmup", type=hb.positive, default=2, help="seconds of each wrk warm-up run (default 2)")
     parser.add_argument("--connections", type=hb.positive, default=32, help="wrk connections (default 32)")
     parser.add_argument("--threads", type=hb.positive, default=1, help="wrk threads (default 1)")
-    parser.add_argument("--workers", type=number_list, default=[1, 2], metavar="N,N",
-                        help="Sanic workers of each row (default 1,2)")
+    parser.add_argument(
+        "--workers", type=number_list, default=[1, 2], metavar="N,N", help="Sanic workers of each row (default 1,2)"
+    )
     parser.add_argument("--users", type=hb.positive, default=2000, help="citizens seeded per row (default 2000)")
-    parser.add_argument("--cases", type=hb.positive, default=10000,
-                        help="cases seeded per row before the server starts (default 10000; more are added when the "
-                             "warm-up shows they would run out)")
-    parser.add_argument("--batch", type=hb.positive, default=500,
-                        help="cases per batch in the request file: each gets seq 1..5 a batch apart (default 500)")
+    parser.add_argument(
+        "--cases",
+        type=hb.positive,
+        default=10000,
+        help="cases seeded per row before the server starts (default 10000; more are added when the "
+        "warm-up shows they would run out)",
+    )
+    parser.add_argument(
+        "--batch",
+        type=hb.positive,
+        default=500,
+        help="cases per batch in the request file: each gets seq 1..5 a batch apart (default 500)",
+    )
     parser.add_argument("--samples", type=hb.positive, default=200, help="answers checked per run (default 200)")
-    parser.add_argument("--drain-processes", type=lambda s: [] if s.strip() in ("", "0") else number_list(s),
-                        default=[1, 2], metavar="N,N",
-                        help="worker processes of each backlog drain on the last row, 0 for none (default 1,2)")
-    parser.add_argument("--backlog", type=hb.positive, default=2000,
-                        help="callbacks queued with the worker stopped, per backlog drain (default 2000)")
-    parser.add_argument("--drain-timeout", type=float, default=180, metavar="S",
-                        help="give up waiting for pushes to drain after S seconds (default 180)")
-    parser.add_argument("--no-write", "--dry-run", action="store_true", dest="no_write",
-                        help="print only; leave RESULTS.md alone")
-    parser.add_argument("--quiet-wait", type=float, default=120, metavar="S",
-                        help="before each measurement, wait up to S seconds for other processes to go idle "
-                             "(default 120)")
-    parser.add_argument("--retries", type=int, default=2, metavar="N",
-                        help="measure a target again, up to N times, when other processes disturbed it (default 2)")
-    parser.add_argument("--keep-logs", type=Path, metavar="DIR", help="copy the servers', workers' and simulators' "
-                                                                         "output into DIR")
+    parser.add_argument(
+        "--drain-processes",
+        type=lambda s: [] if s.strip() in ("", "0") else number_list(s),
+        default=[1, 2],
+        metavar="N,N",
+        help="worker processes of each backlog drain on the last row, 0 for none (default 1,2)",
+    )
+    parser.add_argument(
+        "--backlog",
+        type=hb.positive,
+        default=2000,
+        help="callbacks queued with the worker stopped, per backlog drain (default 2000)",
+    )
+    parser.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=180,
+        metavar="S",
+        help="give up waiting for pushes to drain after S seconds (default 180)",
+    )
+    parser.add_argument(
+        "--no-write", "--dry-run", action="store_true", dest="no_write", help="print only; leave RESULTS.md alone"
+    )
+    parser.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=120,
+        metavar="S",
+        help="before each measurement, wait up to S seconds for other processes to go idle (default 120)",
+    )
+    parser.add_argument(
+        "--retries",
+        type=int,
+        default=2,
+        metavar="N",
+        help="measure a target again, up to N times, when other processes disturbed it (default 2)",
+    )
+    parser.add_argument(
+        "--keep-logs", type=Path, metavar="DIR", help="copy the servers', workers' and simulators' output into DIR"
+    )
     args = parser.parse_args(argv)
     if args.retries < 0:
         parser.error("--retries cannot be negative")
     if args.threads > args.connections:
         parser.error("--threads cannot exceed --connections")
     if args.duration + 30 > MAX_SKEW_S - 30:
-        parser.error(f"--duration: at most {MAX_SKEW_S - 60} s (the callbacks' timestamps must stay within "
-                     f"{MAX_SKEW_S} s of the server clock)")
+        parser.error(
+            f"--duration: at most {MAX_SKEW_S - 60} s (the callbacks' timestamps must stay within "
+            f"{MAX_SKEW_S} s of the server clock)"
+        )
     if args.drain_timeout <= 0:
         parser.error("--drain-timeout must be positive")
     return args
@@ -1218,19 +1487,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if shutil.which("wrk") is None:
-        print("wrk is not installed: this benchmark uses it as the load generator.\n"
-              "Install it from Debian's packages:  apt-get install -y wrk", file=sys.stderr)
+        print(
+            "wrk is not installed: this benchmark uses it as the load generator.\n"
+            "Install it from Debian's packages:  apt-get install -y wrk",
+            file=sys.stderr,
+        )
         return 2
     missing = None if hb.redis_answers() else f"no Redis on {HOST}:{hb.REDIS_PORT}"
     missing = missing or idb.pg_answers()
     if missing:
-        print(f"{missing}: this benchmark measures the production backend (PostgreSQL + Redis) only.",
-              file=sys.stderr)
+        print(f"{missing}: this benchmark measures the production backend (PostgreSQL + Redis) only.", file=sys.stderr)
         return 2
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, hb._raise_interrupt)
 
-    when = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    when = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     machine = hb.machine_line()
     print(f"Platform callbacks benchmark, {when}\n{machine}\n")
 
@@ -1247,12 +1518,25 @@ def main(argv: list[str] | None = None) -> int:
         print(f"WeChat simulator on port {wsim.port}: answering after {wsim.start():.1f} s", flush=True)
         print(f"platform simulator on port {psim.port}: answering after {psim.start():.1f} s", flush=True)
         for n, workers in enumerate(args.workers):
-            runs.append(run_row(workers, n, n == len(args.workers) - 1, Path(tmp.name), wsim, psim, platform,
-                                template_id, args, servers))
+            runs.append(
+                run_row(
+                    workers,
+                    n,
+                    n == len(args.workers) - 1,
+                    Path(tmp.name),
+                    wsim,
+                    psim,
+                    platform,
+                    template_id,
+                    args,
+                    servers,
+                )
+            )
         calls = sim_calls(psim)
         if runs and calls:
-            runs[-1].extra_notes.append("the platform simulator was called: "
-                                        + ", ".join(f"{k} ×{v}" for k, v in sorted(calls.items())))
+            runs[-1].extra_notes.append(
+                "the platform simulator was called: " + ", ".join(f"{k} ×{v}" for k, v in sorted(calls.items()))
+            )
     except KeyboardInterrupt:
         interrupted = True
         print("\ninterrupted: stopping the servers", file=sys.stderr)

@@ -39,7 +39,6 @@ import asyncio
 import contextlib
 import datetime as dt
 import gc
-import random
 import secrets
 import shlex
 import shutil
@@ -95,8 +94,15 @@ class CatalogueServer(idb.IdentityServer):
     def cli(self, *argv: str, timeout: float = 120) -> subprocess.CompletedProcess:
         """`python server.py <argv>` in the server's directory, with the server's environment."""
         cmd, env = self._command_and_env()
-        return subprocess.run(cmd[:2] + list(argv), cwd=self.workdir, env=env, stdin=subprocess.DEVNULL,
-                              capture_output=True, text=True, timeout=timeout)
+        return subprocess.run(
+            cmd[:2] + list(argv),
+            cwd=self.workdir,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
 
 
 @contextlib.contextmanager
@@ -205,31 +211,53 @@ def complete_data(form, content: dict, people: People, material_ids: dict[str, l
 
     a = people.applicant_id
     chosen: dict[str, Any] = {
-        "applicant.name": APPLICANT, "applicant.id_number": a,
+        "applicant.name": APPLICANT,
+        "applicant.id_number": a,
         "applicant.sex": "male" if int(a[16]) % 2 else "female",
         "applicant.birth_date": f"{a[6:10]}-{a[10:12]}-{a[12:14]}",
-        "applicant.phone": "13912345678", "applicant.marital": "married", "applicant.education": "bachelor",
+        "applicant.phone": "13912345678",
+        "applicant.marital": "married",
+        "applicant.education": "bachelor",
         "applicant.occupation": "软件工程师",
         "applicant.from_address": {"region_code": "510521", "detail": "泸县福集镇龙城大道88号"},
-        "applicant.from_police": "泸县公安局福集派出所", "applicant.reason": "marriage",
-        "applicant.spouse_name": SPOUSE, "applicant.spouse_id_number": people.spouse_id,
+        "applicant.from_police": "泸县公安局福集派出所",
+        "applicant.reason": "marriage",
+        "applicant.spouse_name": SPOUSE,
+        "applicant.spouse_id_number": people.spouse_id,
         "applicant.marriage_date": "2018-05-20",
         "destination.property_cert_no": "川（2024）泸州市不动产权第0012345号",
-        "destination.property_owner": f"{APPLICANT}、{SPOUSE}", "destination.acquired_on": "2024-03-15",
-        "destination.area": 98.5, "destination.region": "510502",
+        "destination.property_owner": f"{APPLICANT}、{SPOUSE}",
+        "destination.acquired_on": "2024-03-15",
+        "destination.area": 98.5,
+        "destination.region": "510502",
         "destination.address": {"region_code": "510502", "detail": "江阳区酒城大道三段18号2栋1单元301室"},
-        "destination.police_station": "jiangyang_nancheng", "destination.household": "join",
-        "destination.householder_name": SPOUSE, "destination.householder_id_number": people.spouse_id,
+        "destination.police_station": "jiangyang_nancheng",
+        "destination.household": "join",
+        "destination.householder_name": SPOUSE,
+        "destination.householder_id_number": people.spouse_id,
         "destination.relation_to_householder": "spouse",
         "attachments.delivery": "mail",
         "attachments.mail_address": {"region_code": "510502", "detail": "江阳区酒城大道三段18号2栋1单元301室"},
     }
     members = [
-        {"name": SPOUSE, "id_number": people.spouse_id, "relation": "spouse", "sex": "female",
-         "same_household": "same", "consent": "agreed"},
+        {
+            "name": SPOUSE,
+            "id_number": people.spouse_id,
+            "relation": "spouse",
+            "sex": "female",
+            "same_household": "same",
+            "consent": "agreed",
+        },
         {"name": CHILD, "id_number": people.child_id, "relation": "child", "sex": "female", "same_household": "same"},
-        {"name": PARENT, "id_number": people.parent_id, "relation": "parent", "sex": "male", "same_household": "other",
-         "hukou_address": {"region_code": "510521", "detail": "泸县玉蟾街道玉蟾大道16号"}, "consent": "agreed"},
+        {
+            "name": PARENT,
+            "id_number": people.parent_id,
+            "relation": "parent",
+            "sex": "male",
+            "same_household": "other",
+            "hukou_address": {"region_code": "510521", "detail": "泸县玉蟾街道玉蟾大道16号"},
+            "consent": "agreed",
+        },
     ]
     data: dict[str, Any] = {}
     for step in form.steps:
@@ -245,8 +273,11 @@ def complete_data(form, content: dict, people: People, material_ids: dict[str, l
             prefix = f"{step.key}.{i}" if step.repeat else step.key
             for key in [k for k in entry if f"{prefix}.{k}" not in visible]:
                 del entry[key]
-    data["materials"] = {m["key"]: (material_ids or {}).get(m["key"], [f"mat-{m['key']}-1"])
-                         for m in content["materials"] if m["source"] == "applicant"}
+    data["materials"] = {
+        m["key"]: (material_ids or {}).get(m["key"], [f"mat-{m['key']}-1"])
+        for m in content["materials"]
+        if m["source"] == "applicant"
+    }
     return data
 
 
@@ -262,7 +293,9 @@ def upload_scan(c, key: str) -> str:
         draw.line((100, y, 1140, y), fill=(20, 20, 20), width=3)
     out = io.BytesIO()
     image.save(out, "JPEG", quality=88)
-    response = c.post("/api/v1/materials", data={"kind": key}, files={"file": (f"{key}.jpg", out.getvalue(), "image/jpeg")})
+    response = c.post(
+        "/api/v1/materials", data={"kind": key}, files={"file": (f"{key}.jpg", out.getvalue(), "image/jpeg")}
+    )
     if response.status_code not in (200, 201):
         raise RuntimeError(f"upload of {key} failed: {response.status_code} {response.text}")
     return response.json()["id"]
@@ -343,8 +376,9 @@ def review_label(draft: Draft) -> str:
     return f"POST /api/v1/drafts/{{id}}/review, {draft.label} draft ({len(draft.problems)} problems)"
 
 
-def prepare(server: CatalogueServer, sim: idb.Simulator, code: str, form, content: dict, run: CatalogueRun,
-            people: People) -> tuple[idb.Citizen, list[Draft]]:
+def prepare(
+    server: CatalogueServer, sim: idb.Simulator, code: str, form, content: dict, run: CatalogueRun, people: People
+) -> tuple[idb.Citizen, list[Draft]]:
     """The citizens, the checks that every target answers what it should, and the two drafts."""
     import httpx
 
@@ -368,8 +402,9 @@ def prepare(server: CatalogueServer, sim: idb.Simulator, code: str, form, conten
         draft = request(c, "POST", "/api/v1/drafts", 201, json={"service_code": code})
         needed = [m["key"] for m in content["materials"] if m["source"] == "applicant"]
         data = complete_data(form, content, people, {key: [upload_scan(c, key)] for key in needed})
-        saved = request(c, "PATCH", f"/api/v1/drafts/{draft['id']}", 200,
-                        json={"version": draft["version"], "data": data})
+        saved = request(
+            c, "PATCH", f"/api/v1/drafts/{draft['id']}", 200, json={"version": draft["version"], "data": data}
+        )
         if saved["data"] != data:  # the prefilled values are the ones we send: nothing else is merged in
             raise RuntimeError("the saved draft differs from the data sent (prefill added or changed something)")
         review = request(c, "POST", f"/api/v1/drafts/{draft['id']}/review", 200)
@@ -393,11 +428,25 @@ def recheck(server: CatalogueServer, draft: Draft) -> None:
     draft.problems_after = response.json().get("problems") if response.status_code == 200 else None
 
 
-def run_backend(backend: str, workdir: Path, prefix: str, sim: idb.Simulator, code: str, form, content: dict,
-                script: Path, args: argparse.Namespace, servers: list[CatalogueServer]) -> CatalogueRun:
+def run_backend(
+    backend: str,
+    workdir: Path,
+    prefix: str,
+    sim: idb.Simulator,
+    code: str,
+    form,
+    content: dict,
+    script: Path,
+    args: argparse.Namespace,
+    servers: list[CatalogueServer],
+) -> CatalogueRun:
     run = CatalogueRun(backend)
-    extra = {"WECHAT_API_BASE": sim.url, "WECHAT_MP_APPID": idb.SIM_APPID, "WECHAT_MP_SECRET": idb.SIM_SECRET,
-             "RATE_LIMITS": RATE_LIMITS}
+    extra = {
+        "WECHAT_API_BASE": sim.url,
+        "WECHAT_MP_APPID": idb.SIM_APPID,
+        "WECHAT_MP_SECRET": idb.SIM_SECRET,
+        "RATE_LIMITS": RATE_LIMITS,
+    }
     db_name = None
     production = backend == PRODUCTION
     labels = [label for label, _ in read_targets(code)]
@@ -424,8 +473,11 @@ def run_backend(backend: str, workdir: Path, prefix: str, sim: idb.Simulator, co
         print(f"  answering after {run.start_s:.1f} s; setting up the citizens and the drafts", flush=True)
         citizen, drafts = prepare(server, sim, code, form, content, run, people=People())
         run.drafts = drafts
-        print(f"  search: {run.search_top}; complete draft: {len(drafts[0].problems)} problems, "
-              f"empty draft: {len(drafts[1].problems)} problems", flush=True)
+        print(
+            f"  search: {run.search_top}; complete draft: {len(drafts[0].problems)} problems, "
+            f"empty draft: {len(drafts[1].problems)} problems",
+            flush=True,
+        )
         groups = {"server": server.proc.pid, "simulator": sim.proc.pid}
         services = idb.production_services(db_name) if production else None
 
@@ -439,8 +491,9 @@ def run_backend(backend: str, workdir: Path, prefix: str, sim: idb.Simulator, co
             row.ratio = row.rps / healthz.rps if row.rps and healthz.rps else None
             run.rows.append(row)
         narrow = with_connections(args, args.review_connections)
-        ceiling = idb.measure_wrk(f"GET /healthz (-c{args.review_connections})", backend, f"{server.base}/healthz",
-                                  citizen, watch_cpu, narrow)
+        ceiling = idb.measure_wrk(
+            f"GET /healthz (-c{args.review_connections})", backend, f"{server.base}/healthz", citizen, watch_cpu, narrow
+        )
         ceiling.ratio = 1.0 if ceiling.rps else None
         run.rows.append(ceiling)
         with wrk_script(script):
@@ -524,16 +577,29 @@ def measure_in_process(content: dict, data_sets: dict[str, dict], args: argparse
     timings = []
     for name, data in data_sets.items():
         problems = len(review_form(form, data))
-        median, p99, others = time_call(lambda: review_form(form, data), args.iterations)
-        timings.append(Timing(name, "handlers.forms.review_form(form, data)", problems, args.iterations, median, p99,
-                              others))
+        median, p99, others = time_call(lambda data=data: review_form(form, data), args.iterations)
+        timings.append(
+            Timing(name, "handlers.forms.review_form(form, data)", problems, args.iterations, median, p99, others)
+        )
     median, p99, others = time_call(lambda: FormDef.model_validate(raw_form), args.iterations)
-    timings.append(Timing("—", "FormDef.model_validate(form dict) (each review request runs it)", None,
-                          args.iterations, median, p99, others))
+    timings.append(
+        Timing(
+            "—",
+            "FormDef.model_validate(form dict) (each review request runs it)",
+            None,
+            args.iterations,
+            median,
+            p99,
+            others,
+        )
+    )
     for t in timings:
-        print(f"  {t.call} [{t.data}]: median {t.median_us:,.1f} µs, p99 {t.p99_us:,.1f} µs"
-              f"{'' if t.problems is None else f', {t.problems} problems'}; other processes used "
-              f"{t.others_cpu:.0%} of the CPU", flush=True)
+        print(
+            f"  {t.call} [{t.data}]: median {t.median_us:,.1f} µs, p99 {t.p99_us:,.1f} µs"
+            f"{'' if t.problems is None else f', {t.problems} problems'}; other processes used "
+            f"{t.others_cpu:.0%} of the CPU",
+            flush=True,
+        )
     return timings
 
 
@@ -541,16 +607,29 @@ def measure_in_process(content: dict, data_sets: dict[str, dict], args: argparse
 
 
 def timing_table(timings: list[Timing]) -> list[str]:
-    lines = ["| data | call | problems | iterations | median µs | p99 µs |",
-             "| --- | --- | ---: | ---: | ---: | ---: |"]
+    lines = [
+        "| data | call | problems | iterations | median µs | p99 µs |",
+        "| --- | --- | ---: | ---: | ---: | ---: |",
+    ]
     for t in timings:
-        lines.append(f"| {t.data} | `{t.call}` | {'—' if t.problems is None else t.problems} | {t.iterations:,} | "
-                     f"{t.median_us:,.1f} | {t.p99_us:,.1f} |")
+        lines.append(
+            f"| {t.data} | `{t.call}` | {'—' if t.problems is None else t.problems} | {t.iterations:,} | "
+            f"{t.median_us:,.1f} | {t.p99_us:,.1f} |"
+        )
     return lines
 
 
-def section(runs: list[CatalogueRun], timings: list[Timing], timing_failed: str | None, sim_problems: list[str],
-            form, code: str, args: argparse.Namespace, machine: str, when: str) -> str:
+def section(
+    runs: list[CatalogueRun],
+    timings: list[Timing],
+    timing_failed: str | None,
+    sim_problems: list[str],
+    form,
+    code: str,
+    args: argparse.Namespace,
+    machine: str,
+    when: str,
+) -> str:
     from handlers.forms import visible_paths
 
     url = f"http://{HOST}:PORT"
@@ -565,8 +644,9 @@ def section(runs: list[CatalogueRun], timings: list[Timing], timing_failed: str 
     steps = ", ".join(f"{s.key} {len(s.fields)}" for s in form.steps)
     complete = next((d for run in runs for d in run.drafts if d.label == "complete"), None)
     visible = len({p for p in visible_paths(form, complete.data) if "." in p}) if complete else None
-    empty_counts = ", ".join(f"{run.backend}: {len(d.problems)}"
-                             for run in runs for d in run.drafts if d.label == "empty")
+    empty_counts = ", ".join(
+        f"{run.backend}: {len(d.problems)}" for run in runs for d in run.drafts if d.label == "empty"
+    )
     body = [
         SECTION,
         "",
@@ -600,9 +680,12 @@ def section(runs: list[CatalogueRun], timings: list[Timing], timing_failed: str 
         "cache in (fake)redis per catalogue revision; search goes through the in-process index (jieba + BM25). "
         "Every `/api/v1` request also looks up the bearer token and reads the user. The ratio is requests/s "
         "divided by that backend's `/healthz` requests/s. "
-        + "Search answered: " + "; ".join(f"{run.backend}: {run.search_top}" for run in runs if run.search_top)
-        + "; the list: " + "; ".join(f"{run.backend}: {run.listed} items" for run in runs if run.listed) + ".",
-        f"- Pre-review: `{review_cmd}` where `post.lua` is `wrk.method = \"POST\"` (an empty body), after the same "
+        + "Search answered: "
+        + "; ".join(f"{run.backend}: {run.search_top}" for run in runs if run.search_top)
+        + "; the list: "
+        + "; ".join(f"{run.backend}: {run.listed} items" for run in runs if run.listed)
+        + ".",
+        f'- Pre-review: `{review_cmd}` where `post.lua` is `wrk.method = "POST"` (an empty body), after the same '
         f"warm-up with the script. The form of {ITEM_NAME} has {form.field_count()} fields "
         f"(`FormDef.field_count()`; steps: {steps}; {len(form.checks)} checks). The *complete* draft belongs to an "
         "L3 citizen and holds a valid data set built from the form definition (every field filled by type, "
@@ -628,50 +711,67 @@ def section(runs: list[CatalogueRun], timings: list[Timing], timing_failed: str 
     ]
     measured = [r.others_cpu for r in reads + reviews if r.rps is not None] + [t.others_cpu for t in timings]
     if measured:
-        body.append(f"- Other processes used at most {max(measured):.0%} of the CPU during the measured runs "
-                    f"(rows above {hb.BUSY:.0%} are flagged below; wrk rows are measured again, up to "
-                    f"{args.retries} times, when disturbed, keeping the least disturbed attempt). Counted as ours: "
-                    "the server, the simulator, wrk, this script and, in production mode, the PostgreSQL backends of "
-                    "the benchmark's database and the whole redis-server process.")
+        body.append(
+            f"- Other processes used at most {max(measured):.0%} of the CPU during the measured runs "
+            f"(rows above {hb.BUSY:.0%} are flagged below; wrk rows are measured again, up to "
+            f"{args.retries} times, when disturbed, keeping the least disturbed attempt). Counted as ours: "
+            "the server, the simulator, wrk, this script and, in production mode, the PostgreSQL backends of "
+            "the benchmark's database and the whole redis-server process."
+        )
     overhead = []
     for run in runs:
         for draft in run.drafts:
             row = next((r for r in run.rows if r.target == review_label(draft) and r.rps), None)
             timing = next((t for t in timings if t.data == draft.label), None)
             if row and timing:
-                overhead.append(f"{draft.label} draft, {run.backend}: {1e6 / row.rps:,.0f} µs per review, "
-                                f"`review_form` {timing.median_us:,.0f} µs of it "
-                                f"({timing.median_us * row.rps / 1e6:.0%})")
+                overhead.append(
+                    f"{draft.label} draft, {run.backend}: {1e6 / row.rps:,.0f} µs per review, "
+                    f"`review_form` {timing.median_us:,.0f} µs of it "
+                    f"({timing.median_us * row.rps / 1e6:.0%})"
+                )
     if overhead:
-        body.append("- Where the time goes (1 worker, so 1 / requests/s is the server's time per request): "
-                    + "; ".join(overhead) + ".")
+        body.append(
+            "- Where the time goes (1 worker, so 1 / requests/s is the server's time per request): "
+            + "; ".join(overhead)
+            + "."
+        )
     starts = ", ".join(f"{run.backend}: {run.start_s:.1f} s" for run in runs if run.start_s is not None)
     if starts:
-        body.append(f"- Time from start to the first 200 on /healthz (after load-demo; includes the migration check): "
-                    f"{starts}. load-demo said: "
-                    + "; ".join(f"{run.backend}: `{run.load_demo}`" for run in runs if run.load_demo) + ".")
+        body.append(
+            f"- Time from start to the first 200 on /healthz (after load-demo; includes the migration check): "
+            f"{starts}. load-demo said: "
+            + "; ".join(f"{run.backend}: `{run.load_demo}`" for run in runs if run.load_demo)
+            + "."
+        )
     notes = []
     for run in runs:
         for r in run.rows:
             name = f"{r.target}, {r.backend}"
             if r.attempts > 1:
-                notes.append(f"{name}: measured {r.attempts} times because other processes disturbed it; "
-                             "the least disturbed attempt is shown")
+                notes.append(
+                    f"{name}: measured {r.attempts} times because other processes disturbed it; "
+                    "the least disturbed attempt is shown"
+                )
             if r.others_cpu > hb.BUSY:
-                notes.append(f"{name}: other processes used {r.others_cpu:.0%} of the CPU while it was measured: "
-                             "its numbers are low")
+                notes.append(
+                    f"{name}: other processes used {r.others_cpu:.0%} of the CPU while it was measured: "
+                    "its numbers are low"
+                )
             notes += [f"{name}: {n}" for n in r.notes]
         if run.log_problems:
-            notes.append(f"{run.backend}: {len(run.log_problems)} warning/error line(s) in the server's log, first: "
-                         f"`{run.log_problems[0][:240]}`")
+            notes.append(
+                f"{run.backend}: {len(run.log_problems)} warning/error line(s) in the server's log, first: "
+                f"`{run.log_problems[0][:240]}`"
+            )
         if run.stop_s is not None and run.stop_s > 5:
             notes.append(f"{run.backend}: the server took {run.stop_s:.1f} s to stop")
     for t in timings:
         if t.others_cpu > hb.BUSY:
             notes.append(f"in process, {t.call} [{t.data}]: other processes used {t.others_cpu:.0%} of the CPU")
     if sim_problems:
-        notes.append(f"WeChat simulator: {len(sim_problems)} error line(s) in its log, "
-                     f"first: `{sim_problems[0][:240]}`")
+        notes.append(
+            f"WeChat simulator: {len(sim_problems)} error line(s) in its log, first: `{sim_problems[0][:240]}`"
+        )
     if notes:
         body += ["- Notes and problems seen:", *[f"  - {n}" for n in notes]]
     return "\n".join(body) + "\n"
@@ -682,26 +782,47 @@ def section(runs: list[CatalogueRun], timings: list[Timing], timing_failed: str 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        description="Catalogue reads and pre-review of the largest demo form (see benchmarks/README.md).")
-    parser.add_argument("--duration", type=hb.positive, default=10,
-                        help="seconds of each measured wrk run (default 10)")
+        description="Catalogue reads and pre-review of the largest demo form (see benchmarks/README.md)."
+    )
+    parser.add_argument(
+        "--duration", type=hb.positive, default=10, help="seconds of each measured wrk run (default 10)"
+    )
     parser.add_argument("--warmup", type=hb.positive, default=2, help="seconds of each wrk warm-up run (default 2)")
-    parser.add_argument("--connections", type=hb.positive, default=32,
-                        help="wrk connections for the reads (default 32)")
-    parser.add_argument("--review-connections", type=hb.positive, default=8,
-                        help="wrk connections for POST /review and its /healthz ceiling (default 8)")
+    parser.add_argument(
+        "--connections", type=hb.positive, default=32, help="wrk connections for the reads (default 32)"
+    )
+    parser.add_argument(
+        "--review-connections",
+        type=hb.positive,
+        default=8,
+        help="wrk connections for POST /review and its /healthz ceiling (default 8)",
+    )
     parser.add_argument("--threads", type=hb.positive, default=1, help="wrk threads (default 1)")
-    parser.add_argument("--iterations", type=int, default=5000,
-                        help="timed in-process calls per measurement, at least 2000 (default 5000)")
+    parser.add_argument(
+        "--iterations",
+        type=int,
+        default=5000,
+        help="timed in-process calls per measurement, at least 2000 (default 5000)",
+    )
     parser.add_argument("--no-production", action="store_true", help="skip the PostgreSQL + Redis backend")
     parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
-    parser.add_argument("--quiet-wait", type=float, default=120, metavar="S",
-                        help="before each measurement, wait up to S seconds for other processes to go idle "
-                             "(default 120)")
-    parser.add_argument("--retries", type=int, default=2, metavar="N",
-                        help="measure a wrk target again, up to N times, when other processes disturbed it (default 2)")
-    parser.add_argument("--keep-logs", type=Path, metavar="DIR",
-                        help="copy the servers' and simulator's output into DIR")
+    parser.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=120,
+        metavar="S",
+        help="before each measurement, wait up to S seconds for other processes to go idle (default 120)",
+    )
+    parser.add_argument(
+        "--retries",
+        type=int,
+        default=2,
+        metavar="N",
+        help="measure a wrk target again, up to N times, when other processes disturbed it (default 2)",
+    )
+    parser.add_argument(
+        "--keep-logs", type=Path, metavar="DIR", help="copy the servers' and simulator's output into DIR"
+    )
     args = parser.parse_args(argv)
     if args.retries < 0:
         parser.error("--retries cannot be negative")
@@ -715,13 +836,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if shutil.which("wrk") is None:
-        print("wrk is not installed: this benchmark uses it as the load generator.\n"
-              "Install it from Debian's packages:  apt-get install -y wrk", file=sys.stderr)
+        print(
+            "wrk is not installed: this benchmark uses it as the load generator.\n"
+            "Install it from Debian's packages:  apt-get install -y wrk",
+            file=sys.stderr,
+        )
         return 2
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, hb._raise_interrupt)
 
-    when = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    when = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     machine = hb.machine_line()
     print(f"Catalogue and pre-review benchmark, {when}\n{machine}\n")
     code = item_code()
@@ -730,8 +854,9 @@ def main(argv: list[str] | None = None) -> int:
     from handlers.forms import FormDef
 
     form = FormDef.model_validate(content["form"])
-    print(f"{ITEM_NAME}: code {code}, {form.field_count()} fields in {len(form.steps)} steps, "
-          f"{len(form.checks)} checks")
+    print(
+        f"{ITEM_NAME}: code {code}, {form.field_count()} fields in {len(form.steps)} steps, {len(form.checks)} checks"
+    )
     if args.no_production:
         skip = "--no-production"
     elif not hb.redis_answers():

@@ -52,9 +52,22 @@ STOP_TIMEOUT = 25.0  # above the server's GRACEFUL_SHUTDOWN_TIMEOUT (15 s)
 
 # Settings the caller's shell might carry; removed so each target gets exactly our config.
 ZB_VARIABLES = {
-    "HOST", "PORT", "WORKERS", "DATABASE_URL", "REDIS_URL", "TASK_BROKER", "MEDIA_ROOT",
-    "SECRET_KEY", "FIELD_ENCRYPTION_KEY", "PUBLIC_BASE_URL", "LOG_LEVEL", "REQUEST_MAX_SIZE",
-    "REQUEST_TIMEOUT", "RESPONSE_TIMEOUT", "GRACEFUL_SHUTDOWN_TIMEOUT", "REDIS_KEY_PREFIX",
+    "HOST",
+    "PORT",
+    "WORKERS",
+    "DATABASE_URL",
+    "REDIS_URL",
+    "TASK_BROKER",
+    "MEDIA_ROOT",
+    "SECRET_KEY",
+    "FIELD_ENCRYPTION_KEY",
+    "PUBLIC_BASE_URL",
+    "LOG_LEVEL",
+    "REQUEST_MAX_SIZE",
+    "REQUEST_TIMEOUT",
+    "RESPONSE_TIMEOUT",
+    "GRACEFUL_SHUTDOWN_TIMEOUT",
+    "REDIS_KEY_PREFIX",
 }
 
 
@@ -144,8 +157,14 @@ class Server:
         env = {k: v for k, v in os.environ.items() if k not in ZB_VARIABLES and k != "PYTHONPATH"}
         env["PYTHONUNBUFFERED"] = "1"
         if self.target.kind == "hello":
-            cmd = [python_bin(), str(BENCH_DIR / "hello_app.py"), "--port", str(self.port),
-                   "--workers", str(self.target.workers)]
+            cmd = [
+                python_bin(),
+                str(BENCH_DIR / "hello_app.py"),
+                "--port",
+                str(self.port),
+                "--workers",
+                str(self.target.workers),
+            ]
             return cmd, env
         env.update({"HOST": HOST, "WORKERS": str(self.target.workers), "LOG_LEVEL": "WARNING"})
         if self.target.redis:
@@ -167,8 +186,13 @@ class Server:
         self._log = open(self.log_path, "wb")
         began = time.monotonic()
         self.proc = subprocess.Popen(
-            cmd, cwd=self.workdir, env=env, stdin=subprocess.DEVNULL, stdout=self._log,
-            stderr=subprocess.STDOUT, start_new_session=True,
+            cmd,
+            cwd=self.workdir,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         deadline = began + START_TIMEOUT
         while time.monotonic() < deadline:
@@ -198,7 +222,9 @@ class Server:
                 try:
                     self.proc.wait(timeout=STOP_TIMEOUT)
                 except subprocess.TimeoutExpired:
-                    print(f"  {self.target.label}: still running after {STOP_TIMEOUT:.0f} s, killing it", file=sys.stderr)
+                    print(
+                        f"  {self.target.label}: still running after {STOP_TIMEOUT:.0f} s, killing it", file=sys.stderr
+                    )
             try:  # workers left behind, or the main process itself
                 os.killpg(pgid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
@@ -272,8 +298,10 @@ def wait_until_quiet(limit: float, quiet_for: int = 5) -> float:
         if quiet >= quiet_for or time.monotonic() >= deadline:
             return busy
         if not told and busy > BUSY:
-            print(f"  the machine is {busy:.0%} busy with other processes: waiting up to {limit:.0f} s for quiet",
-                  flush=True)
+            print(
+                f"  the machine is {busy:.0%} busy with other processes: waiting up to {limit:.0f} s for quiet",
+                flush=True,
+            )
             told = True
 
 
@@ -359,7 +387,9 @@ def machine_line() -> str:
         pass
     probe = subprocess.run(
         [python_bin(), "-c", "import platform, sanic; print(platform.python_version(), sanic.__version__)"],
-        capture_output=True, text=True, cwd=tempfile.gettempdir(),
+        capture_output=True,
+        text=True,
+        cwd=tempfile.gettempdir(),
     )
     py_version, sanic_version = (probe.stdout.split() + ["?", "?"])[:2]
     wrk_version = subprocess.run(["wrk", "--version"], capture_output=True, text=True).stdout.split("\n", 1)[0]
@@ -396,18 +426,24 @@ def section(results: list[Result], args: argparse.Namespace, machine: str, when:
     notes = []
     for r in results:
         if r.attempts > 1:
-            notes.append(f"- {r.target.label} ×{r.target.workers}: measured {r.attempts} times because other processes "
-                         "disturbed it; the least disturbed attempt is shown")
+            notes.append(
+                f"- {r.target.label} ×{r.target.workers}: measured {r.attempts} times because other processes "
+                "disturbed it; the least disturbed attempt is shown"
+            )
         if r.others_cpu > BUSY:
-            notes.append(f"- {r.target.label} ×{r.target.workers}: other processes used {r.others_cpu:.0%} of the CPU "
-                         "while it was measured: its numbers are low")
+            notes.append(
+                f"- {r.target.label} ×{r.target.workers}: other processes used {r.others_cpu:.0%} of the CPU "
+                "while it was measured: its numbers are low"
+            )
         if r.non_2xx or (r.socket_errors and r.socket_errors != "connect 0, read 0, write 0, timeout 0"):
             notes.append(
                 f"- {r.target.label} ×{r.target.workers}: {r.non_2xx} non-2xx responses; socket errors: {r.socket_errors}"
             )
         if r.log_problems:
-            notes.append(f"- {r.target.label} ×{r.target.workers}: {len(r.log_problems)} warning/error line(s) in its log, "
-                         f"first: `{r.log_problems[0][:240]}`")
+            notes.append(
+                f"- {r.target.label} ×{r.target.workers}: {len(r.log_problems)} warning/error line(s) in its log, "
+                f"first: `{r.log_problems[0][:240]}`"
+            )
     body = [
         SECTION,
         "",
@@ -428,8 +464,10 @@ def section(results: list[Result], args: argparse.Namespace, machine: str, when:
     ]
     measured = [r.others_cpu for r in results if r.rps is not None]
     if measured:
-        body.append(f"- Other processes used at most {max(measured):.0%} of the CPU during the measured runs "
-                    f"(rows above {BUSY:.0%} are flagged below).")
+        body.append(
+            f"- Other processes used at most {max(measured):.0%} of the CPU during the measured runs "
+            f"(rows above {BUSY:.0%} are flagged below)."
+        )
     if starts:
         body.append(f"- Time from start to the first 200 on /healthz (includes migrations): {starts}.")
     if notes:
@@ -469,10 +507,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--threads", type=positive, default=1, help="wrk threads (default 1)")
     parser.add_argument("--no-redis", action="store_true", help="skip the targets that need Redis")
     parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
-    parser.add_argument("--quiet-wait", type=float, default=120, metavar="S",
-                        help="before each target, wait up to S seconds for other processes to go idle (default 120)")
-    parser.add_argument("--retries", type=int, default=2, metavar="N",
-                        help="measure a target again, up to N times, when other processes disturbed it (default 2)")
+    parser.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=120,
+        metavar="S",
+        help="before each target, wait up to S seconds for other processes to go idle (default 120)",
+    )
+    parser.add_argument(
+        "--retries",
+        type=int,
+        default=2,
+        metavar="N",
+        help="measure a target again, up to N times, when other processes disturbed it (default 2)",
+    )
     parser.add_argument("--keep-logs", type=Path, metavar="DIR", help="copy each server's output into DIR")
     args = parser.parse_args(argv)
     if args.retries < 0:
@@ -496,8 +544,10 @@ def measure(target: Target, workdir: Path, prefix: str, args: argparse.Namespace
     print(f"- {target.label} ×{target.workers} on port {server.port}: starting", flush=True)
     try:
         result.start_s = server.start()
-        print(f"  answering after {result.start_s:.1f} s; warm-up {args.warmup} s, measuring {args.duration} s",
-              flush=True)
+        print(
+            f"  answering after {result.start_s:.1f} s; warm-up {args.warmup} s, measuring {args.duration} s",
+            flush=True,
+        )
         run_wrk(wrk_command(args, server.url, args.warmup, latency=False), args.warmup)
         busy0, total0 = machine_jiffies()
         ours0 = group_jiffies(server.proc.pid)
@@ -506,9 +556,12 @@ def measure(target: Target, workdir: Path, prefix: str, args: argparse.Namespace
         ours = group_jiffies(server.proc.pid) - ours0 + wrk_cpu * os.sysconf("SC_CLK_TCK")
         result.others_cpu = max(0.0, (busy1 - busy0 - ours) / max(1, total1 - total0))
         parse_wrk(output, result)
-        print(f"  {fmt(result.rps, 0)} req/s, p50 {fmt(result.p50_ms, 2)} ms, p99 {fmt(result.p99_ms, 2)} ms"
-              f" ({result.requests} requests, {result.non_2xx} non-2xx;"
-              f" other processes used {result.others_cpu:.0%} of the CPU)", flush=True)
+        print(
+            f"  {fmt(result.rps, 0)} req/s, p50 {fmt(result.p50_ms, 2)} ms, p99 {fmt(result.p99_ms, 2)} ms"
+            f" ({result.requests} requests, {result.non_2xx} non-2xx;"
+            f" other processes used {result.others_cpu:.0%} of the CPU)",
+            flush=True,
+        )
         if result.others_cpu > BUSY:
             print("  warning: the machine was not quiet, these numbers are low", flush=True)
     except (RuntimeError, subprocess.TimeoutExpired) as exc:
@@ -553,7 +606,7 @@ def main(argv: list[str] | None = None) -> int:
     redis_ok = not args.no_redis and redis_answers()
     redis_skip = "--no-redis" if args.no_redis else f"no Redis on {HOST}:{REDIS_PORT}"
     prefix = f"zbbench{secrets.token_hex(4)}:"
-    when = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    when = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     machine = machine_line()
     print(f"HTTP baseline, {when}\n{machine}\n")
 

@@ -116,7 +116,11 @@ class Simulator:
         began = time.monotonic()
         self.proc = subprocess.Popen(
             [hb.python_bin(), "-m", "wechat.simulator", "--host", HOST, "--port", str(self.port)],
-            cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
         while time.monotonic() < began + hb.START_TIMEOUT:
@@ -162,7 +166,9 @@ class Simulator:
             text = self.log_path.read_text(errors="replace")
         except OSError:
             return []
-        return [line.strip() for line in text.splitlines() if re.search(r"Traceback|Error|error|WARNING|CRITICAL", line)]
+        return [
+            line.strip() for line in text.splitlines() if re.search(r"Traceback|Error|error|WARNING|CRITICAL", line)
+        ]
 
 
 # -- PostgreSQL --------------------------------------------------------------------------------
@@ -263,7 +269,10 @@ def production_services(db_name: str) -> Services:
     sql = f"SELECT pid FROM pg_stat_activity WHERE datname = '{db_name}'"
 
     def services() -> dict[str, list[int]]:
-        return {"PostgreSQL (our database)": [int(r[0]) for r in asyncio.run(_pg(sql, fetch=True))], "Redis": redis_pids}
+        return {
+            "PostgreSQL (our database)": [int(r[0]) for r in asyncio.run(_pg(sql, fetch=True))],
+            "Redis": redis_pids,
+        }
 
     return services
 
@@ -298,7 +307,7 @@ def id_number(birth: str = "19900307", region: str = "510502") -> str:
     """A valid resident ID number (GB 11643 check digit)."""
     body = f"{region}{birth}{random.randint(100, 999)}"
     weights = [2 ** (17 - i) % 11 for i in range(17)]
-    return body + "10X98765432"[sum(int(d) * w for d, w in zip(body, weights)) % 11]
+    return body + "10X98765432"[sum(int(d) * w for d, w in zip(body, weights, strict=False)) % 11]
 
 
 class Citizen:
@@ -338,10 +347,29 @@ def make_citizen(server: IdentityServer, sim: Simulator) -> Citizen:
         phone = f"139{random.randint(10000000, 99999999)}"
         steps = [
             ("declare", lambda: c.post("/api/v1/identity/declare", json={"name": "张三丰", "id_number": id_number()})),
-            ("phone", lambda: c.post("/api/v1/me/phone", json={"code": sim.control(
-                "phone-code", {"appid": SIM_APPID, "openid": minted["openid"], "phone": phone})["code"]})),
-            ("address", lambda: c.post("/api/v1/me/addresses", json={
-                "recipient": "周九", "phone": phone, "region_code": "510502", "detail": "江阳区酒城大道三段18号"})),
+            (
+                "phone",
+                lambda: c.post(
+                    "/api/v1/me/phone",
+                    json={
+                        "code": sim.control(
+                            "phone-code", {"appid": SIM_APPID, "openid": minted["openid"], "phone": phone}
+                        )["code"]
+                    },
+                ),
+            ),
+            (
+                "address",
+                lambda: c.post(
+                    "/api/v1/me/addresses",
+                    json={
+                        "recipient": "周九",
+                        "phone": phone,
+                        "region_code": "510502",
+                        "detail": "江阳区酒城大道三段18号",
+                    },
+                ),
+            ),
         ]
         for name, step in steps:
             response = step()
@@ -349,8 +377,13 @@ def make_citizen(server: IdentityServer, sim: Simulator) -> Citizen:
                 raise RuntimeError(f"set-up {name} answered {response.status_code}: {response.text[:200]}")
         me = c.get(ME_PATH)
         body = me.json() if me.status_code == 200 else {}
-        if not (body.get("name_masked") and body.get("id_number_masked") and body.get("phone_masked")
-                and len(body.get("addresses", [])) == 1 and body.get("identity_level") == "L2"):
+        if not (
+            body.get("name_masked")
+            and body.get("id_number_masked")
+            and body.get("phone_masked")
+            and len(body.get("addresses", [])) == 1
+            and body.get("identity_level") == "L2"
+        ):
             raise RuntimeError(f"set-up /me is not the full profile: {me.status_code} {me.text[:200]}")
     return citizen
 
@@ -363,8 +396,14 @@ def wrk_cmd(args: argparse.Namespace, url: str, seconds: int, header: str | None
     return cmd[:-1] + (["-H", header] if header else []) + cmd[-1:]
 
 
-def measure_wrk(target: str, backend: str, url: str, citizen: Citizen | None,
-                watch_cpu: Callable[[], CpuWatch], args: argparse.Namespace) -> Row:
+def measure_wrk(
+    target: str,
+    backend: str,
+    url: str,
+    citizen: Citizen | None,
+    watch_cpu: Callable[[], CpuWatch],
+    args: argparse.Namespace,
+) -> Row:
     """Warm-up then a measured wrk run; again (up to --retries) when other processes disturbed it."""
     attempts: list[Row] = []
     for attempt in range(args.retries + 1):
@@ -385,9 +424,12 @@ def measure_wrk(target: str, backend: str, url: str, citizen: Citizen | None,
             break
         row.rps, row.p50_ms, row.p99_ms = result.rps, result.p50_ms, result.p99_ms
         row.others_cpu = watch.others(wrk_cpu)
-        print(f"  {target}: {hb.fmt(row.rps, 0)} req/s, p50 {hb.fmt(row.p50_ms, 2)} ms, p99 {hb.fmt(row.p99_ms, 2)} ms"
-              f" ({result.requests} requests, {result.non_2xx} non-2xx; other processes used {row.others_cpu:.0%}"
-              " of the CPU)", flush=True)
+        print(
+            f"  {target}: {hb.fmt(row.rps, 0)} req/s, p50 {hb.fmt(row.p50_ms, 2)} ms, p99 {hb.fmt(row.p99_ms, 2)} ms"
+            f" ({result.requests} requests, {result.non_2xx} non-2xx; other processes used {row.others_cpu:.0%}"
+            " of the CPU)",
+            flush=True,
+        )
         if result.non_2xx or (result.socket_errors and result.socket_errors != "connect 0, read 0, write 0, timeout 0"):
             row.notes.append(f"{result.non_2xx} non-2xx responses; socket errors: {result.socket_errors}")
         if row.others_cpu <= hb.BUSY:
@@ -469,7 +511,7 @@ async def drive_logins(url: str, codes: list[str], addresses: list[str], concurr
 
     try:
         warm = await run(0, codes[: len(addresses)])
-        timed = await run(len(addresses), codes[len(addresses):])
+        timed = await run(len(addresses), codes[len(addresses) :])
     finally:
         await asyncio.gather(*(client.aclose() for client in clients))
     return warm, timed
@@ -486,8 +528,15 @@ def logins_per_ip(backend: str, server: IdentityServer, db_url: str | None) -> d
     return {str(ip): int(n) for ip, n in rows}
 
 
-def measure_logins(backend: str, server: IdentityServer, sim: Simulator, db_url: str | None, healthz_rps: float | None,
-                   watch_cpu: Callable[[], CpuWatch], args: argparse.Namespace) -> Row:
+def measure_logins(
+    backend: str,
+    server: IdentityServer,
+    sim: Simulator,
+    db_url: str | None,
+    healthz_rps: float | None,
+    watch_cpu: Callable[[], CpuWatch],
+    args: argparse.Namespace,
+) -> Row:
     row = Row(f"POST {LOGIN_PATH}", backend)
     addresses = [f"127.0.0.{x}" for x in range(2, 2 + args.addresses)]
     try:
@@ -495,9 +544,12 @@ def measure_logins(backend: str, server: IdentityServer, sim: Simulator, db_url:
             hb.wait_until_quiet(args.quiet_wait)
         minted_at = time.monotonic()
         codes = asyncio.run(mint_codes(sim, len(addresses) + args.logins))
-        print(f"  minted {len(codes)} wx.login codes in {time.monotonic() - minted_at:.1f} s; "
-              f"{len(addresses)} warm-up logins, then {args.logins} timed, {args.concurrency} in flight, "
-              f"from {len(addresses)} source addresses", flush=True)
+        print(
+            f"  minted {len(codes)} wx.login codes in {time.monotonic() - minted_at:.1f} s; "
+            f"{len(addresses)} warm-up logins, then {args.logins} timed, {args.concurrency} in flight, "
+            f"from {len(addresses)} source addresses",
+            flush=True,
+        )
         # The CPU watch spans the warm-up too; the timed part dominates it.
         with watch_cpu() as watch:
             warm, timed = asyncio.run(drive_logins(server.base + LOGIN_PATH, codes, addresses, args.concurrency))
@@ -528,8 +580,11 @@ def measure_logins(backend: str, server: IdentityServer, sim: Simulator, db_url:
         f"and {sum(n for ip, n in seen.items() if ip not in bench_ips)} from other addresses (the set-up login); "
         f"CPU used, in shares of one core: {ours}"
     )
-    print(f"  logins: {hb.fmt(row.rps, 0)} /s, p50 {hb.fmt(row.p50_ms, 2)} ms, p99 {hb.fmt(row.p99_ms, 2)} ms; "
-          f"{row.notes[-1]}; other processes used {row.others_cpu:.0%} of the CPU", flush=True)
+    print(
+        f"  logins: {hb.fmt(row.rps, 0)} /s, p50 {hb.fmt(row.p50_ms, 2)} ms, p99 {hb.fmt(row.p99_ms, 2)} ms; "
+        f"{row.notes[-1]}; other processes used {row.others_cpu:.0%} of the CPU",
+        flush=True,
+    )
     if len(bench_ips) != len(addresses):
         row.notes.append("the server did not see every source address: the per-IP limit may have been shared")
     return row
@@ -549,8 +604,9 @@ class BackendRun:
     cleanup: list[str] = field(default_factory=list)
 
 
-def run_backend(backend: str, workdir: Path, prefix: str, sim: Simulator, args: argparse.Namespace,
-                servers: list[IdentityServer]) -> BackendRun:
+def run_backend(
+    backend: str, workdir: Path, prefix: str, sim: Simulator, args: argparse.Namespace, servers: list[IdentityServer]
+) -> BackendRun:
     run = BackendRun(backend)
     extra = {"WECHAT_API_BASE": sim.url, "WECHAT_MP_APPID": SIM_APPID, "WECHAT_MP_SECRET": SIM_SECRET}
     db_name = db_url = None
@@ -620,15 +676,19 @@ def run_backend(backend: str, workdir: Path, prefix: str, sim: Simulator, args: 
 
 
 def table(rows: list[Row]) -> list[str]:
-    lines = ["| target | backend | requests/s | p50 ms | p99 ms | ratio to /healthz |",
-             "| --- | --- | ---: | ---: | ---: | ---: |"]
+    lines = [
+        "| target | backend | requests/s | p50 ms | p99 ms | ratio to /healthz |",
+        "| --- | --- | ---: | ---: | ---: | ---: |",
+    ]
     for r in rows:
         if r.skipped or r.failed:
             why = f"skipped: {r.skipped}" if r.skipped else f"failed: {r.failed}"
             lines.append(f"| {r.target} | {r.backend} | {why} | — | — | — |")
         else:
-            lines.append(f"| {r.target} | {r.backend} | {hb.fmt(r.rps, 0)} | {hb.fmt(r.p50_ms, 2)} | "
-                         f"{hb.fmt(r.p99_ms, 2)} | {hb.fmt(r.ratio, 3)} |")
+            lines.append(
+                f"| {r.target} | {r.backend} | {hb.fmt(r.rps, 0)} | {hb.fmt(r.p50_ms, 2)} | "
+                f"{hb.fmt(r.p99_ms, 2)} | {hb.fmt(r.ratio, 3)} |"
+            )
     return lines
 
 
@@ -636,7 +696,9 @@ def section(runs: list[BackendRun], sim_problems: list[str], args: argparse.Name
     rows = [r for run in runs for r in run.rows]
     url = f"http://{HOST}:PORT"
     healthz_cmd = " ".join(shlex.quote(p) for p in wrk_cmd(args, f"{url}/healthz", args.duration, None))
-    me_cmd = " ".join(shlex.quote(p) for p in wrk_cmd(args, url + ME_PATH, args.duration, "Authorization: Bearer TOKEN"))
+    me_cmd = " ".join(
+        shlex.quote(p) for p in wrk_cmd(args, url + ME_PATH, args.duration, "Authorization: Bearer TOKEN")
+    )
     warmup = " ".join(wrk_cmd(args, f"{url}/...", args.warmup, None, latency=False))
     per_address = 1 + math.ceil(args.logins / args.addresses)
     body = [
@@ -677,11 +739,13 @@ def section(runs: list[BackendRun], sim_problems: list[str], args: argparse.Name
     ]
     measured = [r.others_cpu for r in rows if r.rps is not None]
     if measured:
-        body.append(f"- Other processes used at most {max(measured):.0%} of the CPU during the measured runs "
-                    f"(rows above {hb.BUSY:.0%} are flagged below; wrk rows are measured again, up to "
-                    f"{args.retries} times, when disturbed, keeping the least disturbed attempt). Counted as ours, "
-                    "not as others: the server, the simulator, wrk, this script and, in production mode, the "
-                    "PostgreSQL backends of the benchmark's database and the whole redis-server process.")
+        body.append(
+            f"- Other processes used at most {max(measured):.0%} of the CPU during the measured runs "
+            f"(rows above {hb.BUSY:.0%} are flagged below; wrk rows are measured again, up to "
+            f"{args.retries} times, when disturbed, keeping the least disturbed attempt). Counted as ours, "
+            "not as others: the server, the simulator, wrk, this script and, in production mode, the "
+            "PostgreSQL backends of the benchmark's database and the whole redis-server process."
+        )
     starts = ", ".join(f"{run.backend}: {run.start_s:.1f} s" for run in runs if run.start_s is not None)
     if starts:
         body.append(f"- Time from start to the first 200 on /healthz (includes migrations): {starts}.")
@@ -690,19 +754,27 @@ def section(runs: list[BackendRun], sim_problems: list[str], args: argparse.Name
         for r in run.rows:
             name = f"{r.target}, {r.backend}"
             if r.attempts > 1:
-                notes.append(f"{name}: measured {r.attempts} times because other processes disturbed it; "
-                             "the least disturbed attempt is shown")
+                notes.append(
+                    f"{name}: measured {r.attempts} times because other processes disturbed it; "
+                    "the least disturbed attempt is shown"
+                )
             if r.others_cpu > hb.BUSY:
-                notes.append(f"{name}: other processes used {r.others_cpu:.0%} of the CPU while it was measured: "
-                             "its numbers are low")
+                notes.append(
+                    f"{name}: other processes used {r.others_cpu:.0%} of the CPU while it was measured: "
+                    "its numbers are low"
+                )
             notes += [f"{name}: {n}" for n in r.notes]
         if run.log_problems:
-            notes.append(f"{run.backend}: {len(run.log_problems)} warning/error line(s) in the server's log, first: "
-                         f"`{run.log_problems[0][:240]}`")
+            notes.append(
+                f"{run.backend}: {len(run.log_problems)} warning/error line(s) in the server's log, first: "
+                f"`{run.log_problems[0][:240]}`"
+            )
         if run.stop_s is not None and run.stop_s > 5:
             notes.append(f"{run.backend}: the server took {run.stop_s:.1f} s to stop")
     if sim_problems:
-        notes.append(f"WeChat simulator: {len(sim_problems)} error line(s) in its log, first: `{sim_problems[0][:240]}`")
+        notes.append(
+            f"WeChat simulator: {len(sim_problems)} error line(s) in its log, first: `{sim_problems[0][:240]}`"
+        )
     if notes:
         body += ["- Notes and problems seen:", *[f"  - {n}" for n in notes]]
     return "\n".join(body) + "\n"
@@ -712,22 +784,42 @@ def section(runs: list[BackendRun], sim_problems: list[str], args: argparse.Name
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Identity benchmark: /me vs /healthz, and logins (see benchmarks/README.md).")
-    parser.add_argument("--duration", type=hb.positive, default=10, help="seconds of each measured wrk run (default 10)")
+    parser = argparse.ArgumentParser(
+        description="Identity benchmark: /me vs /healthz, and logins (see benchmarks/README.md)."
+    )
+    parser.add_argument(
+        "--duration", type=hb.positive, default=10, help="seconds of each measured wrk run (default 10)"
+    )
     parser.add_argument("--warmup", type=hb.positive, default=2, help="seconds of each wrk warm-up run (default 2)")
     parser.add_argument("--connections", type=hb.positive, default=32, help="wrk connections (default 32)")
     parser.add_argument("--threads", type=hb.positive, default=1, help="wrk threads (default 1)")
     parser.add_argument("--logins", type=hb.positive, default=3000, help="timed logins per backend (default 3000)")
     parser.add_argument("--concurrency", type=hb.positive, default=16, help="logins in flight (default 16)")
-    parser.add_argument("--addresses", type=hb.positive, default=199,
-                        help="source addresses 127.0.0.2... for the logins, at most 253 (default 199)")
+    parser.add_argument(
+        "--addresses",
+        type=hb.positive,
+        default=199,
+        help="source addresses 127.0.0.2... for the logins, at most 253 (default 199)",
+    )
     parser.add_argument("--no-production", action="store_true", help="skip the PostgreSQL + Redis backend")
     parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
-    parser.add_argument("--quiet-wait", type=float, default=120, metavar="S",
-                        help="before each measurement, wait up to S seconds for other processes to go idle (default 120)")
-    parser.add_argument("--retries", type=int, default=2, metavar="N",
-                        help="measure a wrk target again, up to N times, when other processes disturbed it (default 2)")
-    parser.add_argument("--keep-logs", type=Path, metavar="DIR", help="copy the servers' and simulator's output into DIR")
+    parser.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=120,
+        metavar="S",
+        help="before each measurement, wait up to S seconds for other processes to go idle (default 120)",
+    )
+    parser.add_argument(
+        "--retries",
+        type=int,
+        default=2,
+        metavar="N",
+        help="measure a wrk target again, up to N times, when other processes disturbed it (default 2)",
+    )
+    parser.add_argument(
+        "--keep-logs", type=Path, metavar="DIR", help="copy the servers' and simulator's output into DIR"
+    )
     args = parser.parse_args(argv)
     if args.retries < 0:
         parser.error("--retries cannot be negative")
@@ -736,21 +828,26 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.addresses > 253:
         parser.error("--addresses: 127.0.0.2 to 127.0.0.254 at most (253)")
     if 1 + math.ceil(args.logins / args.addresses) > PER_ADDRESS_MAX:
-        parser.error(f"--logins {args.logins} over {args.addresses} addresses is more than {PER_ADDRESS_MAX} per "
-                     f"address (the server allows {LOGIN_LIMIT_PER_IP}/minute per IP): lower --logins or raise --addresses")
+        parser.error(
+            f"--logins {args.logins} over {args.addresses} addresses is more than {PER_ADDRESS_MAX} per "
+            f"address (the server allows {LOGIN_LIMIT_PER_IP}/minute per IP): lower --logins or raise --addresses"
+        )
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if shutil.which("wrk") is None:
-        print("wrk is not installed: this benchmark uses it as the load generator.\n"
-              "Install it from Debian's packages:  apt-get install -y wrk", file=sys.stderr)
+        print(
+            "wrk is not installed: this benchmark uses it as the load generator.\n"
+            "Install it from Debian's packages:  apt-get install -y wrk",
+            file=sys.stderr,
+        )
         return 2
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, hb._raise_interrupt)
 
-    when = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    when = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     machine = hb.machine_line()
     print(f"Identity benchmark, {when}\n{machine}\n")
     skip = None
@@ -774,7 +871,9 @@ def main(argv: list[str] | None = None) -> int:
             if backend == PRODUCTION and skip:
                 print(f"- {backend}: skipped ({skip})")
                 run = BackendRun(backend, skipped=skip)
-                run.rows = [Row(t, backend, skipped=skip) for t in ("GET /healthz", f"GET {ME_PATH}", f"POST {LOGIN_PATH}")]
+                run.rows = [
+                    Row(t, backend, skipped=skip) for t in ("GET /healthz", f"GET {ME_PATH}", f"POST {LOGIN_PATH}")
+                ]
                 runs.append(run)
                 continue
             workdir = Path(tmp.name) / f"{n}-{'production' if backend == PRODUCTION else 'embedded'}"
@@ -803,8 +902,10 @@ def main(argv: list[str] | None = None) -> int:
     print("\n".join(table(rows)))
     for line in sim_problems[:5]:
         print(f"simulator log: {line[:300]}")
-    print(f"\nwrk and the login client share the {machine.split()[0]} cores with the server: "
-          "ceilings of this machine, not of production.")
+    print(
+        f"\nwrk and the login client share the {machine.split()[0]} cores with the server: "
+        "ceilings of this machine, not of production."
+    )
     if not args.no_write:
         text = section(runs, sim_problems, args, machine, when)
         hb.write_results(text, SECTION)

@@ -56,10 +56,14 @@ from collections import Counter
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import http_baseline as hb  # noqa: E402  (the shared benchmark plumbing)
 import identity as idb  # noqa: E402  (server with extra settings, simulator, citizen, CPU watch, PostgreSQL)
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 ROOT = hb.ROOT
 HOST = hb.HOST
@@ -107,7 +111,7 @@ def _import_app() -> None:
 # -- pictures ----------------------------------------------------------------------------------
 
 
-def phone_exif(orientation: int = ORIENTATION) -> "Image.Exif":
+def phone_exif(orientation: int = ORIENTATION) -> Image.Exif:
     from PIL import Image
 
     exif = Image.Exif()
@@ -134,7 +138,9 @@ class PhotoMaker:
         rnd = self.rnd
         bands = []
         for angle in (0, 90, 45):
-            gradient = Image.linear_gradient("L").rotate(angle + rnd.uniform(-20, 20), resample=Image.Resampling.BICUBIC)
+            gradient = Image.linear_gradient("L").rotate(
+                angle + rnd.uniform(-20, 20), resample=Image.Resampling.BICUBIC
+            )
             bands.append(gradient.resize(size, Image.Resampling.BILINEAR))
         scene = Image.merge("RGB", bands)
         draw = ImageDraw.Draw(scene)
@@ -148,26 +154,34 @@ class PhotoMaker:
         self.font = ImageFont.load_default(size=max(12, height // 60))
         line = max(14, height // 45)
         for y in range(y0 + line, y0 + height // 2 - line, line):
-            words = ("".join(rnd.choice("abcdefghijklmnopqrstuvwxyz0123456789") for _ in range(rnd.randrange(2, 9)))
-                     for _ in range(12))
+            words = (
+                "".join(rnd.choice("abcdefghijklmnopqrstuvwxyz0123456789") for _ in range(rnd.randrange(2, 9)))
+                for _ in range(12)
+            )
             draw.text((x0 + line, y), " ".join(words), fill=(20, 20, 30), font=self.font)
         self.scene = scene.filter(ImageFilter.GaussianBlur(0.8))
         field_size = (width + self.MARGIN, height + self.MARGIN)
         self.noise = [Image.effect_noise(field_size, sigma) for _ in range(3)]
 
-    def picture(self, n: int) -> "Image.Image":
+    def picture(self, n: int) -> Image.Image:
         from PIL import Image, ImageChops, ImageDraw
 
         width, height = self.size
         rnd = random.Random(n)
         scene = ImageChops.offset(self.scene, rnd.randrange(width // 10), rnd.randrange(height // 10))
         draw = ImageDraw.Draw(scene)
-        draw.text((width // 20, height - height // 12), f"IMG_{n:04d}  {rnd.getrandbits(48):012x}",
-                  fill=(250, 250, 250), font=self.font)
+        draw.text(
+            (width // 20, height - height // 12),
+            f"IMG_{n:04d}  {rnd.getrandbits(48):012x}",
+            fill=(250, 250, 250),
+            font=self.font,
+        )
         dx, dy = rnd.randrange(self.MARGIN), rnd.randrange(self.MARGIN)
         box = (dx, dy, dx + width, dy + height)
-        bands = [ImageChops.add(band, noise.crop(box), scale=1.0, offset=-128)  # noise centred on 128
-                 for band, noise in zip(scene.split(), self.noise)]
+        bands = [
+            ImageChops.add(band, noise.crop(box), scale=1.0, offset=-128)  # noise centred on 128
+            for band, noise in zip(scene.split(), self.noise, strict=False)
+        ]
         return Image.merge("RGB", bands)
 
     def jpeg(self, n: int, quality: int) -> bytes:
@@ -261,8 +275,11 @@ def time_mode(pipeline: str, how: str, warm: list[bytes], images: list[bytes]) -
                 mode.per_image_ms.append((time.perf_counter() - t) * 1000)
             wall = time.perf_counter() - began
     else:
-        pool = (ThreadPoolExecutor(2) if how.startswith("Thread")
-                else ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("fork")))
+        pool = (
+            ThreadPoolExecutor(2)
+            if how.startswith("Thread")
+            else ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("fork"))
+        )
         try:
             list(pool.map(fn, warm))  # also starts the workers
             pids = list(getattr(pool, "_processes", {}) or {})
@@ -294,8 +311,11 @@ def measure_mode(pipeline: str, how: str, warm: list[bytes], images: list[bytes]
         if mode.per_image_ms:
             ms = sorted(mode.per_image_ms)
             extra = f", median {statistics.median(ms):.1f} ms, p95 {idb.percentile(ms, 95):.1f} ms"
-        print(f"  {pipeline}, {how}: {mode.images_per_s:.2f} images/s{extra} "
-              f"(other processes used {mode.others_cpu:.0%} of the CPU)", flush=True)
+        print(
+            f"  {pipeline}, {how}: {mode.images_per_s:.2f} images/s{extra} "
+            f"(other processes used {mode.others_cpu:.0%} of the CPU)",
+            flush=True,
+        )
         if mode.others_cpu <= hb.BUSY:
             break
         if not BUDGET.left():
@@ -311,8 +331,9 @@ def measure_mode(pipeline: str, how: str, warm: list[bytes], images: list[bytes]
 def memory_child(pipeline: str, path: str) -> None:
     """Runs in a fresh process: the peak-RSS increase of handling one image, as JSON on stdout."""
     _import_app()
-    from handlers import media  # noqa: F401  (both pipelines start from the same imports)
     from PIL import Image, ImageOps  # noqa: F401
+
+    from handlers import media  # noqa: F401  (both pipelines start from the same imports)
 
     def hwm_kb() -> int:  # the kernel's peak RSS of this address space, a cross-check
         for line in Path("/proc/self/status").read_text().splitlines():
@@ -324,8 +345,20 @@ def memory_child(pipeline: str, path: str) -> None:
     before, hwm_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, hwm_kb()
     main, thumb, width, height = PIPELINES[pipeline](data)
     after, hwm_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, hwm_kb()
-    print(json.dumps({"before_kb": before, "after_kb": after, "hwm_before_kb": hwm_before, "hwm_after_kb": hwm_after,
-                      "width": width, "height": height, "bytes": len(main), "thumb_bytes": len(thumb)}))
+    print(
+        json.dumps(
+            {
+                "before_kb": before,
+                "after_kb": after,
+                "hwm_before_kb": hwm_before,
+                "hwm_after_kb": hwm_after,
+                "width": width,
+                "height": height,
+                "bytes": len(main),
+                "thumb_bytes": len(thumb),
+            }
+        )
+    )
 
 
 def measure_memory(pipeline: str, path: Path, runs: int) -> list[dict]:
@@ -336,8 +369,9 @@ def measure_memory(pipeline: str, path: Path, runs: int) -> list[dict]:
     for _ in range(runs):
         env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
         cmd = [hb.python_bin(), str(Path(__file__).resolve()), "--memory-child", pipeline, str(path)]
-        done = subprocess.run(["sh", "-c", '"$@"; exit $?', "sh", *cmd],
-                              capture_output=True, text=True, timeout=120, cwd=ROOT, env=env)
+        done = subprocess.run(
+            ["sh", "-c", '"$@"; exit $?', "sh", *cmd], capture_output=True, text=True, timeout=120, cwd=ROOT, env=env
+        )
         if done.returncode != 0:
             raise RuntimeError(f"memory child ({pipeline}) exited {done.returncode}: {done.stderr.strip()[-300:]}")
         out.append(json.loads(done.stdout.strip().splitlines()[-1]))
@@ -360,9 +394,13 @@ def outputs(pipeline: str, images: list[bytes]) -> tuple[OutputInfo, list[Output
     sizes = {(w, h) for _, _, w, h in results}
     thumbs = {Image.open(io.BytesIO(t)).size for _, t, _, _ in results}
     first = results[0]
-    info = OutputInfo((first[2], first[3]), statistics.median(len(r[0]) for r in results),
-                      Image.open(io.BytesIO(first[1])).size, statistics.median(len(r[1]) for r in results),
-                      len(sizes) > 1 or len(thumbs) > 1)
+    info = OutputInfo(
+        (first[2], first[3]),
+        statistics.median(len(r[0]) for r in results),
+        Image.open(io.BytesIO(first[1])).size,
+        statistics.median(len(r[1]) for r in results),
+        len(sizes) > 1 or len(thumbs) > 1,
+    )
     return info, results
 
 
@@ -424,8 +462,10 @@ def stage_times(images: list[bytes]) -> dict[str, dict[str, float]]:
         t = lap(naive, "resize", t)
         full.save(io.BytesIO(), "JPEG", quality=NAIVE_QUALITY)
         lap(naive, "encode", t)
-    return {"media.process": {k: statistics.median(v) for k, v in fast.items()},
-            "naive Pillow": {k: statistics.median(v) for k, v in naive.items()}}
+    return {
+        "media.process": {k: statistics.median(v) for k, v in fast.items()},
+        "naive Pillow": {k: statistics.median(v) for k, v in naive.items()},
+    }
 
 
 @dataclass
@@ -454,9 +494,12 @@ def run_pipeline(workdir: Path, args: argparse.Namespace) -> PipelineReport:
     report.input_bytes = [len(d) for d in images]
     report.warm = len(warm)
     sizes = sorted(report.input_bytes)
-    print(f"- pipeline: {len(images)} + {len(warm)} warm-up phone JPEGs {PHONE_SIZE[0]}×{PHONE_SIZE[1]} q{PHONE_QUALITY} "
-          f"made in {report.generated_s:.1f} s, {sizes[0] / 1e6:.2f}–{sizes[-1] / 1e6:.2f} MB "
-          f"(median {statistics.median(sizes) / 1e6:.2f} MB)", flush=True)
+    print(
+        f"- pipeline: {len(images)} + {len(warm)} warm-up phone JPEGs {PHONE_SIZE[0]}×{PHONE_SIZE[1]} q{PHONE_QUALITY} "
+        f"made in {report.generated_s:.1f} s, {sizes[0] / 1e6:.2f}–{sizes[-1] / 1e6:.2f} MB "
+        f"(median {statistics.median(sizes) / 1e6:.2f} MB)",
+        flush=True,
+    )
     try:
         for name in PIPELINES:
             report.outputs[name], _ = outputs(name, images[:3])
@@ -465,8 +508,11 @@ def run_pipeline(workdir: Path, args: argparse.Namespace) -> PipelineReport:
         report.diff = mean_abs_diff(fast_out[0][0], naive_out[0][0])
         report.thumb_diff = mean_abs_diff(fast_out[0][1], naive_out[0][1])
         for name, info in report.outputs.items():
-            print(f"  {name}: {info.size[0]}×{info.size[1]} {info.bytes_median / 1e3:.0f} kB, thumbnail "
-                  f"{info.thumb_size[0]}×{info.thumb_size[1]} {info.thumb_bytes_median / 1e3:.1f} kB", flush=True)
+            print(
+                f"  {name}: {info.size[0]}×{info.size[1]} {info.bytes_median / 1e3:.0f} kB, thumbnail "
+                f"{info.thumb_size[0]}×{info.thumb_size[1]} {info.thumb_bytes_median / 1e3:.1f} kB",
+                flush=True,
+            )
         for how in ("1 thread", "ThreadPoolExecutor(2)", "ProcessPoolExecutor(2)"):
             for name in PIPELINES:
                 report.modes.append(measure_mode(name, how, warm, images, args))
@@ -475,8 +521,11 @@ def run_pipeline(workdir: Path, args: argparse.Namespace) -> PipelineReport:
         for name in PIPELINES:
             report.memory[name] = measure_memory(name, sample, args.memory_runs)
             increases = sorted((m["after_kb"] - m["before_kb"]) / 1024 for m in report.memory[name])
-            print(f"  {name}: peak RSS increase {statistics.median(increases):.0f} MB "
-                  f"(runs: {', '.join(f'{x:.0f}' for x in increases)})", flush=True)
+            print(
+                f"  {name}: peak RSS increase {statistics.median(increases):.0f} MB "
+                f"(runs: {', '.join(f'{x:.0f}' for x in increases)})",
+                flush=True,
+            )
         try:
             report.stages = stage_times(images[: min(10, len(images))])
         except Exception as exc:  # media's helpers renamed: the breakdown is a bonus, not a result
@@ -491,9 +540,11 @@ def run_pipeline(workdir: Path, args: argparse.Namespace) -> PipelineReport:
 
 
 def multipart(boundary: str, kind: str, jpeg: bytes, filename: str) -> bytes:
-    head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"kind\"\r\n\r\n{kind}\r\n"
-            f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{filename}\"\r\n"
-            "Content-Type: image/jpeg\r\n\r\n").encode()
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="kind"\r\n\r\n{kind}\r\n'
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{filename}"\r\n'
+        "Content-Type: image/jpeg\r\n\r\n"
+    ).encode()
     return head + jpeg + f"\r\n--{boundary}--\r\n".encode()
 
 
@@ -507,8 +558,9 @@ class UploadRun:
     sent: int = 0
 
 
-async def drive_uploads(base: str, header: str, jpegs: list[bytes], concurrency: int, seconds: float, kind: str,
-                        tag: str) -> UploadRun:
+async def drive_uploads(
+    base: str, header: str, jpegs: list[bytes], concurrency: int, seconds: float, kind: str, tag: str
+) -> UploadRun:
     """`concurrency` workers upload distinct JPEGs for `seconds`; each body is made just before it is sent
     (one concatenation: a unique comment segment in front of one of the pre-made JPEGs)."""
     import httpx
@@ -602,16 +654,28 @@ def count_rows(backend: str, server: idb.IdentityServer, db_url: str | None, kin
     return int(asyncio.run(idb._pg(sql, db_url, fetch=True))[0][0])
 
 
-def measure_uploads(backend: str, server: idb.IdentityServer, citizen: idb.Citizen, jpegs: list[bytes],
-                    concurrency: int, kind: str, db_url: str | None, watch_cpu, args: argparse.Namespace) -> UploadRow:
+def measure_uploads(
+    backend: str,
+    server: idb.IdentityServer,
+    citizen: idb.Citizen,
+    jpegs: list[bytes],
+    concurrency: int,
+    kind: str,
+    db_url: str | None,
+    watch_cpu,
+    args: argparse.Namespace,
+) -> UploadRow:
     row = UploadRow(backend, concurrency)
     try:
         BUDGET.quiet_wait(args)
         header = citizen.header(args.upload_warmup + args.upload_duration + 120)
-        warm = asyncio.run(drive_uploads(server.base, header, jpegs, concurrency, args.upload_warmup, "bench_warm",
-                                         f"{kind}-warm"))
+        warm = asyncio.run(
+            drive_uploads(server.base, header, jpegs, concurrency, args.upload_warmup, "bench_warm", f"{kind}-warm")
+        )
         with watch_cpu() as watch:
-            timed = asyncio.run(drive_uploads(server.base, header, jpegs, concurrency, args.upload_duration, kind, kind))
+            timed = asyncio.run(
+                drive_uploads(server.base, header, jpegs, concurrency, args.upload_duration, kind, kind)
+            )
         row.others_cpu, row.shares = watch.others(), watch.shares()
         row.rows_in_db = count_rows(backend, server, db_url, kind)
     except Exception as exc:  # httpx, asyncpg, sqlite3 or our own: the row says what went wrong
@@ -632,8 +696,10 @@ def measure_uploads(backend: str, server: idb.IdentityServer, citizen: idb.Citiz
     body = timed.first_body or {}
     expected = (UPLOAD_SIZE[1], UPLOAD_SIZE[0]) if ORIENTATION in (5, 6, 7, 8) else UPLOAD_SIZE
     if body and ((body.get("width"), body.get("height")) != expected or body.get("mime") != "image/jpeg"):
-        row.notes.append(f"the first 201 says {body.get('mime')} {body.get('width')}×{body.get('height')}, "
-                         f"expected image/jpeg {expected[0]}×{expected[1]}")
+        row.notes.append(
+            f"the first 201 says {body.get('mime')} {body.get('width')}×{body.get('height')}, "
+            f"expected image/jpeg {expected[0]}×{expected[1]}"
+        )
     if row.rows_in_db != row.created:
         row.notes.append(f"the database has {row.rows_in_db} '{kind}' materials for {row.created} 201 answers")
     warm_errors = {k: v for k, v in warm.outcomes.items() if k != "201"}
@@ -641,16 +707,23 @@ def measure_uploads(backend: str, server: idb.IdentityServer, citizen: idb.Citiz
     busy_ms = sorted(timed.busy_latencies)
     row.notes.append(
         f"{row.created} of {row.answered} timed uploads answered 201 in {timed.wall_s:.1f} s"
-        + (f", {row.busy} answered 503 busy ({row.busy / max(1, row.answered):.1%}; median "
-           f"{idb.percentile(busy_ms, 50) * 1000:.1f} ms to get it)" if row.busy else ", none 503")
+        + (
+            f", {row.busy} answered 503 busy ({row.busy / max(1, row.answered):.1%}; median "
+            f"{idb.percentile(busy_ms, 50) * 1000:.1f} ms to get it)"
+            if row.busy
+            else ", none 503"
+        )
         + f"; other answers: {', '.join(f'{k} ×{v}' for k, v in sorted(row.other.items())) or 'none'}"
         + f"; warm-up: {warm.outcomes['201']} × 201"
         + (f", {', '.join(f'{k} ×{v}' for k, v in sorted(warm_errors.items()))}" if warm_errors else "")
         + f"; materials rows of the timed run in the database: {row.rows_in_db}; CPU used, in shares of one core: "
-        f"{row.shares}")
-    print(f"  uploads, {concurrency} in flight: {hb.fmt(row.rps, 1)} 201/s, p50 {hb.fmt(row.p50_ms, 1)} ms, "
-          f"p99 {hb.fmt(row.p99_ms, 1)} ms; {row.notes[-1]}; other processes used {row.others_cpu:.0%} of the CPU",
-          flush=True)
+        f"{row.shares}"
+    )
+    print(
+        f"  uploads, {concurrency} in flight: {hb.fmt(row.rps, 1)} 201/s, p50 {hb.fmt(row.p50_ms, 1)} ms, "
+        f"p99 {hb.fmt(row.p99_ms, 1)} ms; {row.notes[-1]}; other processes used {row.others_cpu:.0%} of the CPU",
+        flush=True,
+    )
     return row
 
 
@@ -664,11 +737,22 @@ def login(server: idb.IdentityServer, sim: idb.Simulator) -> idb.Citizen:
     return idb.Citizen(server.base, response.json())
 
 
-def run_backend(backend: str, workdir: Path, prefix: str, sim: idb.Simulator, jpegs: list[bytes],
-                args: argparse.Namespace, servers: list[idb.IdentityServer]) -> UploadBackend:
+def run_backend(
+    backend: str,
+    workdir: Path,
+    prefix: str,
+    sim: idb.Simulator,
+    jpegs: list[bytes],
+    args: argparse.Namespace,
+    servers: list[idb.IdentityServer],
+) -> UploadBackend:
     run = UploadBackend(backend)
-    extra = {"WECHAT_API_BASE": sim.url, "WECHAT_MP_APPID": idb.SIM_APPID, "WECHAT_MP_SECRET": idb.SIM_SECRET,
-             "RATE_LIMITS": RATE_LIMITS}
+    extra = {
+        "WECHAT_API_BASE": sim.url,
+        "WECHAT_MP_APPID": idb.SIM_APPID,
+        "WECHAT_MP_SECRET": idb.SIM_SECRET,
+        "RATE_LIMITS": RATE_LIMITS,
+    }
     concurrencies = [args.concurrency] + ([args.overload] if args.overload else [])
     db_name = db_url = None
     production = backend == PRODUCTION
@@ -691,14 +775,20 @@ def run_backend(backend: str, workdir: Path, prefix: str, sim: idb.Simulator, jp
         citizen = login(server, sim)
         import httpx
 
-        probe = httpx.post(server.base + UPLOAD_PATH, headers=dict([citizen.header(60).split(": ", 1)]),
-                           files={"file": ("probe.jpg", with_comment(jpegs[0], "probe"), "image/jpeg")},
-                           data={"kind": "bench_probe"}, timeout=60)
+        probe = httpx.post(
+            server.base + UPLOAD_PATH,
+            headers=dict([citizen.header(60).split(": ", 1)]),
+            files={"file": ("probe.jpg", with_comment(jpegs[0], "probe"), "image/jpeg")},
+            data={"kind": "bench_probe"},
+            timeout=60,
+        )
         if probe.status_code != 201:
             raise RuntimeError(f"the probe upload answered {probe.status_code}: {probe.text[:200]}")
         body = probe.json()
-        run.check = (f"probe upload: 201, {body['mime']} {body['width']}×{body['height']}, {body['size'] / 1e3:.0f} kB "
-                     f"stored, quality warnings {[w['code'] for w in body['quality_warnings']] or 'none'}")
+        run.check = (
+            f"probe upload: 201, {body['mime']} {body['width']}×{body['height']}, {body['size'] / 1e3:.0f} kB "
+            f"stored, quality warnings {[w['code'] for w in body['quality_warnings']] or 'none'}"
+        )
         print(f"  answering after {run.start_s:.1f} s; citizen signed in; {run.check}", flush=True)
         groups = {"server": server.proc.pid, "simulator": sim.proc.pid}
         services = idb.production_services(db_name) if production else None
@@ -709,8 +799,17 @@ def run_backend(backend: str, workdir: Path, prefix: str, sim: idb.Simulator, jp
         for n, concurrency in enumerate(concurrencies):
             attempts: list[UploadRow] = []
             for attempt in range(args.retries + 1):
-                row = measure_uploads(backend, server, citizen, jpegs, concurrency, f"bench_c{concurrency}_{n}_{attempt}",
-                                      db_url, watch_cpu, args)
+                row = measure_uploads(
+                    backend,
+                    server,
+                    citizen,
+                    jpegs,
+                    concurrency,
+                    f"bench_c{concurrency}_{n}_{attempt}",
+                    db_url,
+                    watch_cpu,
+                    args,
+                )
                 attempts.append(row)
                 if row.failed or row.others_cpu <= hb.BUSY:
                     break
@@ -759,14 +858,16 @@ def pipeline_tables(report: PipelineReport) -> list[str]:
     if report.failed and not report.modes:
         return [f"Pipeline: failed: {report.failed}"]
     by = {(m.pipeline, m.how): m for m in report.modes}
-    lines = ["| pipeline | ms/image median | ms/image p95 | images/s, 1 thread | images/s, 2 threads | "
-             "images/s, 2 processes | output | output kB | thumbnail | thumbnail kB | peak RSS increase MB |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | --- | ---: | --- | ---: | ---: |"]
+    lines = [
+        "| pipeline | ms/image median | ms/image p95 | images/s, 1 thread | images/s, 2 threads | "
+        "images/s, 2 processes | output | output kB | thumbnail | thumbnail kB | peak RSS increase MB |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | --- | ---: | --- | ---: | ---: |",
+    ]
     for name in PIPELINES:
         single = by.get((name, "1 thread"))
         ms = sorted(single.per_image_ms) if single and single.per_image_ms else []
 
-        def rate(how: str) -> str:
+        def rate(how: str, name: str = name) -> str:
             m = by.get((name, how))
             return "—" if m is None or m.images_per_s is None else f"{m.images_per_s:.2f}"
 
@@ -777,28 +878,44 @@ def pipeline_tables(report: PipelineReport) -> list[str]:
             f"| {name} | {f'{statistics.median(ms):.1f}' if ms else '—'} | "
             f"{f'{idb.percentile(ms, 95):.1f}' if ms else '—'} | {rate('1 thread')} | "
             f"{rate('ThreadPoolExecutor(2)')} | {rate('ProcessPoolExecutor(2)')} | "
-            + (f"{info.size[0]}×{info.size[1]} | {info.bytes_median / 1e3:.0f} | {info.thumb_size[0]}×{info.thumb_size[1]} | "
-               f"{info.thumb_bytes_median / 1e3:.1f} | " if info else "— | — | — | — | ")
-            + (f"{statistics.median(increases):.0f} |" if increases else "— |"))
+            + (
+                f"{info.size[0]}×{info.size[1]} | {info.bytes_median / 1e3:.0f} | {info.thumb_size[0]}×{info.thumb_size[1]} | "
+                f"{info.thumb_bytes_median / 1e3:.1f} | "
+                if info
+                else "— | — | — | — | "
+            )
+            + (f"{statistics.median(increases):.0f} |" if increases else "— |")
+        )
     fast = {m.how: m for m in report.modes if m.pipeline == "media.process" and m.images_per_s}
     naive = {m.how: m for m in report.modes if m.pipeline == "naive Pillow" and m.images_per_s}
     factors = [f"{how}: {fast[how].images_per_s / naive[how].images_per_s:.2f}×" for how in fast if how in naive]
     f1, n1 = fast.get("1 thread"), naive.get("1 thread")
     if f1 and n1 and f1.per_image_ms and n1.per_image_ms:
-        factors.insert(0, f"median ms per image: {statistics.median(n1.per_image_ms) / statistics.median(f1.per_image_ms):.2f}×")
+        factors.insert(
+            0, f"median ms per image: {statistics.median(n1.per_image_ms) / statistics.median(f1.per_image_ms):.2f}×"
+        )
     lines += ["", f"Speed-up of media.process over naive Pillow (target ≥ 5×): {'; '.join(factors) or '—'}."]
     if report.stages:
-        lines += ["", "Where the time goes (median ms per step, the same steps timed one by one on "
-                      f"{min(10, len(report.input_bytes))} of the images, one thread):", ""]
+        lines += [
+            "",
+            "Where the time goes (median ms per step, the same steps timed one by one on "
+            f"{min(10, len(report.input_bytes))} of the images, one thread):",
+            "",
+        ]
         for name, steps in report.stages.items():
-            lines.append(f"- {name}: " + ", ".join(f"{k} {v:.1f}" for k, v in steps.items())
-                         + f" (sum {sum(steps.values()):.1f})")
+            lines.append(
+                f"- {name}: "
+                + ", ".join(f"{k} {v:.1f}" for k, v in steps.items())
+                + f" (sum {sum(steps.values()):.1f})"
+            )
     return lines
 
 
 def upload_table(backends: list[UploadBackend]) -> list[str]:
-    lines = ["| backend | uploads in flight | 201/s | p50 ms | p99 ms | 201 | 503 busy | 503 share | other answers |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+    lines = [
+        "| backend | uploads in flight | 201/s | p50 ms | p99 ms | 201 | 503 busy | 503 share | other answers |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
     for b in backends:
         for r in b.rows:
             if r.failed or r.skipped:
@@ -806,8 +923,10 @@ def upload_table(backends: list[UploadBackend]) -> list[str]:
                 lines.append(f"| {r.backend} | {r.concurrency} | {why} | — | — | — | — | — | — |")
                 continue
             other = ", ".join(f"{k} ×{v}" for k, v in sorted(r.other.items())) or "none"
-            lines.append(f"| {r.backend} | {r.concurrency} | {hb.fmt(r.rps, 1)} | {hb.fmt(r.p50_ms, 1)} | "
-                         f"{hb.fmt(r.p99_ms, 1)} | {r.created} | {r.busy} | {r.busy / max(1, r.answered):.1%} | {other} |")
+            lines.append(
+                f"| {r.backend} | {r.concurrency} | {hb.fmt(r.rps, 1)} | {hb.fmt(r.p50_ms, 1)} | "
+                f"{hb.fmt(r.p99_ms, 1)} | {r.created} | {r.busy} | {r.busy / max(1, r.answered):.1%} | {other} |"
+            )
     return lines
 
 
@@ -832,12 +951,21 @@ def log_summary(b: UploadBackend) -> str:
 def memory_runs(runs: list[dict]) -> str:
     increases = ", ".join(f"{(m['after_kb'] - m['before_kb']) / 1024:.0f}" for m in runs)
     hwm = ", ".join(f"{(m['hwm_after_kb'] - m['hwm_before_kb']) / 1024:.0f}" for m in runs)
-    return (f"{increases} MB (VmHWM increase: {hwm} MB; the whole child at its peak: "
-            f"{max(m['after_kb'] for m in runs) / 1024:.0f} MB)")
+    return (
+        f"{increases} MB (VmHWM increase: {hwm} MB; the whole child at its peak: "
+        f"{max(m['after_kb'] for m in runs) / 1024:.0f} MB)"
+    )
 
 
-def section(report: PipelineReport, backends: list[UploadBackend], upload_info: str, sim_problems: list[str],
-            args: argparse.Namespace, machine: str, when: str) -> str:
+def section(
+    report: PipelineReport,
+    backends: list[UploadBackend],
+    upload_info: str,
+    sim_problems: list[str],
+    args: argparse.Namespace,
+    machine: str,
+    when: str,
+) -> str:
     sizes = sorted(report.input_bytes)
     pil = "?"
     try:
@@ -851,7 +979,8 @@ def section(report: PipelineReport, backends: list[UploadBackend], upload_info: 
         SECTION,
         "",
         f"Measured {when} by `.venv/bin/python benchmarks/materials.py`"
-        + (f" `{' '.join(sys.argv[1:])}`" if sys.argv[1:] else "") + ".",
+        + (f" `{' '.join(sys.argv[1:])}`" if sys.argv[1:] else "")
+        + ".",
         "",
         "### Pipeline: 12-megapixel phone photo, `handlers.media.process` vs naive Pillow",
         "",
@@ -860,8 +989,11 @@ def section(report: PipelineReport, backends: list[UploadBackend], upload_info: 
         f"- Input: {len(sizes)} distinct generated phone photos, {PHONE_SIZE[0]}×{PHONE_SIZE[1]}, JPEG quality "
         f"{PHONE_QUALITY} with EXIF (Orientation {ORIENTATION}, make, model, time, GPS): gradients, 40 shapes, a printed "
         f"page of small text, a slight blur and per-channel Gaussian noise (σ {NOISE_SIGMA:g}), so they compress like "
-        + (f"photos: {sizes[0] / 1e6:.2f}–{sizes[-1] / 1e6:.2f} MB, median {statistics.median(sizes) / 1e6:.2f} MB. "
-           if sizes else "photos. ")
+        + (
+            f"photos: {sizes[0] / 1e6:.2f}–{sizes[-1] / 1e6:.2f} MB, median {statistics.median(sizes) / 1e6:.2f} MB. "
+            if sizes
+            else "photos. "
+        )
         + "Both pipelines get the same bytes.",
         f"- *media.process*: `process(data, max_edge={MAX_EDGE}, thumb_edge={THUMB_EDGE})` (draft decode at the "
         "largest DCT scale that still covers 2000 px, EXIF transpose, sRGB, baseline JPEG q85 without metadata, "
@@ -873,12 +1005,19 @@ def section(report: PipelineReport, backends: list[UploadBackend], upload_info: 
         "call; p95 is nearest-rank. images/s: the same images through one thread, `ThreadPoolExecutor(2)` and "
         "`ProcessPoolExecutor(2)` (fork; workers warmed up first, the output bytes come back to the parent), "
         "images / wall time. The output columns are of the first three images (bytes: median)"
-        + ("; all upright (portrait, the EXIF orientation applied)." if report.outputs and all(
-            i.size[1] > i.size[0] for i in report.outputs.values()) else ".")
-        + (f" Mean absolute difference between the two pipelines' outputs of the first image: "
-           f"{report.diff:.2f} per channel (0–255) for the 2000 px picture"
-           + (f", {report.thumb_diff:.2f} for the thumbnail" if report.thumb_diff is not None else "") + "."
-           if report.diff is not None else ""),
+        + (
+            "; all upright (portrait, the EXIF orientation applied)."
+            if report.outputs and all(i.size[1] > i.size[0] for i in report.outputs.values())
+            else "."
+        )
+        + (
+            f" Mean absolute difference between the two pipelines' outputs of the first image: "
+            f"{report.diff:.2f} per channel (0–255) for the 2000 px picture"
+            + (f", {report.thumb_diff:.2f} for the thumbnail" if report.thumb_diff is not None else "")
+            + "."
+            if report.diff is not None
+            else ""
+        ),
         f"- Peak memory: a fresh child process per measurement (`benchmarks/materials.py --memory-child`), "
         "started through `sh -c` (Linux carries the peak RSS of the process calling execve into the new "
         "program's `ru_maxrss`; `sh` keeps this script's own peak out of it), "
@@ -921,25 +1060,32 @@ def section(report: PipelineReport, backends: list[UploadBackend], upload_info: 
         "one run.",
     ]
     measured = [m.others_cpu for m in report.modes if m.images_per_s] + [
-        r.others_cpu for b in backends for r in b.rows if r.rps is not None]
+        r.others_cpu for b in backends for r in b.rows if r.rps is not None
+    ]
     if measured:
-        body.append(f"- Other processes used at most {max(measured):.0%} of the CPU during the measured runs (rows "
-                    f"above {hb.BUSY:.0%} are flagged below; rows are measured again, up to {args.retries} "
-                    "times, when disturbed, keeping the least disturbed attempt). Before each measurement the script "
-                    f"waits up to {args.quiet_wait:g} s until the machine has been idle for 5 s in a row; after "
-                    f"{args.budget:g} s (`--budget`) it neither waits nor measures again. Counted as ours: this script (and its pool "
-                    "workers), the server, the simulator and, in production mode, the PostgreSQL backends of the "
-                    "benchmark's database and the whole redis-server process.")
+        body.append(
+            f"- Other processes used at most {max(measured):.0%} of the CPU during the measured runs (rows "
+            f"above {hb.BUSY:.0%} are flagged below; rows are measured again, up to {args.retries} "
+            "times, when disturbed, keeping the least disturbed attempt). Before each measurement the script "
+            f"waits up to {args.quiet_wait:g} s until the machine has been idle for 5 s in a row; after "
+            f"{args.budget:g} s (`--budget`) it neither waits nor measures again. Counted as ours: this script (and its pool "
+            "workers), the server, the simulator and, in production mode, the PostgreSQL backends of the "
+            "benchmark's database and the whole redis-server process."
+        )
     starts = ", ".join(f"{b.backend}: {b.start_s:.1f} s" for b in backends if b.start_s is not None)
     if starts:
         body.append(f"- Time from start to the first 200 on /healthz (includes migrations): {starts}.")
     notes = list(report.notes)
     for m in report.modes:
         if m.attempts > 1:
-            notes.append(f"{m.pipeline}, {m.how}: measured {m.attempts} times because other processes disturbed it; "
-                         "the least disturbed attempt is shown")
+            notes.append(
+                f"{m.pipeline}, {m.how}: measured {m.attempts} times because other processes disturbed it; "
+                "the least disturbed attempt is shown"
+            )
         if m.others_cpu > hb.BUSY:
-            notes.append(f"{m.pipeline}, {m.how}: other processes used {m.others_cpu:.0%} of the CPU: its numbers are low")
+            notes.append(
+                f"{m.pipeline}, {m.how}: other processes used {m.others_cpu:.0%} of the CPU: its numbers are low"
+            )
         if m.failed:
             notes.append(f"{m.pipeline}, {m.how}: failed: {m.failed}")
     for name, info in report.outputs.items():
@@ -951,8 +1097,10 @@ def section(report: PipelineReport, backends: list[UploadBackend], upload_info: 
         for r in b.rows:
             name = f"uploads ×{r.concurrency}, {r.backend}"
             if r.attempts > 1:
-                notes.append(f"{name}: measured {r.attempts} times because other processes disturbed it; "
-                             "the least disturbed attempt is shown")
+                notes.append(
+                    f"{name}: measured {r.attempts} times because other processes disturbed it; "
+                    "the least disturbed attempt is shown"
+                )
             if r.others_cpu > hb.BUSY:
                 notes.append(f"{name}: other processes used {r.others_cpu:.0%} of the CPU: its numbers are low")
             notes += [f"{name}: {n}" for n in r.notes]
@@ -960,7 +1108,9 @@ def section(report: PipelineReport, backends: list[UploadBackend], upload_info: 
         if b.stop_s is not None and b.stop_s > 5:
             notes.append(f"{b.backend}: the server took {b.stop_s:.1f} s to stop")
     if sim_problems:
-        notes.append(f"WeChat simulator: {len(sim_problems)} error line(s) in its log, first: `{sim_problems[0][:240]}`")
+        notes.append(
+            f"WeChat simulator: {len(sim_problems)} error line(s) in its log, first: `{sim_problems[0][:240]}`"
+        )
     if notes:
         body += ["- Notes and problems seen:", *[f"  - {n}" for n in notes]]
     return "\n".join(body) + "\n"
@@ -971,31 +1121,68 @@ def section(report: PipelineReport, backends: list[UploadBackend], upload_info: 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        description="Materials: the image pipeline against naive Pillow, and uploads end to end (see benchmarks/README.md).")
-    parser.add_argument("--images", type=int, default=30, help="timed phone photos per pipeline, at least 30 (default 30)")
-    parser.add_argument("--memory-runs", type=hb.positive, default=3,
-                        help="child processes per pipeline for the peak memory (default 3)")
-    parser.add_argument("--upload-duration", type=hb.positive, default=15, help="seconds of each timed upload run (default 15)")
+        description="Materials: the image pipeline against naive Pillow, and uploads end to end (see benchmarks/README.md)."
+    )
+    parser.add_argument(
+        "--images", type=int, default=30, help="timed phone photos per pipeline, at least 30 (default 30)"
+    )
+    parser.add_argument(
+        "--memory-runs",
+        type=hb.positive,
+        default=3,
+        help="child processes per pipeline for the peak memory (default 3)",
+    )
+    parser.add_argument(
+        "--upload-duration", type=hb.positive, default=15, help="seconds of each timed upload run (default 15)"
+    )
     parser.add_argument("--upload-warmup", type=hb.positive, default=3, help="seconds of upload warm-up (default 3)")
-    parser.add_argument("--concurrency", type=hb.positive, default=6,
-                        help="uploads in flight in the main rows (default 6: what the server's media pool admits)")
-    parser.add_argument("--overload", type=int, default=8,
-                        help="a second row per backend with this many uploads in flight, to show the 503s; 0: none "
-                             "(default 8)")
-    parser.add_argument("--upload-images", type=hb.positive, default=8,
-                        help="distinct pre-made 1600×1200 JPEGs the uploads cycle through (default 8)")
+    parser.add_argument(
+        "--concurrency",
+        type=hb.positive,
+        default=6,
+        help="uploads in flight in the main rows (default 6: what the server's media pool admits)",
+    )
+    parser.add_argument(
+        "--overload",
+        type=int,
+        default=8,
+        help="a second row per backend with this many uploads in flight, to show the 503s; 0: none (default 8)",
+    )
+    parser.add_argument(
+        "--upload-images",
+        type=hb.positive,
+        default=8,
+        help="distinct pre-made 1600×1200 JPEGs the uploads cycle through (default 8)",
+    )
     parser.add_argument("--no-production", action="store_true", help="skip the PostgreSQL + Redis backend")
     parser.add_argument("--no-pipeline", action="store_true", help="skip part 1 (the in-process pipeline)")
     parser.add_argument("--no-upload", action="store_true", help="skip part 2 (uploads through the server)")
     parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
-    parser.add_argument("--quiet-wait", type=float, default=120, metavar="S",
-                        help="before each measurement, wait up to S seconds for other processes to go idle (default 120)")
-    parser.add_argument("--retries", type=int, default=2, metavar="N",
-                        help="measure a row again, up to N times, when other processes disturbed it (default 2)")
-    parser.add_argument("--budget", type=float, default=420, metavar="S",
-                        help="after S seconds no more quiet waits or repeated measurements: what is left is measured "
-                             "at once, so the run ends within about S + 3 minutes (default 420)")
-    parser.add_argument("--keep-logs", type=Path, metavar="DIR", help="copy the servers' and simulator's output into DIR")
+    parser.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=120,
+        metavar="S",
+        help="before each measurement, wait up to S seconds for other processes to go idle (default 120)",
+    )
+    parser.add_argument(
+        "--retries",
+        type=int,
+        default=2,
+        metavar="N",
+        help="measure a row again, up to N times, when other processes disturbed it (default 2)",
+    )
+    parser.add_argument(
+        "--budget",
+        type=float,
+        default=420,
+        metavar="S",
+        help="after S seconds no more quiet waits or repeated measurements: what is left is measured "
+        "at once, so the run ends within about S + 3 minutes (default 420)",
+    )
+    parser.add_argument(
+        "--keep-logs", type=Path, metavar="DIR", help="copy the servers' and simulator's output into DIR"
+    )
     parser.add_argument("--memory-child", nargs=2, metavar=("PIPELINE", "FILE"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.memory_child:
@@ -1013,8 +1200,11 @@ def main(argv: list[str] | None = None) -> int:
         memory_child(*args.memory_child)
         return 0
     if shutil.which("wrk") is None:  # only for the machine line (http_baseline's), kept for the same exit code
-        print("wrk is not installed (the machine line of every benchmark names its version).\n"
-              "Install it from Debian's packages:  apt-get install -y wrk", file=sys.stderr)
+        print(
+            "wrk is not installed (the machine line of every benchmark names its version).\n"
+            "Install it from Debian's packages:  apt-get install -y wrk",
+            file=sys.stderr,
+        )
         return 2
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, hb._raise_interrupt)
@@ -1022,7 +1212,7 @@ def main(argv: list[str] | None = None) -> int:
     global BUDGET
     BUDGET = Budget(args.budget)
 
-    when = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    when = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     machine = hb.machine_line()
     print(f"Materials benchmark, {when}\n{machine}\n")
     if args.no_production or args.no_upload:
@@ -1049,8 +1239,10 @@ def main(argv: list[str] | None = None) -> int:
             jpegs = [maker.jpeg(n, UPLOAD_QUALITY) for n in range(args.upload_images)]
             del maker
             sizes = sorted(len(j) for j in jpegs)
-            upload_info = (f"{len(jpegs)} distinct generated {UPLOAD_SIZE[0]}×{UPLOAD_SIZE[1]} JPEGs (same recipe as "
-                           f"above, quality {UPLOAD_QUALITY}, the same EXIF), {sizes[0] / 1e3:.0f}–{sizes[-1] / 1e3:.0f} kB.")
+            upload_info = (
+                f"{len(jpegs)} distinct generated {UPLOAD_SIZE[0]}×{UPLOAD_SIZE[1]} JPEGs (same recipe as "
+                f"above, quality {UPLOAD_QUALITY}, the same EXIF), {sizes[0] / 1e3:.0f}–{sizes[-1] / 1e3:.0f} kB."
+            )
             print(f"- uploads: {upload_info}", flush=True)
             print(f"WeChat simulator on port {sim.port}: answering after {sim.start():.1f} s", flush=True)
             for n, backend in enumerate(BACKENDS):
@@ -1087,8 +1279,11 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_write:
         hb.write_results(text, SECTION)
         print(f"written to {hb.RESULTS.relative_to(ROOT)}")
-    failed = (report.failed and not args.no_pipeline) or any(m.failed for m in report.modes) or any(
-        r.failed for b in backends for r in b.rows)
+    failed = (
+        (report.failed and not args.no_pipeline)
+        or any(m.failed for m in report.modes)
+        or any(r.failed for b in backends for r in b.rows)
+    )
     return 1 if failed else 0
 
 

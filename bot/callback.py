@@ -21,7 +21,7 @@ from sanic import Blueprint, Request
 from sanic.response import HTTPResponse, text
 
 from bot.crypto import CallbackRejected, OACrypto
-from bot.messages import BadMessage, Message, dedup_key, parse, success, text_reply
+from bot.messages import BadMessage, Message, dedup_key, parse, text_reply
 from core.errors import ApiError, BadRequest, Forbidden
 from handlers.bot import Bot
 from wechat.client import WeChatError, WeChatUnavailable
@@ -111,7 +111,7 @@ async def _answer_within(request: Request, message: Message, key: str, deadline:
     work.add_done_callback(ctx.bot_tasks.discard)
     try:
         content = await asyncio.wait_for(asyncio.shield(work), deadline)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         # Too slow for WeChat's 5 seconds: answer `success` now and send the answer later.
         work.add_done_callback(lambda t: _send_late(ctx, message.from_user, t))
         log.info("bot answer deferred to a customer-service message", extra={"msg_type": message.msg_type})
@@ -167,8 +167,9 @@ async def answer(bot: Bot, oa, message: Message, key: str, *, checked: _UnionidC
             return None
         if event == "subscribe" and checked is not None:
             await checked.forget(message.from_user)  # a (re)subscribe always looks the unionid up
-        follower = await _follower(bot, oa, message.from_user, checked,
-                                   subscribed=True if event in {"subscribe", "scan"} else None)
+        follower = await _follower(
+            bot, oa, message.from_user, checked, subscribed=True if event in {"subscribe", "scan"} else None
+        )
         if event == "subscribe":
             return bot.welcome()
         if event == "click":
@@ -196,6 +197,6 @@ async def _follower(bot: Bot, oa, openid: str, checked: _UnionidChecks | None, *
             info = await asyncio.wait_for(oa.user_info(openid), 2.0)
             if info.get("unionid"):
                 follower = await bot.follower(openid, unionid=info["unionid"])
-        except (asyncio.TimeoutError, WeChatError, WeChatUnavailable):
+        except (TimeoutError, WeChatError, WeChatUnavailable):
             log.info("follower unionid not available yet")
     return follower

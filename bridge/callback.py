@@ -30,8 +30,16 @@ class Callback(BaseModel):
     case_no: str = Field(pattern=r"^ZB\d{14}$")
     platform_case_id: str | None = Field(None, max_length=64)
     seq: int = Field(ge=1, le=10_000_000)
-    event: Literal["accepted", "in_review", "correction_requested", "fee_assessed", "approved", "rejected",
-                   "result_issued", "closed"]
+    event: Literal[
+        "accepted",
+        "in_review",
+        "correction_requested",
+        "fee_assessed",
+        "approved",
+        "rejected",
+        "result_issued",
+        "closed",
+    ]
     at: str | None = Field(None, max_length=40)
     data: dict = Field(default_factory=dict)
 
@@ -76,7 +84,9 @@ class ResultData(_Strict):
 
 # What each event must carry; the others carry nothing we read.
 EVENT_DATA: dict[str, type[BaseModel]] = {
-    "correction_requested": CorrectionData, "fee_assessed": FeeData, "rejected": RejectionData,
+    "correction_requested": CorrectionData,
+    "fee_assessed": FeeData,
+    "rejected": RejectionData,
     "result_issued": ResultData,
 }
 
@@ -101,9 +111,12 @@ async def callback(request: Request) -> HTTPResponse:
         try:
             model.model_validate(body.data)
         except ValidationError as exc:
-            raise ValidationFailed({("data" if k == "body" else f"data.{k}"): v
-                                    for k, v in field_errors(exc).items()}) from None
-    result = await apply_platform_event(case_no=body.case_no, seq=body.seq, event=body.event, data=body.data, at=body.at)
+            raise ValidationFailed(
+                {("data" if k == "body" else f"data.{k}"): v for k, v in field_errors(exc).items()}
+            ) from None
+    result = await apply_platform_event(
+        case_no=body.case_no, seq=body.seq, event=body.event, data=body.data, at=body.at
+    )
     if result == "unknown_case":
         raise ApiError("办件不存在", code="case_not_found", status=404)
     return json({"ok": True, "result": result})

@@ -37,10 +37,15 @@ class PlatformClient:
         except httpx.TransportError as exc:
             raise PlatformError(f"platform unreachable: {type(exc).__name__}", retryable=True) from None
         if response.status_code >= 500 or response.status_code == 429:
-            raise PlatformError(f"platform answered {response.status_code}", retryable=True, status=response.status_code)
+            raise PlatformError(
+                f"platform answered {response.status_code}", retryable=True, status=response.status_code
+            )
         if response.status_code >= 400:
-            raise PlatformError(f"platform refused: {response.status_code} {response.text[:200]}", retryable=False,
-                                status=response.status_code)
+            raise PlatformError(
+                f"platform refused: {response.status_code} {response.text[:200]}",
+                retryable=False,
+                status=response.status_code,
+            )
         try:
             return response.json()
         except ValueError:

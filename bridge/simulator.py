@@ -135,8 +135,16 @@ RESULT_ISSUED = "result_issued"
 CLOSED = "closed"
 WITHDRAWN = "withdrawn"
 STATUSES = (
-    DELIVERED, ACCEPTED, IN_REVIEW, CORRECTION_REQUESTED, RESUBMITTED, APPROVED, REJECTED, RESULT_ISSUED,
-    CLOSED, WITHDRAWN,
+    DELIVERED,
+    ACCEPTED,
+    IN_REVIEW,
+    CORRECTION_REQUESTED,
+    RESUBMITTED,
+    APPROVED,
+    REJECTED,
+    RESULT_ISSUED,
+    CLOSED,
+    WITHDRAWN,
 )
 
 FEE_ASSESSED = "fee_assessed"
@@ -200,8 +208,13 @@ def _not_found(case_no: str) -> ApiFailure:
     return ApiFailure(404, "not_found", "办件不存在", {"case_no": case_no})
 
 
-_FAILURE_CODES = {500: "internal_error", 502: "bad_gateway", 503: "platform_unavailable", 504: "gateway_timeout",
-                  429: "rate_limited"}
+_FAILURE_CODES = {
+    500: "internal_error",
+    502: "bad_gateway",
+    503: "platform_unavailable",
+    504: "gateway_timeout",
+    429: "rate_limited",
+}
 
 
 # -- state ---------------------------------------------------------------------------------
@@ -491,8 +504,12 @@ class PlatformState:
 
     def view(self, case_no: str) -> dict[str, Any]:
         case = self.case(case_no)
-        return {"case_no": case.case_no, "platform_case_id": case.platform_case_id, "status": case.status,
-                "seq": case.seq}
+        return {
+            "case_no": case.case_no,
+            "platform_case_id": case.platform_case_id,
+            "status": case.status,
+            "seq": case.seq,
+        }
 
     # scripts -------------------------------------------------------------------------------
 
@@ -541,8 +558,14 @@ class PlatformState:
             case.resubmit_open = False
         data = self._event_data(case, event)
         at = datetime.now(CHINA).isoformat(timespec="seconds")
-        body = {"case_no": case.case_no, "platform_case_id": case.platform_case_id, "seq": case.seq,
-                "event": event, "at": at, "data": data}
+        body = {
+            "case_no": case.case_no,
+            "platform_case_id": case.platform_case_id,
+            "seq": case.seq,
+            "event": event,
+            "at": at,
+            "data": data,
+        }
         callback = Callback(case.seq, event, at, data, dumps_body(body))
         case.callbacks.append(callback)
         return callback
@@ -584,7 +607,10 @@ class PlatformState:
                 callback.gave_up += 1
                 log.warning(
                     "platform simulator: gave up callback %s seq %s (%s) after %s attempts",
-                    case.case_no, callback.seq, callback.event, callback.attempts,
+                    case.case_no,
+                    callback.seq,
+                    callback.event,
+                    callback.attempts,
                 )
                 return False
             retry += 1
@@ -599,12 +625,14 @@ class PlatformState:
         if not url:
             entry["error"] = callback.last_error = "no callback_url configured"
             return False
-        headers = sign("POST", target_of_url(url), callback.body, app_key=self.callback_app_key,
-                       secret=self.callback_secret)
+        headers = sign(
+            "POST", target_of_url(url), callback.body, app_key=self.callback_app_key, secret=self.callback_secret
+        )
         headers["Content-Type"] = "application/json; charset=utf-8"
         try:
-            response = await self._http().post(url, content=callback.body, headers=headers,
-                                               timeout=self.callback_timeout_s)
+            response = await self._http().post(
+                url, content=callback.body, headers=headers, timeout=self.callback_timeout_s
+            )
         except httpx.HTTPError as error:
             entry["error"] = callback.last_error = f"{type(error).__name__}: {error}"[:300]
             return False
@@ -636,8 +664,12 @@ class PlatformState:
         return {"cases": [c.view() for c in cases]}
 
     def stats(self) -> dict[str, Any]:
-        return {"calls": dict(self.calls), "down": self.down, "delay_s": self.delay_s,
-                "pending_failures": self.pending_failures()}
+        return {
+            "calls": dict(self.calls),
+            "down": self.down,
+            "delay_s": self.delay_s,
+            "pending_failures": self.pending_failures(),
+        }
 
 
 # -- validation ----------------------------------------------------------------------------
@@ -783,7 +815,7 @@ def platform_blueprint(state: PlatformState, url_prefix: str = "") -> Blueprint:
         def register(handler: Handler) -> None:
             async def endpoint(request: Request, **params: str) -> HTTPResponse | None:
                 state.count_call(route)
-                path = request.path[len(prefix):] if prefix and request.path.startswith(prefix) else request.path
+                path = request.path[len(prefix) :] if prefix and request.path.startswith(prefix) else request.path
                 try:
                     if state.delay_s > 0:
                         await asyncio.sleep(state.delay_s)
@@ -796,8 +828,12 @@ def platform_blueprint(state: PlatformState, url_prefix: str = "") -> Blueprint:
                         if failure.http_status is not None:
                             code = _FAILURE_CODES.get(failure.http_status, "injected_failure")
                             raise ApiFailure(failure.http_status, code, "模拟故障", {"injected": True})
-                    state.authenticate(request.method, path_with_query(request.path, request.query_string),
-                                       request.headers, request.body or b"")
+                    state.authenticate(
+                        request.method,
+                        path_with_query(request.path, request.query_string),
+                        request.headers,
+                        request.body or b"",
+                    )
                     result = handler(request, **params)
                     if inspect.isawaitable(result):
                         result = await result
@@ -902,13 +938,24 @@ def platform_blueprint(state: PlatformState, url_prefix: str = "") -> Blueprint:
             if url is not None and (not isinstance(url, str) or not re.match(r"^https?://[^/\s]+", url)):
                 errors["callback_url"] = "应为 http(s) 地址或 null"
             values["callback_url"] = url
-        for name, low, high in (("step_delay_s", 0, 60), ("retry_base_s", 0.001, 10), ("retry_budget_s", 0, 600),
-                                ("callback_timeout_s", 0.05, 60)):
+        for name, low, high in (
+            ("step_delay_s", 0, 60),
+            ("retry_base_s", 0.001, 10),
+            ("retry_budget_s", 0, 600),
+            ("callback_timeout_s", 0.05, 60),
+        ):
             values[name] = _number(body, name, errors, low=low, high=high)
         for name in ("callback_app_key", "callback_secret"):
             values[name] = _text(body, name, errors)
-        unknown = set(body) - {"callback_url", "step_delay_s", "retry_base_s", "retry_budget_s",
-                               "callback_timeout_s", "callback_app_key", "callback_secret"}
+        unknown = set(body) - {
+            "callback_url",
+            "step_delay_s",
+            "retry_base_s",
+            "retry_budget_s",
+            "callback_timeout_s",
+            "callback_app_key",
+            "callback_secret",
+        }
         for name in sorted(unknown):
             errors[name] = "不是可配置的项"
         _done(errors)
@@ -921,7 +968,7 @@ def platform_blueprint(state: PlatformState, url_prefix: str = "") -> Blueprint:
         path = _text(body, "path", errors, max_len=256)
         if path is not None:
             if prefix and path.startswith(prefix + "/"):
-                path = path[len(prefix):]
+                path = path[len(prefix) :]
             if path not in API_ROUTES and not any(r.match(path) for r in _ROUTE_RES.values()):
                 errors["path"] = "不是模拟的平台接口"
         http_status = None
@@ -973,8 +1020,13 @@ def platform_blueprint(state: PlatformState, url_prefix: str = "") -> Blueprint:
 
 # -- standalone app ------------------------------------------------------------------------
 
-_STATUS_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 408: "request_timeout",
-                 413: "payload_too_large"}
+_STATUS_CODES = {
+    400: "bad_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    408: "request_timeout",
+    413: "payload_too_large",
+}
 
 
 def create_platform_app(state: PlatformState | None = None) -> Sanic:
@@ -1008,14 +1060,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--app-key", default=DEFAULT_APP_KEY, help="the key Zhangban signs its calls with")
     parser.add_argument("--secret", default=DEFAULT_SECRET, help="the secret Zhangban signs its calls with")
     parser.add_argument("--callback-url", default=None, help="where status callbacks are POSTed")
-    parser.add_argument("--callback-app-key", default=None,
-                        help="key the callbacks are signed with (default: --app-key)")
-    parser.add_argument("--callback-secret", default=None,
-                        help="secret the callbacks are signed with (default: --secret)")
+    parser.add_argument(
+        "--callback-app-key", default=None, help="key the callbacks are signed with (default: --app-key)"
+    )
+    parser.add_argument(
+        "--callback-secret", default=None, help="secret the callbacks are signed with (default: --secret)"
+    )
     parser.add_argument("--script", default="happy", choices=sorted(SCRIPTS), help="the default script")
     parser.add_argument("--step-delay", type=float, default=DEFAULT_STEP_DELAY_S, help="seconds between callbacks")
-    parser.add_argument("--retry-budget", type=float, default=DEFAULT_RETRY_BUDGET_S,
-                        help="seconds a callback delivery is retried")
+    parser.add_argument(
+        "--retry-budget", type=float, default=DEFAULT_RETRY_BUDGET_S, help="seconds a callback delivery is retried"
+    )
     args = parser.parse_args(argv)
     state = PlatformState(
         args.app_key,

@@ -38,7 +38,13 @@ class SessionOut(BaseModel):
 
 
 def _official(o) -> dict:
-    return {"id": o.id, "username": o.username, "display_name": o.display_name, "department": o.department, "roles": o.roles}
+    return {
+        "id": o.id,
+        "username": o.username,
+        "display_name": o.display_name,
+        "department": o.department,
+        "roles": o.roles,
+    }
 
 
 async def current_session(request: Request, *, unsafe: bool) -> officials.ConsoleSession:

@@ -14,24 +14,36 @@ bp = Blueprint("console_cases", url_prefix="/console/api/cases")
 
 
 @bp.get("/<case_no:str>/materials/<material_id:str>")
-@document(summary="An official's copy of a case material (?reason= required; audited; watermarked)", tag="console",
-          errors=(401, 403, 404, 422))
+@document(
+    summary="An official's copy of a case material (?reason= required; audited; watermarked)",
+    tag="console",
+    errors=(401, 403, 404, 422),
+)
 async def material(request: Request, case_no: str, material_id: str) -> HTTPResponse:
     session = await current_session(request, unsafe=False)
     data, mime = await official_copy(
-        materials=request.app.ctx.materials, official=session.official, case_no=case_no, material_id=material_id,
-        reason=request.args.get("reason", ""), ip=request.remote_addr or request.ip, request_id=request_id(request),
+        materials=request.app.ctx.materials,
+        official=session.official,
+        case_no=case_no,
+        material_id=material_id,
+        reason=request.args.get("reason", ""),
+        ip=request.remote_addr or request.ip,
+        request_id=request_id(request),
     )
     return raw(data, content_type=mime, headers={"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"})
 
 
 @bp.get("/<case_no:str>/pushes")
-@document(summary="A case's notifications and every push attempt (why the citizen was or was not reached)",
-          tag="console", errors=(401, 403, 404))
+@document(
+    summary="A case's notifications and every push attempt (why the citizen was or was not reached)",
+    tag="console",
+    errors=(401, 403, 404),
+)
 async def pushes(request: Request, case_no: str) -> HTTPResponse:
     from handlers.cases import pushes_for_official
 
     session = await current_session(request, unsafe=False)
-    data = await pushes_for_official(official=session.official, case_no=case_no,
-                                     ip=request.remote_addr or request.ip, request_id=request_id(request))
+    data = await pushes_for_official(
+        official=session.official, case_no=case_no, ip=request.remote_addr or request.ip, request_id=request_id(request)
+    )
     return json(data, headers={"Cache-Control": "no-store"})

@@ -14,7 +14,11 @@ bp = Blueprint("console_citizens", url_prefix="/console/api/citizens")
 
 
 @bp.get("/<user_id:int>")
-@document(summary="Read a citizen's clear personal data (role personal_data; ?reason= required; audited)", tag="console", errors=(401, 403, 404, 422))
+@document(
+    summary="Read a citizen's clear personal data (role personal_data; ?reason= required; audited)",
+    tag="console",
+    errors=(401, 403, 404, 422),
+)
 async def citizen(request: Request, user_id: int) -> HTTPResponse:
     session = await current_session(request, unsafe=False)
     data = await read_citizen(

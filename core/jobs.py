@@ -44,8 +44,9 @@ def _stream_broker_class():
 
         async def kick(self, message) -> None:
             queue_name = message.labels.get("queue_name") or self.queue_name
-            await self._redis().xadd(queue_name, {b"data": message.message}, maxlen=self.maxlen,
-                                     approximate=self.approximate)
+            await self._redis().xadd(
+                queue_name, {b"data": message.message}, maxlen=self.maxlen, approximate=self.approximate
+            )
 
         def _ack_generator(self, id: str, queue_name: str):
             async def _ack() -> None:
@@ -106,9 +107,9 @@ async def run_embedded_scheduler() -> None:
 
 @broker.on_event(TaskiqEvents.WORKER_STARTUP)
 async def _worker_startup(state: TaskiqState) -> None:
-    from storage.db import init_db
-
     import httpx
+
+    from storage.db import init_db
 
     state.redis = create_redis(settings)
     state.redis_keys = keys
@@ -197,8 +198,9 @@ async def relay_outbox(context: Context = TaskiqDepends()) -> int:
     """Hands due outbox rows (new cases, retries after failures, expired leases) to the platform."""
     # The lock only saves duplicate effort (each row is claimed on its own), so it is short: a
     # worker killed while relaying holds it no longer than a row's lease.
-    lock = context.state.redis.lock(context.state.redis_keys("lock", "relay"), timeout=min(60, settings.OUTBOX_STUCK_S),
-                                    blocking_timeout=0)
+    lock = context.state.redis.lock(
+        context.state.redis_keys("lock", "relay"), timeout=min(60, settings.OUTBOX_STUCK_S), blocking_timeout=0
+    )
     if not await lock.acquire():  # another worker is relaying right now
         return 0
     try:

@@ -12,7 +12,7 @@ import json
 import logging
 import re
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
@@ -83,7 +83,7 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
-            "ts": datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds"),
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname,
             "logger": record.name,
             "request_id": getattr(record, "request_id", request_id_var.get()),
@@ -117,7 +117,16 @@ def logging_config(level: str = "INFO") -> dict[str, Any]:
         "root": {"level": level, "handlers": ["json"]},
         "loggers": {
             name: {"level": level, "handlers": ["json"], "propagate": False}
-            for name in ("sanic.root", "sanic.error", "sanic.access", "sanic.server", "sanic.websockets", "zhangban", "taskiq", "tortoise")
+            for name in (
+                "sanic.root",
+                "sanic.error",
+                "sanic.access",
+                "sanic.server",
+                "sanic.websockets",
+                "zhangban",
+                "taskiq",
+                "tortoise",
+            )
         },
     }
 

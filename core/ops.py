@@ -35,7 +35,7 @@ async def _check(coro) -> str:
     try:
         await asyncio.wait_for(coro, READY_TIMEOUT)
         return "ok"
-    except asyncio.TimeoutError:
+    except TimeoutError:
         return "timeout"
     except Exception as exc:  # the reason goes to the operator, not a trace
         return f"error: {type(exc).__name__}"

@@ -207,8 +207,14 @@ class Settings(BaseSettings):
     def _redis_url(cls, value: str | None) -> str | None:
         return None if value is None else _check_url(value, REDIS_SCHEMES)
 
-    @field_validator("WECHAT_API_BASE", "WECHATPAY_API_BASE", "ALIPAY_GATEWAY", "PLATFORM_BASE_URL", "PUBLIC_BASE_URL",
-                     "S3_ENDPOINT_URL")
+    @field_validator(
+        "WECHAT_API_BASE",
+        "WECHATPAY_API_BASE",
+        "ALIPAY_GATEWAY",
+        "PLATFORM_BASE_URL",
+        "PUBLIC_BASE_URL",
+        "S3_ENDPOINT_URL",
+    )
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:
         return None if value is None else _check_url(value, {"http", "https"})

@@ -12,15 +12,14 @@ import hashlib
 import json
 import secrets
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from redis.asyncio import Redis
-
 from tortoise.exceptions import IntegrityError
 
 from core.errors import ApiError, Unauthenticated
-from storage.crypto import FieldCipher
 from handlers import audit
+from storage.crypto import FieldCipher
 from storage.models import ActorType, IdentityLevel, RefreshToken, User
 from storage.redis import Keys
 from wechat.client import WeChatClient
@@ -100,7 +99,7 @@ class TokenStore:
         family = family or secrets.token_hex(16)
         access, refresh = secrets.token_urlsafe(32), secrets.token_urlsafe(48)
         await RefreshToken.create(
-            user=user, family=family, token_hash=_hash(refresh), expires_at=datetime.now(timezone.utc) + REFRESH_TTL
+            user=user, family=family, token_hash=_hash(refresh), expires_at=datetime.now(UTC) + REFRESH_TTL
         )
         access_hash = _hash(access)
         pipe = self.redis.pipeline()
@@ -125,24 +124,28 @@ class TokenStore:
         row = await RefreshToken.get_or_none(token_hash=_hash(refresh_token)).prefetch_related("user")
         if row is None:
             raise Unauthenticated("登录凭证无效，请重新登录", code="invalid_refresh_token")
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         if row.revoked_at is not None or row.used_at is not None:
             await self.revoke_family(row.family)
-            raise ApiError("登录凭证已被使用，为保护账号安全已退出所有登录，请重新登录", code="token_reused", status=401)
+            raise ApiError(
+                "登录凭证已被使用，为保护账号安全已退出所有登录，请重新登录", code="token_reused", status=401
+            )
         if row.expires_at <= now:
             raise Unauthenticated("登录已过期，请重新登录", code="token_expired")
         # Conditional update: of two concurrent refreshes with one token, exactly one wins.
         won = await RefreshToken.filter(id=row.id, used_at=None, revoked_at=None).update(used_at=now)
         if not won:
             await self.revoke_family(row.family)
-            raise ApiError("登录凭证已被使用，为保护账号安全已退出所有登录，请重新登录", code="token_reused", status=401)
+            raise ApiError(
+                "登录凭证已被使用，为保护账号安全已退出所有登录，请重新登录", code="token_reused", status=401
+            )
         if not row.user.is_active:
             raise Unauthenticated("账号已停用", code="account_disabled")
         return await self.issue(row.user, family=row.family)
 
     async def revoke_family(self, family: str) -> None:
         """Revokes every refresh and access token of `family`."""
-        await RefreshToken.filter(family=family, revoked_at=None).update(revoked_at=datetime.now(timezone.utc))
+        await RefreshToken.filter(family=family, revoked_at=None).update(revoked_at=datetime.now(UTC))
         members = await self.redis.smembers(self._family_key(family))
         pipe = self.redis.pipeline()
         for token_hash in members:
@@ -158,8 +161,14 @@ async def login(*, code: str, wechat: WeChatClient, tokens: TokenStore, cipher: 
     user.session_key_enc = cipher.encrypt(session.session_key, column="users.session_key")
     await user.save(update_fields=["session_key_enc", "updated_at"])
     pair = await tokens.issue(user)
-    await audit.record(actor_type=ActorType.CITIZEN, actor_id=user.id, action="auth.login", target_type="user",
-                       target_id=user.id, ip=ip)
+    await audit.record(
+        actor_type=ActorType.CITIZEN,
+        actor_id=user.id,
+        action="auth.login",
+        target_type="user",
+        target_id=user.id,
+        ip=ip,
+    )
     return pair
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import yaml
@@ -62,8 +62,16 @@ class FAQ:
 
         self.answers = {e["code"]: e["answer"] for e in entries}
         self.index = SearchIndex.build(
-            [{"code": e["code"], "name": e["question"], "aliases": e.get("aliases", []),
-              "keywords": e.get("keywords", []), "summary": e["answer"]} for e in entries],
+            [
+                {
+                    "code": e["code"],
+                    "name": e["question"],
+                    "aliases": e.get("aliases", []),
+                    "keywords": e.get("keywords", []),
+                    "summary": e["answer"],
+                }
+                for e in entries
+            ],
             [],
         )
 
@@ -100,8 +108,15 @@ def fee_text(fee: dict) -> str:
 class Bot:
     """Answers followers' messages."""
 
-    def __init__(self, *, catalogue: CatalogueReader, cipher: FieldCipher, halls: list[Hall], mp_appid: str,
-                 faq: FAQ | None = None):
+    def __init__(
+        self,
+        *,
+        catalogue: CatalogueReader,
+        cipher: FieldCipher,
+        halls: list[Hall],
+        mp_appid: str,
+        faq: FAQ | None = None,
+    ):
         self.catalogue, self.cipher, self.halls, self.mp_appid = catalogue, cipher, halls, mp_appid
         self.faq = faq
 
@@ -123,7 +138,7 @@ class Bot:
                 follower = await Follower.create(oa_openid=oa_openid)
             except IntegrityError:
                 follower = await Follower.get(oa_openid=oa_openid)
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         changed: list[str] = []
         if follower.last_message_at is None or now - follower.last_message_at > timedelta(minutes=1):
             follower.last_message_at = now
@@ -275,7 +290,13 @@ def menu_definition(mp_appid: str, public_base_url: str) -> dict:
     return {
         "button": [
             {"type": "click", "name": "办事指南", "key": "MENU_GUIDE"},
-            {"type": "miniprogram", "name": "掌上办理", "url": public_base_url, "appid": mp_appid, "pagepath": "pages/index/index"},
+            {
+                "type": "miniprogram",
+                "name": "掌上办理",
+                "url": public_base_url,
+                "appid": mp_appid,
+                "pagepath": "pages/index/index",
+            },
             {
                 "name": "我的",
                 "sub_button": [

@@ -8,7 +8,7 @@ when, from, to, note) — the citizen's timeline and the audit trail in one.
 from __future__ import annotations
 
 import logging
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 
 from tortoise.transactions import in_transaction
 
@@ -56,7 +56,12 @@ class IllegalTransition(ApiError):
 
 
 async def transition(
-    case_id: int, to: CaseStatus, *, actor_type: ActorType, actor_id: object | None = None, note: str = "",
+    case_id: int,
+    to: CaseStatus,
+    *,
+    actor_type: ActorType,
+    actor_id: object | None = None,
+    note: str = "",
     data: dict | None = None,
 ) -> Case:
     """Moves a case to `to` if the table allows it, with its event, in one transaction."""
@@ -64,15 +69,21 @@ async def transition(
     async with in_transaction():
         case = await Case.select_for_update().get(id=case_id)
         if to not in TRANSITIONS[case.status]:
-            log.warning("illegal case transition refused", extra={"case_no": case.case_no, "from": case.status.value,
-                                                                   "to": to.value})
+            log.warning(
+                "illegal case transition refused",
+                extra={"case_no": case.case_no, "from": case.status.value, "to": to.value},
+            )
             raise IllegalTransition(details={"from": case.status.value, "to": to.value})
         event = await CaseEvent.create(
-            case=case, actor_type=actor_type, actor_id=None if actor_id is None else str(actor_id),
-            from_status=case.status.value, to_status=to.value, note=note, data=data or {},
+            case=case,
+            actor_type=actor_type,
+            actor_id=None if actor_id is None else str(actor_id),
+            from_status=case.status.value,
+            to_status=to.value,
+            note=note,
+            data=data or {},
         )
-        await Case.filter(id=case.id).update(status=to, row_version=case.row_version + 1,
-                                             updated_at=datetime.now(timezone.utc))
+        await Case.filter(id=case.id).update(status=to, row_version=case.row_version + 1, updated_at=datetime.now(UTC))
         case.status, case.row_version = to, case.row_version + 1
         if actor_type != ActorType.CITIZEN:  # the citizen is not told about what they did themselves
             notification = await notify(case, kind=to.value, dedup_key=f"event:{event.id}", data=data)
@@ -124,15 +135,20 @@ def summary(case: Case) -> dict:
 
 def promised_date(case: Case) -> date:
     """The date the item promises a decision by: submission plus its working days (needs service_item)."""
-    return add_working_days(case.submitted_at.astimezone(CHINA).date(), case.service_item.content.get("promised_days", 0))
+    return add_working_days(
+        case.submitted_at.astimezone(CHINA).date(), case.service_item.content.get("promised_days", 0)
+    )
 
 
 def correction_request(events: list[CaseEvent]) -> dict:
     """What the latest correction request asks for: {"fields", "materials", "reason"}."""
     latest = next((e for e in reversed(events) if e.to_status == S.CORRECTION_REQUESTED.value), None)
     data = latest.data if latest else {}
-    return {"fields": list(data.get("fields", [])), "materials": list(data.get("materials", [])),
-            "reason": data.get("reason", "")}
+    return {
+        "fields": list(data.get("fields", [])),
+        "materials": list(data.get("materials", [])),
+        "reason": data.get("reason", ""),
+    }
 
 
 async def detail(case: Case) -> dict:
@@ -153,8 +169,12 @@ async def detail(case: Case) -> dict:
     return {
         **summary(case),
         "timeline": [
-            {"status": e.to_status, "label": STATUS_LABELS.get(CaseStatus(e.to_status), e.to_status),
-             "at": e.at.isoformat(), "note": e.note}
+            {
+                "status": e.to_status,
+                "label": STATUS_LABELS.get(CaseStatus(e.to_status), e.to_status),
+                "at": e.at.isoformat(),
+                "note": e.note,
+            }
             for e in events
         ],
         "next_action": next_action,
@@ -184,20 +204,23 @@ async def withdraw(*, user: User, case_no: str, reason: str = "", platform: Plat
             await platform.withdraw_case(case.case_no, reason=note)
         except PlatformError as exc:
             if exc.status == 409:
-                raise IllegalTransition("审批部门已受理该申请，不能撤回；如需撤回请联系承办部门",
-                                        code="withdraw_not_allowed") from None
+                raise IllegalTransition(
+                    "审批部门已受理该申请，不能撤回；如需撤回请联系承办部门", code="withdraw_not_allowed"
+                ) from None
             if exc.status != 404:
                 raise PlatformUnavailable() from None
         return await transition(case.id, S.WITHDRAWN, actor_type=ActorType.CITIZEN, actor_id=user.id, note=note)
     async with in_transaction():
         case = await transition(case.id, S.WITHDRAWN, actor_type=ActorType.CITIZEN, actor_id=user.id, note=note)
-        await Outbox.create(kind="withdraw_case", case_id=case.id, payload={"reason": note},
-                            next_attempt_at=datetime.now(timezone.utc))
+        await Outbox.create(
+            kind="withdraw_case", case_id=case.id, payload={"reason": note}, next_attempt_at=datetime.now(UTC)
+        )
     return case
 
 
-async def resubmit(*, user: User, case_no: str, fields: dict, materials: dict, cipher: FieldCipher,
-                   snapshot_column: str) -> Case:
+async def resubmit(
+    *, user: User, case_no: str, fields: dict, materials: dict, cipher: FieldCipher, snapshot_column: str
+) -> Case:
     """The citizen corrects exactly what the platform asked for, all at once, and resubmits.
 
     Only the listed fields and materials may change, and every one of them must be given.
@@ -239,21 +262,34 @@ async def resubmit(*, user: User, case_no: str, fields: dict, materials: dict, c
     problems = review(application, data, user)
     problems += [Problem(*p) for p in await review_attached(user.id, materials, application.materials)]
     if problems:
-        raise ApiError(f"补正内容还有{len(problems)}处问题，请按提示修改", code="review_failed", status=422,
-                       details={"problems": [{"path": p.path, "code": p.code, "message": p.message} for p in problems]})
+        raise ApiError(
+            f"补正内容还有{len(problems)}处问题，请按提示修改",
+            code="review_failed",
+            status=422,
+            details={"problems": [{"path": p.path, "code": p.code, "message": p.message} for p in problems]},
+        )
     async with in_transaction():
-        case = await transition(case.id, S.RESUBMITTED, actor_type=ActorType.CITIZEN, actor_id=user.id,
-                                note="已按要求补正并重新提交",
-                                data={"fields": sorted(fields), "materials": sorted(materials)})
+        case = await transition(
+            case.id,
+            S.RESUBMITTED,
+            actor_type=ActorType.CITIZEN,
+            actor_id=user.id,
+            note="已按要求补正并重新提交",
+            data={"fields": sorted(fields), "materials": sorted(materials)},
+        )
         await Case.filter(id=case.id).update(
             form_snapshot_enc=cipher.encrypt(json.dumps(data, ensure_ascii=False), column=snapshot_column),
             materials={**(case.materials or {}), **materials},
         )
         await lock_for_case([i for ids in materials.values() for i in ids])
         await Outbox.create(
-            kind="resubmit_case", case_id=case.id, next_attempt_at=datetime.now(timezone.utc),
-            payload={"fields_enc": cipher.encrypt(json.dumps(fields, ensure_ascii=False), column="outbox.payload").hex(),
-                     "materials": materials},
+            kind="resubmit_case",
+            case_id=case.id,
+            next_attempt_at=datetime.now(UTC),
+            payload={
+                "fields_enc": cipher.encrypt(json.dumps(fields, ensure_ascii=False), column="outbox.payload").hex(),
+                "materials": materials,
+            },
         )
     return case
 
@@ -276,6 +312,13 @@ async def pushes_for_official(*, official, case_no: str, ip: str, request_id: st
     from handlers.push import attempts_of_case
 
     case = await case_for_official(official=official, case_no=case_no)
-    await audit.record(actor_type=ActorType.OFFICIAL, actor_id=official.id, action="case.pushes.read",
-                       target_type="case", target_id=case.case_no, request_id=request_id, ip=ip)
+    await audit.record(
+        actor_type=ActorType.OFFICIAL,
+        actor_id=official.id,
+        action="case.pushes.read",
+        target_type="case",
+        target_id=case.case_no,
+        request_id=request_id,
+        ip=ip,
+    )
     return {"case_no": case.case_no, "status": case.status.value, "notifications": await attempts_of_case(case.id)}

@@ -221,7 +221,9 @@ def _item_content(catalogue: Catalogue, item: Item) -> dict:
 async def publish_catalogue(catalogue: Catalogue, *, redis=None, keys=None) -> dict[str, int]:
     """Publishes every changed item as a new version, all in one transaction; counts what happened."""
     counts = {"published": 0, "unchanged": 0}
-    shared = catalogue.model_dump(mode="json", by_alias=True, include={"region", "departments", "themes", "synonyms", "bundles"})
+    shared = catalogue.model_dump(
+        mode="json", by_alias=True, include={"region", "departments", "themes", "synonyms", "bundles"}
+    )
     async with in_transaction():
         state = await CatalogueState.get_or_none(id="catalogue")
         if state is None:
@@ -270,7 +272,11 @@ async def export_catalogue() -> str:
         content = dict(row.content)
         content.pop("department_name", None)
         items.append(content)
-    document = {"schema": 1, **{k: shared.get(k) for k in ("region", "departments", "themes", "synonyms")}, "items": items}
+    document = {
+        "schema": 1,
+        **{k: shared.get(k) for k in ("region", "departments", "themes", "synonyms")},
+        "items": items,
+    }
     if shared.get("bundles"):
         document["bundles"] = shared["bundles"]
     return yaml.safe_dump(document, allow_unicode=True, sort_keys=False, width=100)
@@ -396,8 +402,6 @@ def guide(row: ServiceItem) -> dict:
         "conditions": c.get("conditions", []),
         "steps": c["steps"],
         "result": c.get("result"),
-        "materials": [
-            {**m, "fetched_by_sharing": m["source"] == "shared"} for m in c.get("materials", [])
-        ],
+        "materials": [{**m, "fetched_by_sharing": m["source"] == "shared"} for m in c.get("materials", [])],
         "form": c.get("form"),
     }

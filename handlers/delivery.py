@@ -16,7 +16,7 @@ import json
 import logging
 import random
 from collections import deque
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from tortoise.transactions import in_transaction
 
@@ -42,8 +42,13 @@ EVENT_STATUS: dict[str, CaseStatus | None] = {
     "closed": S.CLOSED,
 }
 EVENT_NOTES = {
-    "accepted": "审批部门已受理", "in_review": "审批部门审核中", "correction_requested": "需要补正",
-    "approved": "审批通过", "rejected": "未予通过", "result_issued": "办理结果已出具", "closed": "已办结",
+    "accepted": "审批部门已受理",
+    "in_review": "审批部门审核中",
+    "correction_requested": "需要补正",
+    "approved": "审批通过",
+    "rejected": "未予通过",
+    "result_issued": "办理结果已出具",
+    "closed": "已办结",
 }
 
 
@@ -66,7 +71,7 @@ async def kick_relay() -> None:
 
 async def enqueue_delivery(case: Case) -> Outbox:
     """The outbox row that hands `case` to the platform (call inside the case's transaction)."""
-    return await Outbox.create(kind="deliver_case", case=case, payload={}, next_attempt_at=datetime.now(timezone.utc))
+    return await Outbox.create(kind="deliver_case", case=case, payload={}, next_attempt_at=datetime.now(UTC))
 
 
 class Relay:
@@ -77,15 +82,17 @@ class Relay:
 
     async def run_due(self, *, limit: int = 50) -> int:
         """Delivers every due row (at most `limit`); returns how many were done."""
-        now = datetime.now(timezone.utc)
-        rows = await Outbox.filter(status__in=["pending", "sending"], next_attempt_at__lte=now).order_by("id").limit(limit)
+        now = datetime.now(UTC)
+        rows = (
+            await Outbox.filter(status__in=["pending", "sending"], next_attempt_at__lte=now).order_by("id").limit(limit)
+        )
         done = 0
         for row in rows:
             done += await self.run_one(row.id)
         return done
 
     async def run_one(self, outbox_id: int) -> int:
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         # Claim with a lease: a worker killed mid-call leaves the row to be claimed again after LEASE.
         claimed = await Outbox.filter(id=outbox_id, status__in=["pending", "sending"], next_attempt_at__lte=now).update(
             status="sending", next_attempt_at=now + self.lease
@@ -99,13 +106,17 @@ class Relay:
             attempts = row.attempts + 1
             status = "pending" if exc.retryable else "dead"
             await Outbox.filter(id=row.id).update(
-                status=status, attempts=attempts, last_error=str(exc)[:500],
-                next_attempt_at=datetime.now(timezone.utc) + backoff(attempts),
+                status=status,
+                attempts=attempts,
+                last_error=str(exc)[:500],
+                next_attempt_at=datetime.now(UTC) + backoff(attempts),
             )
-            log.warning("platform delivery failed", extra={"case_no": row.case.case_no, "attempts": attempts,
-                                                          "retryable": exc.retryable})
+            log.warning(
+                "platform delivery failed",
+                extra={"case_no": row.case.case_no, "attempts": attempts, "retryable": exc.retryable},
+            )
             return 0
-        await Outbox.filter(id=row.id).update(status="done", attempts=row.attempts + 1, done_at=datetime.now(timezone.utc))
+        await Outbox.filter(id=row.id).update(status="done", attempts=row.attempts + 1, done_at=datetime.now(UTC))
         return 1
 
     async def _deliver(self, row: Outbox) -> None:
@@ -126,15 +137,17 @@ class Relay:
             for slot, ids in (case.materials or {}).items()
             for link in await self.material_links(ids)
         ]
-        answer = await self.platform.submit_case({
-            "case_no": case.case_no,
-            "service_code": case.service_code,
-            "item_version": case.service_item.version,
-            "applicant": form.get("applicant", {}),
-            "form": {k: v for k, v in form.items() if k != "materials"},
-            "materials": materials,
-            "submitted_at": case.submitted_at.isoformat(),
-        })
+        answer = await self.platform.submit_case(
+            {
+                "case_no": case.case_no,
+                "service_code": case.service_code,
+                "item_version": case.service_item.version,
+                "applicant": form.get("applicant", {}),
+                "form": {k: v for k, v in form.items() if k != "materials"},
+                "materials": materials,
+                "submitted_at": case.submitted_at.isoformat(),
+            }
+        )
         notification = None
         async with in_transaction():
             fresh = await Case.select_for_update().get(id=case.id)
@@ -142,11 +155,17 @@ class Relay:
                 fresh.platform_case_id = str(answer["platform_case_id"])
                 await fresh.save(update_fields=["platform_case_id", "updated_at"])
             if fresh.status == S.SUBMITTED:
-                event = await CaseEvent.create(case=fresh, actor_type=ActorType.SYSTEM, from_status=S.SUBMITTED.value,
-                                               to_status=S.DELIVERED.value, note="已推送至审批部门",
-                                               data={"platform_case_id": fresh.platform_case_id})
-                await Case.filter(id=fresh.id).update(status=S.DELIVERED, row_version=fresh.row_version + 1,
-                                                      platform_heard_at=datetime.now(timezone.utc))
+                event = await CaseEvent.create(
+                    case=fresh,
+                    actor_type=ActorType.SYSTEM,
+                    from_status=S.SUBMITTED.value,
+                    to_status=S.DELIVERED.value,
+                    note="已推送至审批部门",
+                    data={"platform_case_id": fresh.platform_case_id},
+                )
+                await Case.filter(id=fresh.id).update(
+                    status=S.DELIVERED, row_version=fresh.row_version + 1, platform_heard_at=datetime.now(UTC)
+                )
                 notification = await notify(fresh, kind=S.DELIVERED.value, dedup_key=f"event:{event.id}")
         if notification is not None:
             await kick([notification.id])
@@ -211,14 +230,19 @@ async def apply_platform_event(*, case_no: str, seq: int, event: str, data: dict
             return "unknown_case"
         if seq <= case.platform_seq:
             return "duplicate"
-        updates: dict = {"platform_seq": seq, "platform_heard_at": datetime.now(timezone.utc)}
+        updates: dict = {"platform_seq": seq, "platform_heard_at": datetime.now(UTC)}
         result = "applied"
         if target is None:  # fee assessed: no status change
             amount = int(data["amount_fen"])
             updates["fee_fen"] = amount
-            record = await CaseEvent.create(case=case, actor_type=ActorType.PLATFORM, from_status=case.status.value,
-                                            to_status=case.status.value, note=f"应缴费用 {amount / 100:.2f} 元",
-                                            data={"seq": seq, "event": event, **data})
+            record = await CaseEvent.create(
+                case=case,
+                actor_type=ActorType.PLATFORM,
+                from_status=case.status.value,
+                to_status=case.status.value,
+                note=f"应缴费用 {amount / 100:.2f} 元",
+                data={"seq": seq, "event": event, **data},
+            )
             notification = await notify(case, kind=event, dedup_key=f"event:{record.id}", data=data)
         else:
             chain = path_to(case.status, target)
@@ -234,7 +258,10 @@ async def apply_platform_event(*, case_no: str, seq: int, event: str, data: dict
                     elif data.get("reason"):
                         note += f"：{str(data['reason'])[:200]}"
                     record = await CaseEvent.create(
-                        case=case, actor_type=ActorType.PLATFORM, from_status=previous.value, to_status=step.value,
+                        case=case,
+                        actor_type=ActorType.PLATFORM,
+                        from_status=previous.value,
+                        to_status=step.value,
                         note=note,
                         data={"seq": seq, "event": event, "at": at, **({} if skipped else data)},
                     )

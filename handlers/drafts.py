@@ -13,7 +13,7 @@ import json
 import logging
 import secrets
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 
 from tortoise.exceptions import IntegrityError
 from tortoise.transactions import in_transaction
@@ -21,8 +21,8 @@ from tortoise.transactions import in_transaction
 from core.cn_ids import parse_id_number
 from core.errors import ApiError, Conflict, NotFound
 from handlers.auth import IDENTITY_LEVELS, LEVEL_NAMES
-from handlers.forms import FormDef, Problem, prefill_sources, review_form
 from handlers.delivery import enqueue_delivery
+from handlers.forms import FormDef, Problem, prefill_sources, review_form
 from handlers.materials import lock_for_case
 from handlers.numbers import next_number
 from storage.crypto import FieldCipher
@@ -173,10 +173,13 @@ def region_problems(application: Application, form: FormDef | None, data: dict) 
             for item in application.items:
                 prefix = _region_prefix(item.content["region"])
                 if not value.startswith(prefix):
-                    problems.append(Problem(
-                        f"{step.key}.{field.key}", "region_unavailable",
-                        f"“{item.content['name']}”仅受理本辖区（{item.content['region']}）的申请，请选择辖区内的地址或前往属地办理",
-                    ))
+                    problems.append(
+                        Problem(
+                            f"{step.key}.{field.key}",
+                            "region_unavailable",
+                            f"“{item.content['name']}”仅受理本辖区（{item.content['region']}）的申请，请选择辖区内的地址或前往属地办理",
+                        )
+                    )
                     break
     return problems
 
@@ -239,15 +242,21 @@ class Drafts:
 
     async def application_for(self, *, service_code: str | None, bundle_code: str | None) -> Application:
         if bool(service_code) == bool(bundle_code):
-            raise ApiError("请提供 service_code 或 bundle_code 之一", code="validation_failed", status=422,
-                           details={"fields": {"service_code": "请选择要办理的事项"}})
+            raise ApiError(
+                "请提供 service_code 或 bundle_code 之一",
+                code="validation_failed",
+                status=422,
+                details={"fields": {"service_code": "请选择要办理的事项"}},
+            )
         if service_code:
             item = await ServiceItem.get_or_none(code=service_code, is_current=True)
             if item is None:
                 raise NotFound("该事项不存在或已下线", code="service_not_found")
             return Application([item], None)
         state = await CatalogueState.get_or_none(id="catalogue")
-        bundle = next((b for b in (state.content.get("bundles") or []) if b["code"] == bundle_code), None) if state else None
+        bundle = (
+            next((b for b in (state.content.get("bundles") or []) if b["code"] == bundle_code), None) if state else None
+        )
         if bundle is None:
             raise NotFound("该“一件事”不存在或已下线", code="bundle_not_found")
         items = [await ServiceItem.get_or_none(code=code, is_current=True) for code in bundle["items"]]
@@ -261,7 +270,11 @@ class Drafts:
         bundle = None
         if draft.bundle_code:
             state = await CatalogueState.get_or_none(id="catalogue")
-            bundle = next((b for b in (state.content.get("bundles") or []) if b["code"] == draft.bundle_code), None) if state else None
+            bundle = (
+                next((b for b in (state.content.get("bundles") or []) if b["code"] == draft.bundle_code), None)
+                if state
+                else None
+            )
             bundle = bundle or {"code": draft.bundle_code, "name": draft.bundle_code, "items": [i.code for i in items]}
         return Application(items, bundle)
 
@@ -326,7 +339,7 @@ class Drafts:
             bundle_code=bundle_code,
             item_ids=[i.id for i in application.items],
             data_enc=self._seal(data),
-            expires_at=datetime.now(timezone.utc) + self.ttl,
+            expires_at=datetime.now(UTC) + self.ttl,
         )
         return draft, data, sources, material_slots(application)
 
@@ -335,12 +348,14 @@ class Drafts:
         draft = await Draft.get_or_none(id=draft_id, user_id=user.id)
         if draft is None:
             raise NotFound("草稿不存在", code="draft_not_found")
-        if draft.status == "open" and draft.expires_at <= datetime.now(timezone.utc):
+        if draft.status == "open" and draft.expires_at <= datetime.now(UTC):
             raise ApiError("草稿已过期，请重新填写", code="draft_expired", status=410)
         return draft
 
     async def mine(self, *, user: User) -> list[Draft]:
-        return await Draft.filter(user_id=user.id, status="open", expires_at__gt=datetime.now(timezone.utc)).order_by("-updated_at")
+        return await Draft.filter(user_id=user.id, status="open", expires_at__gt=datetime.now(UTC)).order_by(
+            "-updated_at"
+        )
 
     async def patch(self, *, user: User, draft_id: str, version: int, patch: dict) -> tuple[Draft, dict]:
         """Merges `patch` if `version` is current; else 409 version_conflict with the current state."""
@@ -351,7 +366,7 @@ class Drafts:
             raise self._conflict(draft)
         data = deep_merge(self.data_of(draft), patch)
         sealed = self._seal(data)
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         # Compare-and-set on the version: of two devices saving version n, one wins.
         won = await Draft.filter(id=draft.id, version=version, status="open").update(
             data_enc=sealed, version=version + 1, updated_at=now, expires_at=now + self.ttl
@@ -418,7 +433,9 @@ class Drafts:
                     raise Conflict("该申请已提交", code="draft_submitted")
                 cases = await self._create_cases(user, draft, application, data)
                 attached = data.get("materials") if isinstance(data.get("materials"), dict) else {}
-                await lock_for_case([i for ids in attached.values() if isinstance(ids, list) for i in ids if isinstance(i, str)])
+                await lock_for_case(
+                    [i for ids in attached.values() if isinstance(ids, list) for i in ids if isinstance(i, str)]
+                )
                 submission.case_nos = [c.case_no for c in cases]
                 await submission.save(update_fields=["case_nos"])
         except IntegrityError:
@@ -464,9 +481,16 @@ class Drafts:
             )
             await enqueue_delivery(case)  # commits with the case: the relay hands it to the platform
             await CaseEvent.create(
-                case=case, actor_type=ActorType.CITIZEN, actor_id=str(user.id), from_status=None,
-                to_status=CaseStatus.SUBMITTED.value, note="网上申请已提交",
-                data={"item_version": item.version, "bundle": application.bundle["code"] if application.bundle else None},
+                case=case,
+                actor_type=ActorType.CITIZEN,
+                actor_id=str(user.id),
+                from_status=None,
+                to_status=CaseStatus.SUBMITTED.value,
+                note="网上申请已提交",
+                data={
+                    "item_version": item.version,
+                    "bundle": application.bundle["code"] if application.bundle else None,
+                },
             )
             cases.append(case)
         return cases
@@ -479,4 +503,4 @@ async def next_case_no() -> str:
 
 async def purge_expired_drafts() -> int:
     """Deletes open drafts past their expiry; returns how many."""
-    return await Draft.filter(status="open", expires_at__lte=datetime.now(timezone.utc)).delete()
+    return await Draft.filter(status="open", expires_at__lte=datetime.now(UTC)).delete()

@@ -45,17 +45,45 @@ from core.cn_ids import PROVINCES, InvalidIdentifier, check_uscc, parse_id_numbe
 log = logging.getLogger("zhangban.forms")
 
 FieldType = Literal[
-    "text", "textarea", "number", "date", "select", "multiselect",
-    "id_number", "phone", "uscc", "region", "address", "material",
+    "text",
+    "textarea",
+    "number",
+    "date",
+    "select",
+    "multiselect",
+    "id_number",
+    "phone",
+    "uscc",
+    "region",
+    "address",
+    "material",
 ]
 PrefillSource = Literal[
-    "identity.name", "identity.id_number", "identity.sex", "identity.birth_date",
-    "profile.phone", "profile.address", "history",
+    "identity.name",
+    "identity.id_number",
+    "identity.sex",
+    "identity.birth_date",
+    "profile.phone",
+    "profile.address",
+    "history",
 ]
 PROBLEM_CODES = (
-    "required", "too_short", "too_long", "out_of_range", "invalid_number", "invalid_date",
-    "not_an_option", "invalid_id_number", "invalid_uscc", "invalid_phone", "invalid_region",
-    "invalid_address", "too_few_entries", "too_many_entries", "invalid_type", "check_failed",
+    "required",
+    "too_short",
+    "too_long",
+    "out_of_range",
+    "invalid_number",
+    "invalid_date",
+    "not_an_option",
+    "invalid_id_number",
+    "invalid_uscc",
+    "invalid_phone",
+    "invalid_region",
+    "invalid_address",
+    "too_few_entries",
+    "too_many_entries",
+    "invalid_type",
+    "check_failed",
 )
 
 KEY_PATTERN = r"^[a-z][a-z0-9_]*$"
@@ -85,10 +113,40 @@ class ExpressionError(ValueError):
 FUNCTIONS: dict[str, int] = {"age": 1, "today": 0, "date_le": 2, "len": 1, "empty": 1, "days_between": 2}
 
 _ALLOWED_NODES = (
-    ast.Expression, ast.BoolOp, ast.And, ast.Or, ast.UnaryOp, ast.Not, ast.USub, ast.UAdd,
-    ast.BinOp, ast.Add, ast.Sub, ast.Mult, ast.Div, ast.FloorDiv, ast.Mod,
-    ast.Compare, ast.Eq, ast.NotEq, ast.Lt, ast.LtE, ast.Gt, ast.GtE, ast.In, ast.NotIn, ast.Is, ast.IsNot,
-    ast.IfExp, ast.Call, ast.Name, ast.Attribute, ast.Constant, ast.Tuple, ast.List, ast.Load,
+    ast.Expression,
+    ast.BoolOp,
+    ast.And,
+    ast.Or,
+    ast.UnaryOp,
+    ast.Not,
+    ast.USub,
+    ast.UAdd,
+    ast.BinOp,
+    ast.Add,
+    ast.Sub,
+    ast.Mult,
+    ast.Div,
+    ast.FloorDiv,
+    ast.Mod,
+    ast.Compare,
+    ast.Eq,
+    ast.NotEq,
+    ast.Lt,
+    ast.LtE,
+    ast.Gt,
+    ast.GtE,
+    ast.In,
+    ast.NotIn,
+    ast.Is,
+    ast.IsNot,
+    ast.IfExp,
+    ast.Call,
+    ast.Name,
+    ast.Attribute,
+    ast.Constant,
+    ast.Tuple,
+    ast.List,
+    ast.Load,
 )
 _NAME_PART = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 
@@ -165,9 +223,7 @@ def compile_expression(text: str) -> Expression:
         if isinstance(node, ast.Call):
             if not isinstance(node.func, ast.Name) or node.func.id not in FUNCTIONS:
                 name = _dotted(node.func) or ast.unparse(node.func)
-                raise ExpressionError(
-                    f"'{text}': function '{name}' is not available (allowed: {', '.join(FUNCTIONS)})"
-                )
+                raise ExpressionError(f"'{text}': function '{name}' is not available (allowed: {', '.join(FUNCTIONS)})")
             if node.keywords:
                 raise ExpressionError(f"'{text}': keyword arguments are not allowed")
             if len(node.args) != FUNCTIONS[node.func.id]:
@@ -260,8 +316,7 @@ def _functions(today: date) -> dict[str, Callable]:
     def empty(value: Any) -> bool:
         return _is_empty(value)
 
-    return {"age": age, "today": today_, "date_le": date_le, "len": len_, "empty": empty,
-            "days_between": days_between}
+    return {"age": age, "today": today_, "date_le": date_le, "len": len_, "empty": empty, "days_between": days_between}
 
 
 def _ordered(fn: Callable[[Any, Any], bool]) -> Callable[[Any, Any], bool]:
@@ -269,6 +324,7 @@ def _ordered(fn: Callable[[Any, Any], bool]) -> Callable[[Any, Any], bool]:
         if a is None or b is None:
             return False
         return fn(a, b)
+
     return compare
 
 
@@ -279,15 +335,25 @@ def _numeric_mod(a: Any, b: Any) -> Any:
 
 
 _OPERATORS = {
-    ast.Add: simpleeval.safe_add, ast.Sub: operator.sub, ast.Mult: simpleeval.safe_mult,
-    ast.Div: operator.truediv, ast.FloorDiv: operator.floordiv, ast.Mod: _numeric_mod,
-    ast.USub: operator.neg, ast.UAdd: operator.pos, ast.Not: operator.not_,
-    ast.Eq: operator.eq, ast.NotEq: operator.ne,
-    ast.Lt: _ordered(operator.lt), ast.LtE: _ordered(operator.le),
-    ast.Gt: _ordered(operator.gt), ast.GtE: _ordered(operator.ge),
+    ast.Add: simpleeval.safe_add,
+    ast.Sub: operator.sub,
+    ast.Mult: simpleeval.safe_mult,
+    ast.Div: operator.truediv,
+    ast.FloorDiv: operator.floordiv,
+    ast.Mod: _numeric_mod,
+    ast.USub: operator.neg,
+    ast.UAdd: operator.pos,
+    ast.Not: operator.not_,
+    ast.Eq: operator.eq,
+    ast.NotEq: operator.ne,
+    ast.Lt: _ordered(operator.lt),
+    ast.LtE: _ordered(operator.le),
+    ast.Gt: _ordered(operator.gt),
+    ast.GtE: _ordered(operator.ge),
     ast.In: lambda x, y: y is not None and x in y,
     ast.NotIn: lambda x, y: y is None or x not in y,
-    ast.Is: operator.is_, ast.IsNot: operator.is_not,
+    ast.Is: operator.is_,
+    ast.IsNot: operator.is_not,
 }
 
 
@@ -342,8 +408,12 @@ class RepeatDef(_Strict):
 
 
 _PREFILL_TYPES = {
-    "identity.name": {"text"}, "identity.id_number": {"id_number"}, "identity.sex": {"select"},
-    "identity.birth_date": {"date"}, "profile.phone": {"phone"}, "profile.address": {"address"},
+    "identity.name": {"text"},
+    "identity.id_number": {"id_number"},
+    "identity.sex": {"select"},
+    "identity.birth_date": {"date"},
+    "profile.phone": {"phone"},
+    "profile.address": {"address"},
 }
 
 
@@ -657,9 +727,13 @@ class _Review:
                 self.add(step.key, "invalid_type", f"“{step.title}”的填写格式不正确，请重新填写")
                 continue
             if len(raw) < step.repeat.min:
-                self.add(step.key, "too_few_entries", f"“{step.title}”至少需要填写{step.repeat.min}项，当前{len(raw)}项")
+                self.add(
+                    step.key, "too_few_entries", f"“{step.title}”至少需要填写{step.repeat.min}项，当前{len(raw)}项"
+                )
             elif len(raw) > step.repeat.max:
-                self.add(step.key, "too_many_entries", f"“{step.title}”最多填写{step.repeat.max}项，您填写了{len(raw)}项")
+                self.add(
+                    step.key, "too_many_entries", f"“{step.title}”最多填写{step.repeat.max}项，您填写了{len(raw)}项"
+                )
             for i, entry in enumerate(raw[:MAX_ENTRIES_REVIEWED]):
                 prefix = f"{step.key}.{i}"
                 if entry is None:

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import re
 import secrets
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from tortoise.transactions import in_transaction
 
-from core.cn_ids import InvalidIdentifier, PROVINCES, check_name, mask_id_number, mask_name, mask_phone, parse_id_number
+from core.cn_ids import PROVINCES, InvalidIdentifier, check_name, mask_id_number, mask_name, mask_phone, parse_id_number
 from core.errors import ApiError, Conflict, NotFound, ValidationFailed
-from storage.crypto import FieldCipher
 from handlers import audit
+from storage.crypto import FieldCipher
 from storage.models import ActorType, Address, FaceVerification, IdentityLevel, User
 from wechat.client import WeChatClient, cert_hash
 
@@ -26,19 +26,42 @@ MAX_ADDRESSES = 10
 _PHONE = re.compile(r"^1[3-9]\d{9}$")
 
 FACE_FAILURES = {
-    90001: "设备不支持人脸检测", 90002: "您取消了人脸核身", 90003: "您取消了人脸核身", 90004: "您取消了人脸核身",
-    90005: "您取消了人脸核身", 90006: "您取消了人脸核身", 90007: "网络错误，请重试", 90008: "请允许小程序使用相机",
-    90009: "请允许小程序使用麦克风", 90010: "请允许小程序使用相机和麦克风", 90011: "未采集到有效的人脸，请重试",
-    90012: "网络错误，上传失败，请重试", 90013: "未采集到有效的人脸，请重试", 90014: "未采集到有效的人脸，请重试",
-    90017: "识别超时，请重试", 90018: "系统错误，请稍后重试", 90104: "获取人脸配置失败，请重试",
-    90105: "获取确认数据失败，请重试", 90106: "相机启动失败，请重试", 90107: "检测超时，请重试",
-    90109: "设备不支持人脸检测", 90110: "获取协议信息失败，请重试", 90199: "系统错误，请稍后重试",
+    90001: "设备不支持人脸检测",
+    90002: "您取消了人脸核身",
+    90003: "您取消了人脸核身",
+    90004: "您取消了人脸核身",
+    90005: "您取消了人脸核身",
+    90006: "您取消了人脸核身",
+    90007: "网络错误，请重试",
+    90008: "请允许小程序使用相机",
+    90009: "请允许小程序使用麦克风",
+    90010: "请允许小程序使用相机和麦克风",
+    90011: "未采集到有效的人脸，请重试",
+    90012: "网络错误，上传失败，请重试",
+    90013: "未采集到有效的人脸，请重试",
+    90014: "未采集到有效的人脸，请重试",
+    90017: "识别超时，请重试",
+    90018: "系统错误，请稍后重试",
+    90104: "获取人脸配置失败，请重试",
+    90105: "获取确认数据失败，请重试",
+    90106: "相机启动失败，请重试",
+    90107: "检测超时，请重试",
+    90109: "设备不支持人脸检测",
+    90110: "获取协议信息失败，请重试",
+    90199: "系统错误，请稍后重试",
 }
 
 
 async def _audit(user: User, action: str, *, ip: str | None = None, detail: dict | None = None) -> None:
-    await audit.record(actor_type=ActorType.CITIZEN, actor_id=user.id, action=action, target_type="user",
-                       target_id=user.id, ip=ip, detail=detail)
+    await audit.record(
+        actor_type=ActorType.CITIZEN,
+        actor_id=user.id,
+        action=action,
+        target_type="user",
+        target_id=user.id,
+        ip=ip,
+        detail=detail,
+    )
 
 
 # -- service: checks and views -----------------------------------------------------------------
@@ -163,7 +186,7 @@ async def start_face(*, user: User, wechat: WeChatClient, cipher: FieldCipher) -
         verify_id=verify_id,
         cert_hash=cert_hash(name=name, id_number=id_number),
         id_number_digest=user.id_number_digest,
-        expires_at=datetime.now(timezone.utc) + timedelta(seconds=expires_in),
+        expires_at=datetime.now(UTC) + timedelta(seconds=expires_in),
     )
 
 
@@ -172,7 +195,7 @@ async def finish_face(*, user: User, verify_id: str, wechat: WeChatClient, ip: s
     session = await FaceVerification.get_or_none(verify_id=verify_id, user_id=user.id)
     if session is None:  # someone else's verify_id looks exactly like an unknown one
         raise NotFound("人脸核身会话不存在，请重新发起", code="verify_id_not_found")
-    if session.expires_at <= datetime.now(timezone.utc):
+    if session.expires_at <= datetime.now(UTC):
         raise ApiError("人脸核身已超时，请重新发起", code="face_verify_expired", status=422)
     # Claim the session: a verify_id is used once, even by two concurrent requests.
     if not await FaceVerification.filter(id=session.id, status="pending").update(status="checking"):
@@ -184,7 +207,7 @@ async def finish_face(*, user: User, verify_id: str, wechat: WeChatClient, ip: s
     except Exception:
         await FaceVerification.filter(id=session.id).update(status="pending")  # let the citizen retry
         raise
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     if verify_ret == FACE_NOT_FINISHED:
         await FaceVerification.filter(id=session.id).update(status="pending")
         raise Conflict("人脸核身尚未完成，请先完成刷脸", code="face_verify_pending")
@@ -274,8 +297,12 @@ def _sealed(clean: dict, cipher: FieldCipher) -> dict:
 # -- key rotation ----------------------------------------------------------------------------
 
 _SEALED_COLUMNS = {
-    User: {"real_name_enc": "users.real_name", "id_number_enc": "users.id_number", "phone_enc": "users.phone",
-           "session_key_enc": "users.session_key"},
+    User: {
+        "real_name_enc": "users.real_name",
+        "id_number_enc": "users.id_number",
+        "phone_enc": "users.phone",
+        "session_key_enc": "users.session_key",
+    },
     Address: {"recipient_enc": "addresses.recipient", "phone_enc": "addresses.phone", "detail_enc": "addresses.detail"},
 }
 
@@ -306,7 +333,9 @@ async def rotate_keys(*, cipher: FieldCipher, batch: int = 500) -> dict[str, int
                         row.id_number_digest = digest
                         changed += ["id_number_digest", "verified_id_digest"]
                     if row.phone_enc is not None:
-                        row.phone_digest = cipher.blind_index(cipher.decrypt(row.phone_enc, column="users.phone"), column="users.phone")
+                        row.phone_digest = cipher.blind_index(
+                            cipher.decrypt(row.phone_enc, column="users.phone"), column="users.phone"
+                        )
                         changed.append("phone_digest")
                     row.key_id = cipher.current_id.hex()
                     changed.append("key_id")

@@ -16,7 +16,7 @@ import hmac
 import secrets
 import time
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from tortoise.exceptions import IntegrityError
 
@@ -29,8 +29,13 @@ IMAGE_LIMIT = 10 * 1024 * 1024
 PDF_LIMIT = 20 * 1024 * 1024
 UPLOAD_LIMIT = PDF_LIMIT  # the largest any kind may be; the per-type limit applies once sniffed
 URL_TTL_S = 300
-KIND_MIMES = {"jpg": {"image/jpeg"}, "png": {"image/jpeg"}, "webp": {"image/jpeg"}, "heic": {"image/jpeg"},
-              "pdf": {"application/pdf"}}
+KIND_MIMES = {
+    "jpg": {"image/jpeg"},
+    "png": {"image/jpeg"},
+    "webp": {"image/jpeg"},
+    "heic": {"image/jpeg"},
+    "pdf": {"application/pdf"},
+}
 
 
 def limit_for(mime: str | None) -> int:
@@ -70,7 +75,7 @@ def view(material: Material, *, urls: dict | None = None) -> dict:
         "pages": material.pages,
         "quality_warnings": material.warnings,
         "valid_until": material.valid_until.isoformat() if material.valid_until else None,
-        "expired": bool(material.valid_until and material.valid_until < datetime.now(timezone.utc).date()),
+        "expired": bool(material.valid_until and material.valid_until < datetime.now(UTC).date()),
         "locked": material.locked_at is not None,
         "created_at": material.created_at.isoformat() if material.created_at else None,
     }
@@ -105,10 +110,21 @@ class Materials:
             await self.store.put(thumb_name, sealed_thumb)
         try:
             material = await Material.create(
-                id=secrets.token_hex(16), user_id=user.id, kind=kind, mime=processed.mime, size=len(processed.data),
-                sha256=digest, width=processed.width, height=processed.height, pages=processed.pages,
-                warnings=processed.warnings, object_name=name, file_key=file_key,
-                thumb_object_name=thumb_name, thumb_key=thumb_key, valid_until=valid_until,
+                id=secrets.token_hex(16),
+                user_id=user.id,
+                kind=kind,
+                mime=processed.mime,
+                size=len(processed.data),
+                sha256=digest,
+                width=processed.width,
+                height=processed.height,
+                pages=processed.pages,
+                warnings=processed.warnings,
+                object_name=name,
+                file_key=file_key,
+                thumb_object_name=thumb_name,
+                thumb_key=thumb_key,
+                valid_until=valid_until,
             )
         except IntegrityError:  # the same file uploaded twice at once: one row, one object
             return await Material.get(user_id=user.id, sha256=digest), False
@@ -148,14 +164,18 @@ class Materials:
         material = await self.get(user=user, material_id=material_id)
         allowed = set().union(*(KIND_MIMES.get(k, set()) for k in slot_def["kinds"]))
         if material.mime not in allowed:
-            raise ApiError(f"“{slot_def['name']}”只接受 {'、'.join(slot_def['kinds'])} 格式", code="material_kind_not_allowed",
-                           status=422)
+            raise ApiError(
+                f"“{slot_def['name']}”只接受 {'、'.join(slot_def['kinds'])} 格式",
+                code="material_kind_not_allowed",
+                status=422,
+            )
         data = drafts.data_of(draft)
         current = list((data.get("materials") or {}).get(slot) or [])
         if material.id not in current:
             current.append(material.id)
-        draft, data = await drafts.patch(user=user, draft_id=draft.id, version=draft.version,
-                                         patch={"materials": {slot: current}})
+        draft, data = await drafts.patch(
+            user=user, draft_id=draft.id, version=draft.version, patch={"materials": {slot: current}}
+        )
         return draft, data
 
     # -- viewing ------------------------------------------------------------------------
@@ -166,9 +186,11 @@ class Materials:
     def signed_urls(self, material: Material, *, viewer: str) -> dict:
         """Short-lived links for the file and thumbnail, bound to the viewer."""
         expires = int(time.time()) + URL_TTL_S
+
         def url(variant: str) -> str:
             sig = self._signature(material.id, variant, viewer, expires)
             return f"{self.base_url}/files/{material.id}/{variant}?v={viewer}&e={expires}&s={sig}"
+
         out = {"file_url": url("file"), "url_expires_at": expires}
         out["thumbnail_url"] = url("thumb") if material.thumb_object_name else None
         return out
@@ -213,8 +235,14 @@ def platform_links(*, signing_key: bytes, base_url: str):
             if material is None:
                 continue
             sig = link_signature(signing_key, material.id, "file", PLATFORM_VIEWER, expires)
-            out.append({"url": f"{base_url.rstrip('/')}/files/{material.id}/file?v={PLATFORM_VIEWER}&e={expires}&s={sig}",
-                        "sha256": material.sha256, "mime": material.mime, "expires_at": expires})
+            out.append(
+                {
+                    "url": f"{base_url.rstrip('/')}/files/{material.id}/file?v={PLATFORM_VIEWER}&e={expires}&s={sig}",
+                    "sha256": material.sha256,
+                    "mime": material.mime,
+                    "expires_at": expires,
+                }
+            )
         return out
 
     return links
@@ -233,11 +261,18 @@ async def review_attached(user_id: int, attached: dict, materials: list[dict]) -
         for material_id in value:
             material = rows.get(material_id) if isinstance(material_id, str) else None
             if material is None:
-                problems.append((f"materials.{slot['key']}", "material_not_found", f"“{slot['name']}”中的文件不存在，请重新上传"))
+                problems.append(
+                    (f"materials.{slot['key']}", "material_not_found", f"“{slot['name']}”中的文件不存在，请重新上传")
+                )
                 break
             if material.mime not in allowed:
-                problems.append((f"materials.{slot['key']}", "material_kind_not_allowed",
-                                 f"“{slot['name']}”只接受 {'、'.join(slot['kinds'])} 格式"))
+                problems.append(
+                    (
+                        f"materials.{slot['key']}",
+                        "material_kind_not_allowed",
+                        f"“{slot['name']}”只接受 {'、'.join(slot['kinds'])} 格式",
+                    )
+                )
                 break
     return problems
 
@@ -245,12 +280,12 @@ async def review_attached(user_id: int, attached: dict, materials: list[dict]) -
 async def lock_for_case(material_ids: list[str]) -> None:
     """Marks materials as used by a submitted case: they can no longer be deleted."""
     if material_ids:
-        await Material.filter(id__in=material_ids, locked_at=None).update(locked_at=datetime.now(timezone.utc))
+        await Material.filter(id__in=material_ids, locked_at=None).update(locked_at=datetime.now(UTC))
 
 
-
-async def official_copy(*, materials: Materials, official, case_no: str, material_id: str, reason: str,
-                        ip: str, request_id: str) -> tuple[bytes, str]:
+async def official_copy(
+    *, materials: Materials, official, case_no: str, material_id: str, reason: str, ip: str, request_id: str
+) -> tuple[bytes, str]:
     """An official's copy of a case's material: rights checked, read audited, images watermarked.
 
     Only officials of the item's department (or admins) may see a case's materials. The stored
@@ -272,8 +307,13 @@ async def official_copy(*, materials: Materials, official, case_no: str, materia
         raise NotFound("该办件没有这份材料", code="material_not_found")
     material = await Material.get(id=material_id)
     await audit.record(
-        actor_type=ActorType.OFFICIAL, actor_id=official.id, action="material.read", target_type="material",
-        target_id=material.id, request_id=request_id, ip=ip,
+        actor_type=ActorType.OFFICIAL,
+        actor_id=official.id,
+        action="material.read",
+        target_type="material",
+        target_id=material.id,
+        request_id=request_id,
+        ip=ip,
         detail={"case_no": case.case_no, "reason": reason, "kind": material.kind},
     )
     data, mime = await materials.content(material, "file")

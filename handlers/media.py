@@ -91,7 +91,11 @@ class MediaError(ApiError):
 
 
 class UnsupportedFileType(MediaError):
-    status, code, message = 415, "unsupported_file_type", "不支持该文件类型，请上传 JPG、PNG、WebP、HEIC 格式的图片或 PDF 文件"
+    status, code, message = (
+        415,
+        "unsupported_file_type",
+        "不支持该文件类型，请上传 JPG、PNG、WebP、HEIC 格式的图片或 PDF 文件",
+    )
 
 
 class CorruptFile(MediaError):
@@ -145,7 +149,7 @@ def sniff(head: bytes) -> str | None:
     if len(head) >= 12 and head[4:8] == b"ftyp":
         box_size = int.from_bytes(head[:4], "big")
         end = min(len(head), box_size if box_size >= 16 else 16 + 4 * 16)
-        brands = {head[8:12]} | {head[i:i + 4] for i in range(16, end - 3, 4)}
+        brands = {head[8:12]} | {head[i : i + 4] for i in range(16, end - 3, 4)}
         # AVIF files carry "mif1" too; they are HEIC only if an HEVC brand is also present.
         if head[8:12] in _AVIF_BRANDS or (brands & _AVIF_BRANDS and not brands & _HEVC_BRANDS):
             return None
@@ -429,7 +433,12 @@ def _process_pdf(data: bytes, *, thumb_edge: int, max_pdf_pages: int) -> Process
             details={"pages": pages, "max_pages": max_pdf_pages},
         )
     return Processed(
-        mime=PDF, data=data, thumbnail=pdf_thumbnail(data, thumb_edge), width=None, height=None, pages=pages,
+        mime=PDF,
+        data=data,
+        thumbnail=pdf_thumbnail(data, thumb_edge),
+        width=None,
+        height=None,
+        pages=pages,
         warnings=[],
     )
 

@@ -8,7 +8,7 @@ import hmac
 import json
 import secrets
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from core.errors import ApiError, TooManyRequests, Unauthenticated
 from handlers import audit
@@ -91,20 +91,28 @@ async def sign_in(*, redis, keys, username: str, password: str, ip: str, request
         pipe.expire(failures_key, LOGIN_WINDOW_S)
         await pipe.execute()
         await audit.record(
-            actor_type=ActorType.OFFICIAL, actor_id=None, action="console.sign_in_failed", target_type="official",
-            target_id=username, request_id=request_id, ip=ip,
+            actor_type=ActorType.OFFICIAL,
+            actor_id=None,
+            action="console.sign_in_failed",
+            target_type="official",
+            target_id=username,
+            request_id=request_id,
+            ip=ip,
         )
         raise ApiError("用户名或密码错误", code="invalid_credentials", status=401)
     await redis.delete(failures_key)
     token, csrf = secrets.token_urlsafe(32), secrets.token_urlsafe(24)
-    await redis.set(
-        _session_key(keys, token), json.dumps({"official_id": official.id, "csrf": csrf}), ex=SESSION_TTL_S
-    )
-    official.last_login_at = datetime.now(timezone.utc)
+    await redis.set(_session_key(keys, token), json.dumps({"official_id": official.id, "csrf": csrf}), ex=SESSION_TTL_S)
+    official.last_login_at = datetime.now(UTC)
     await official.save(update_fields=["last_login_at"])
     await audit.record(
-        actor_type=ActorType.OFFICIAL, actor_id=official.id, action="console.sign_in", target_type="official",
-        target_id=official.id, request_id=request_id, ip=ip,
+        actor_type=ActorType.OFFICIAL,
+        actor_id=official.id,
+        action="console.sign_in",
+        target_type="official",
+        target_id=official.id,
+        request_id=request_id,
+        ip=ip,
     )
     return ConsoleSession(token=token, csrf_token=csrf, official=official)
 

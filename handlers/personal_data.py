@@ -5,14 +5,16 @@ from __future__ import annotations
 from tortoise.transactions import in_transaction
 
 from core.errors import Forbidden, NotFound, ValidationFailed
-from storage.crypto import FieldCipher
 from handlers import audit
+from storage.crypto import FieldCipher
 from storage.models import ActorType, Address, Official, User
 
 READER_ROLE = "personal_data"
 
 
-async def read_citizen(*, official: Official, user_id: int, reason: str, cipher: FieldCipher, ip: str, request_id: str) -> dict:
+async def read_citizen(
+    *, official: Official, user_id: int, reason: str, cipher: FieldCipher, ip: str, request_id: str
+) -> dict:
     """A citizen's clear personal data for an official with the role, audited with the reason."""
     if READER_ROLE not in (official.roles or []):
         raise Forbidden("您没有查看公民个人信息的权限", code="personal_data_forbidden")
@@ -26,8 +28,13 @@ async def read_citizen(*, official: Official, user_id: int, reason: str, cipher:
     async with in_transaction():
         # The audit row is written before the data leaves: no read without its trace.
         await audit.record(
-            actor_type=ActorType.OFFICIAL, actor_id=official.id, action="personal_data.read", target_type="user",
-            target_id=user.id, request_id=request_id, ip=ip,
+            actor_type=ActorType.OFFICIAL,
+            actor_id=official.id,
+            action="personal_data.read",
+            target_type="user",
+            target_id=user.id,
+            request_id=request_id,
+            ip=ip,
             detail={"fields": ["name", "id_number", "phone", "addresses"], "reason": reason},
         )
     return {

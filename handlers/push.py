@@ -30,7 +30,7 @@ import logging
 import random
 import re
 from dataclasses import dataclass
-from datetime import datetime, time, timedelta, timezone
+from datetime import UTC, datetime, time, timedelta
 
 from tortoise.expressions import F
 
@@ -118,7 +118,7 @@ async def notify(case: Case, *, kind: str, dedup_key: str, data: dict | None = N
         body=body_of(kind, data or {})[:500],
         page=case_page(case.case_no),
         urgent=kind in URGENT,
-        next_attempt_at=datetime.now(timezone.utc),
+        next_attempt_at=datetime.now(UTC),
     )
 
 
@@ -176,7 +176,7 @@ class QuietHours:
         end = local.replace(hour=self.end.hour, minute=self.end.minute, second=0, microsecond=0)
         if end <= local:
             end += timedelta(days=1)
-        return end.astimezone(timezone.utc)
+        return end.astimezone(UTC)
 
 
 def backoff(attempts: int) -> timedelta:
@@ -204,9 +204,13 @@ class Pusher:
 
     async def run_due(self, *, limit: int = 200) -> int:
         """Pushes every due notification (at most `limit`); returns how many were settled."""
-        now = datetime.now(timezone.utc)
-        ids = await Notification.filter(push_status__in=["pending", "sending"], next_attempt_at__lte=now) \
-            .order_by("next_attempt_at").limit(limit).values_list("id", flat=True)
+        now = datetime.now(UTC)
+        ids = (
+            await Notification.filter(push_status__in=["pending", "sending"], next_attempt_at__lte=now)
+            .order_by("next_attempt_at")
+            .limit(limit)
+            .values_list("id", flat=True)
+        )
         settled = 0
         for notification_id in ids:
             if await self.run_one(notification_id) in ("sent", "inbox_only", "failed"):
@@ -215,31 +219,42 @@ class Pusher:
 
     async def run_one(self, notification_id: int) -> str:
         """One notification: its outcome, or "not_due" when it is not this worker's to push now."""
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         claimed = await Notification.filter(
             id=notification_id, push_status__in=["pending", "sending"], next_attempt_at__lte=now
-        ).update(push_status="sending", next_attempt_at=now + timedelta(seconds=self.lease_s),
-                 attempts=F("attempts") + 1)
+        ).update(
+            push_status="sending", next_attempt_at=now + timedelta(seconds=self.lease_s), attempts=F("attempts") + 1
+        )
         if not claimed:
             return "not_due"
         notification = await Notification.get(id=notification_id).select_related("case", "user")
         # An attempt left unfinished means a worker died in the middle of it. Whether WeChat
         # took that message is unknown; the grant it used is given back (were it used after
         # all, WeChat answers 43101 and the push falls through to the next channel).
-        unfinished = [] if notification.attempts == 1 else \
-            await PushAttempt.filter(notification_id=notification_id, finished_at=None)
+        unfinished = (
+            []
+            if notification.attempts == 1
+            else await PushAttempt.filter(notification_id=notification_id, finished_at=None)
+        )
         for left in unfinished:
-            await PushAttempt.filter(id=left.id).update(finished_at=now, result="interrupted",
-                                                         detail="推送过程中工作进程中断，已重新推送")
+            await PushAttempt.filter(id=left.id).update(
+                finished_at=now, result="interrupted", detail="推送过程中工作进程中断，已重新推送"
+            )
             if left.channel == "subscribe":
                 await self._give_back_grant(notification.user_id)
         if not notification.urgent and self.quiet is not None:
             resume = self.quiet.resume_at(now)
             if resume is not None:
-                await PushAttempt.create(notification_id=notification_id, channel="-", finished_at=now,
-                                         result="deferred", detail=f"免打扰时段，{resume.astimezone(CHINA):%m月%d日 %H:%M} 推送")
+                await PushAttempt.create(
+                    notification_id=notification_id,
+                    channel="-",
+                    finished_at=now,
+                    result="deferred",
+                    detail=f"免打扰时段，{resume.astimezone(CHINA):%m月%d日 %H:%M} 推送",
+                )
                 await Notification.filter(id=notification_id).update(
-                    push_status="pending", next_attempt_at=resume, attempts=F("attempts") - 1)
+                    push_status="pending", next_attempt_at=resume, attempts=F("attempts") - 1
+                )
                 return "deferred"
         try:
             outcome = await self._push(notification)
@@ -249,11 +264,14 @@ class Pusher:
                 log.warning("push given up", extra={"notification": notification_id, "error": str(exc)})
                 return "failed"
             await Notification.filter(id=notification_id).update(
-                push_status="pending", next_attempt_at=datetime.now(timezone.utc) + backoff(notification.attempts))
+                push_status="pending", next_attempt_at=datetime.now(UTC) + backoff(notification.attempts)
+            )
             return "retry"
         await Notification.filter(id=notification_id).update(
-            push_status="sent" if outcome != "inbox" else "inbox_only", channel=outcome,
-            sent_at=datetime.now(timezone.utc) if outcome != "inbox" else None)
+            push_status="sent" if outcome != "inbox" else "inbox_only",
+            channel=outcome,
+            sent_at=datetime.now(UTC) if outcome != "inbox" else None,
+        )
         return "sent" if outcome != "inbox" else "inbox_only"
 
     async def _push(self, notification: Notification) -> str:
@@ -261,9 +279,15 @@ class Pusher:
         user: User = notification.user
         data = template_data(notification, notification.case)
         if self.mp_template_id and user.openid and await self._take_grant(user.id):
+
             async def subscribe() -> str:
-                await self.mp.send_subscribe(openid=user.openid, template_id=self.mp_template_id, data=data,
-                                             page=notification.page, miniprogram_state=self.miniprogram_state)
+                await self.mp.send_subscribe(
+                    openid=user.openid,
+                    template_id=self.mp_template_id,
+                    data=data,
+                    page=notification.page,
+                    miniprogram_state=self.miniprogram_state,
+                )
                 return ""
 
             try:
@@ -277,9 +301,14 @@ class Pusher:
                 await SubscriptionGrant.filter(user_id=user.id, template_id=self.mp_template_id).update(remaining=0)
         follower = await self._follower(user)
         if self.oa_template_id and follower is not None:
+
             async def template() -> str:
-                msgid = await self.oa.send_template(follower.oa_openid, self.oa_template_id, data,
-                                                    miniprogram={"appid": self.mp_appid, "pagepath": notification.page})
+                msgid = await self.oa.send_template(
+                    follower.oa_openid,
+                    self.oa_template_id,
+                    data,
+                    miniprogram={"appid": self.mp_appid, "pagepath": notification.page},
+                )
                 return f"msgid {msgid}"
 
             refused = await self._attempt(notification.id, "template", template)
@@ -293,8 +322,13 @@ class Pusher:
         else:
             reasons.append("无剩余订阅授权")
         reasons.append("未关注公众号" if follower is None else "公众号模板消息未送达")
-        await PushAttempt.create(notification_id=notification.id, channel="inbox", finished_at=datetime.now(timezone.utc),
-                                 result="inbox_only", detail="，".join(reasons) + "，仅站内消息")
+        await PushAttempt.create(
+            notification_id=notification.id,
+            channel="inbox",
+            finished_at=datetime.now(UTC),
+            result="inbox_only",
+            detail="，".join(reasons) + "，仅站内消息",
+        )
         return "inbox"
 
     async def _attempt(self, notification_id: int, channel: str, send) -> int | None:
@@ -317,12 +351,16 @@ class Pusher:
         return None
 
     async def _take_grant(self, user_id: int) -> bool:
-        return bool(await SubscriptionGrant.filter(user_id=user_id, template_id=self.mp_template_id, remaining__gt=0)
-                    .update(remaining=F("remaining") - 1))
+        return bool(
+            await SubscriptionGrant.filter(user_id=user_id, template_id=self.mp_template_id, remaining__gt=0).update(
+                remaining=F("remaining") - 1
+            )
+        )
 
     async def _give_back_grant(self, user_id: int) -> None:
         await SubscriptionGrant.filter(user_id=user_id, template_id=self.mp_template_id).update(
-            remaining=F("remaining") + 1)
+            remaining=F("remaining") + 1
+        )
 
     @staticmethod
     async def _follower(user: User) -> Follower | None:
@@ -337,7 +375,8 @@ class Pusher:
     @staticmethod
     async def _finish(attempt: PushAttempt, result: str, errcode: int | None, detail: str) -> None:
         await PushAttempt.filter(id=attempt.id).update(
-            finished_at=datetime.now(timezone.utc), result=result, errcode=errcode, detail=detail)
+            finished_at=datetime.now(UTC), result=result, errcode=errcode, detail=detail
+        )
 
 
 # -- the citizen's side --------------------------------------------------------------------
@@ -357,7 +396,8 @@ async def record_grants(user: User, results: dict[str, str]) -> list[dict]:
                 grant = await SubscriptionGrant.get(user_id=user.id, template_id=template_id)
         if result == "accept":
             await SubscriptionGrant.filter(id=grant.id).update(
-                remaining=F("remaining") + 1, accepted_total=F("accepted_total") + 1, last_result=result)
+                remaining=F("remaining") + 1, accepted_total=F("accepted_total") + 1, last_result=result
+            )
         elif result == "ban":
             # The user turned the template off for good: WeChat keeps no grant for it.
             await SubscriptionGrant.filter(id=grant.id).update(remaining=0, last_result=result)
@@ -383,9 +423,14 @@ async def unread_count(user: User) -> int:
 
 def inbox_item(n: Notification) -> dict:
     return {
-        "id": n.id, "title": n.title, "body": n.body, "kind": n.kind,
-        "case_no": n.case.case_no if n.case else None, "page": n.page,
-        "created_at": n.created_at.isoformat(), "read": n.read_at is not None,
+        "id": n.id,
+        "title": n.title,
+        "body": n.body,
+        "kind": n.kind,
+        "case_no": n.case.case_no if n.case else None,
+        "page": n.page,
+        "created_at": n.created_at.isoformat(),
+        "read": n.read_at is not None,
     }
 
 
@@ -394,7 +439,7 @@ async def mark_read(user: User, ids: list[int] | None) -> int:
     query = Notification.filter(user_id=user.id, read_at=None)
     if ids is not None:
         query = query.filter(id__in=ids)
-    return await query.update(read_at=datetime.now(timezone.utc))
+    return await query.update(read_at=datetime.now(UTC))
 
 
 KICKS_ENABLED = True  # off in one-shot command processes, which push what they made themselves
@@ -419,13 +464,23 @@ async def attempts_of_case(case_id: int) -> list[dict]:
     rows = await Notification.filter(case_id=case_id).order_by("id").prefetch_related("push_attempts")
     return [
         {
-            "id": n.id, "kind": n.kind, "title": n.title, "push_status": n.push_status, "channel": n.channel,
-            "created_at": n.created_at.isoformat(), "sent_at": n.sent_at.isoformat() if n.sent_at else None,
+            "id": n.id,
+            "kind": n.kind,
+            "title": n.title,
+            "push_status": n.push_status,
+            "channel": n.channel,
+            "created_at": n.created_at.isoformat(),
+            "sent_at": n.sent_at.isoformat() if n.sent_at else None,
             "read": n.read_at is not None,
             "attempts": [
-                {"channel": a.channel, "result": a.result, "errcode": a.errcode, "detail": a.detail,
-                 "started_at": a.started_at.isoformat(),
-                 "finished_at": a.finished_at.isoformat() if a.finished_at else None}
+                {
+                    "channel": a.channel,
+                    "result": a.result,
+                    "errcode": a.errcode,
+                    "detail": a.detail,
+                    "started_at": a.started_at.isoformat(),
+                    "finished_at": a.finished_at.isoformat() if a.finished_at else None,
+                }
                 for a in sorted(n.push_attempts, key=lambda a: a.id)
             ],
         }

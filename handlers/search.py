@@ -80,8 +80,19 @@ STOP_WORDS = frozenset(
 )
 # Process words: meaningful only weakly ("居住证怎么办理" is about 居住证, not 办理).
 WEAK_WORDS = {
-    "办理": 0.15, "申请": 0.15, "申办": 0.15, "手续": 0.1, "流程": 0.1, "材料": 0.1, "资料": 0.1,
-    "条件": 0.1, "所需": 0.1, "证件": 0.15, "网上": 0.1, "线上": 0.1, "在线": 0.1,
+    "办理": 0.15,
+    "申请": 0.15,
+    "申办": 0.15,
+    "手续": 0.1,
+    "流程": 0.1,
+    "材料": 0.1,
+    "资料": 0.1,
+    "条件": 0.1,
+    "所需": 0.1,
+    "证件": 0.15,
+    "网上": 0.1,
+    "线上": 0.1,
+    "在线": 0.1,
 }
 
 _WORDISH = re.compile(r"\w")
@@ -372,9 +383,7 @@ class SearchIndex:
         """匹配：身份证、过期（同义：有效期满）；相近：开店 - the query words that hit and how."""
         sources = list(matched)
         # Alias-like phrases ("身份证到期换证") are shown through the words inside them that hit.
-        shown = [
-            s for s in sources if not (s in self._phrases and any(o != s and o in s for o in sources))
-        ]
+        shown = [s for s in sources if not (s in self._phrases and any(o != s and o in s for o in sources))]
         shown = [s for s in shown if not any(o != s and s in o for o in shown)]
         shown.sort(key=lambda s: (text.find(s), -len(s)))
         parts = []

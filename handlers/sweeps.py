@@ -7,7 +7,7 @@ OUTBOX_STUCK_S, after which the row is due again.)
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from tortoise.expressions import Q
 from tortoise.transactions import in_transaction
@@ -27,8 +27,13 @@ WAITING = (S.DELIVERED, S.ACCEPTED, S.IN_REVIEW, S.RESUBMITTED)
 OPEN = (S.SUBMITTED, S.DELIVERED, S.ACCEPTED, S.IN_REVIEW, S.RESUBMITTED)
 # The platform's status -> the callback event that would have told us.
 STATUS_EVENT = {
-    "accepted": "accepted", "in_review": "in_review", "correction_requested": "correction_requested",
-    "approved": "approved", "rejected": "rejected", "result_issued": "result_issued", "closed": "closed",
+    "accepted": "accepted",
+    "in_review": "in_review",
+    "correction_requested": "correction_requested",
+    "approved": "approved",
+    "rejected": "rejected",
+    "result_issued": "result_issued",
+    "closed": "closed",
 }
 
 
@@ -37,9 +42,12 @@ async def query_silent_cases(platform: PlatformClient, *, silence: timedelta, li
 
     A case the platform moved on (a higher seq) gets the missed step as if its callback had
     come, so the citizen is told; one that has not moved is only marked as heard from."""
-    cutoff = datetime.now(timezone.utc) - silence
-    rows = await Case.filter(Q(status__in=WAITING) & (Q(platform_heard_at__lt=cutoff) | Q(platform_heard_at=None))) \
-        .order_by("platform_heard_at").limit(limit)
+    cutoff = datetime.now(UTC) - silence
+    rows = (
+        await Case.filter(Q(status__in=WAITING) & (Q(platform_heard_at__lt=cutoff) | Q(platform_heard_at=None)))
+        .order_by("platform_heard_at")
+        .limit(limit)
+    )
     moved = 0
     for case in rows:
         try:
@@ -57,16 +65,18 @@ async def query_silent_cases(platform: PlatformClient, *, silence: timedelta, li
                 moved += 1
                 log.warning("missed platform callback recovered by status query", extra={"case_no": case.case_no})
                 continue
-        await Case.filter(id=case.id).update(platform_heard_at=datetime.now(timezone.utc))
+        await Case.filter(id=case.id).update(platform_heard_at=datetime.now(UTC))
     return moved
 
 
 async def mark_overdue(*, now: datetime | None = None, limit: int = 1000) -> int:
     """Marks open cases whose promised date has passed, and tells their citizens once."""
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     today = now.astimezone(CHINA).date()
     marked = []
-    rows = await Case.filter(status__in=OPEN, overdue_at=None).order_by("id").limit(limit).prefetch_related("service_item")
+    rows = (
+        await Case.filter(status__in=OPEN, overdue_at=None).order_by("id").limit(limit).prefetch_related("service_item")
+    )
     for case in rows:
         if promised_date(case) >= today:
             continue

@@ -36,17 +36,27 @@ class TokensOut(BaseModel):
 
 
 @bp.post("/login")
-@document(summary="Sign in with a wx.login code", tag="auth", body=LoginIn, response=TokensOut, errors=(400, 422, 429, 503))
+@document(
+    summary="Sign in with a wx.login code", tag="auth", body=LoginIn, response=TokensOut, errors=(400, 422, 429, 503)
+)
 async def login(request: Request) -> HTTPResponse:
     body = json_body(request, LoginIn)
     ctx = request.app.ctx
     await ctx.limiter.hit("login", "ip", client_ip(request))
-    pair = await auth.login(code=body.code, wechat=ctx.wechat_mp, tokens=ctx.tokens, cipher=ctx.cipher, ip=client_ip(request))
+    pair = await auth.login(
+        code=body.code, wechat=ctx.wechat_mp, tokens=ctx.tokens, cipher=ctx.cipher, ip=client_ip(request)
+    )
     return json(pair.body())
 
 
 @bp.post("/refresh")
-@document(summary="Rotate the refresh token for a new pair", tag="auth", body=RefreshIn, response=TokensOut, errors=(401, 422, 429))
+@document(
+    summary="Rotate the refresh token for a new pair",
+    tag="auth",
+    body=RefreshIn,
+    response=TokensOut,
+    errors=(401, 422, 429),
+)
 async def refresh(request: Request) -> HTTPResponse:
     body = json_body(request, RefreshIn)
     await request.app.ctx.limiter.hit("refresh", "ip", client_ip(request))

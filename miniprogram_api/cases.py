@@ -27,7 +27,9 @@ class WithdrawIn(BaseModel):
 
 
 class ResubmitIn(BaseModel):
-    fields: dict[str, Any] = Field(default_factory=dict, description='corrected answers by path, e.g. {"applicant.phone": "..."}')
+    fields: dict[str, Any] = Field(
+        default_factory=dict, description='corrected answers by path, e.g. {"applicant.phone": "..."}'
+    )
     materials: dict[str, list[str]] = Field(default_factory=dict, description="re-uploaded material ids by slot")
 
 
@@ -38,8 +40,9 @@ async def mine(request: Request) -> HTTPResponse:
     query = query_args(request, ListQuery)
     rows = await cases.my_cases(user=request.ctx.user, before=query.before, limit=query.limit + 1)
     page = rows[: query.limit]
-    return json({"items": [cases.summary(c) for c in page],
-                 "next_cursor": page[-1].id if len(rows) > query.limit else None})
+    return json(
+        {"items": [cases.summary(c) for c in page], "next_cursor": page[-1].id if len(rows) > query.limit else None}
+    )
 
 
 @bp.get("/<case_no:str>")
@@ -55,23 +58,34 @@ async def read(request: Request, case_no: str) -> HTTPResponse:
 @citizen
 async def withdraw(request: Request, case_no: str) -> HTTPResponse:
     body = json_body(request, WithdrawIn) if request.body else WithdrawIn()
-    case = await cases.withdraw(user=request.ctx.user, case_no=case_no, reason=body.reason,
-                                platform=request.app.ctx.platform)
+    case = await cases.withdraw(
+        user=request.ctx.user, case_no=case_no, reason=body.reason, platform=request.app.ctx.platform
+    )
     await kick_relay()
     case = await cases.my_case(user=request.ctx.user, case_no=case.case_no)
     return json(await cases.detail(case))
 
 
 @bp.post("/<case_no:str>/resubmit")
-@document(summary="Resubmit after correcting exactly the listed fields and materials", tag="cases", body=ResubmitIn,
-          errors=(401, 404, 409, 422))
+@document(
+    summary="Resubmit after correcting exactly the listed fields and materials",
+    tag="cases",
+    body=ResubmitIn,
+    errors=(401, 404, 409, 422),
+)
 @citizen
 async def resubmit(request: Request, case_no: str) -> HTTPResponse:
     from handlers.drafts import SNAPSHOT_COLUMN
 
     body = json_body(request, ResubmitIn)
-    case = await cases.resubmit(user=request.ctx.user, case_no=case_no, fields=body.fields, materials=body.materials,
-                                cipher=request.app.ctx.cipher, snapshot_column=SNAPSHOT_COLUMN)
+    case = await cases.resubmit(
+        user=request.ctx.user,
+        case_no=case_no,
+        fields=body.fields,
+        materials=body.materials,
+        cipher=request.app.ctx.cipher,
+        snapshot_column=SNAPSHOT_COLUMN,
+    )
     await kick_relay()
     case = await cases.my_case(user=request.ctx.user, case_no=case.case_no)
     return json(await cases.detail(case))

@@ -82,11 +82,21 @@ async def create(request: Request) -> HTTPResponse:
 @citizen
 async def mine(request: Request) -> HTTPResponse:
     drafts = await request.app.ctx.drafts.mine(user=request.ctx.user)
-    return json({"items": [
-        {"id": d.id, "version": d.version, "service_code": d.service_code, "bundle_code": d.bundle_code,
-         "updated_at": d.updated_at.isoformat(), "expires_at": d.expires_at.isoformat()}
-        for d in drafts
-    ]})
+    return json(
+        {
+            "items": [
+                {
+                    "id": d.id,
+                    "version": d.version,
+                    "service_code": d.service_code,
+                    "bundle_code": d.bundle_code,
+                    "updated_at": d.updated_at.isoformat(),
+                    "expires_at": d.expires_at.isoformat(),
+                }
+                for d in drafts
+            ]
+        }
+    )
 
 
 @bp.get("/<draft_id:str>")
@@ -99,7 +109,12 @@ async def read(request: Request, draft_id: str) -> HTTPResponse:
 
 
 @bp.patch("/<draft_id:str>")
-@document(summary="Save answers (merge) if the version is current", tag="drafts", body=PatchIn, errors=(401, 404, 409, 410, 422))
+@document(
+    summary="Save answers (merge) if the version is current",
+    tag="drafts",
+    body=PatchIn,
+    errors=(401, 404, 409, 410, 422),
+)
 @citizen
 async def patch(request: Request, draft_id: str) -> HTTPResponse:
     body = json_body(request, PatchIn)
@@ -118,22 +133,40 @@ async def review(request: Request, draft_id: str) -> HTTPResponse:
 
 
 @bp.post("/<draft_id:str>/submit")
-@document(summary="Submit (Idempotency-Key header required)", tag="drafts", body=SubmitIn, response=SubmitOut, status=201, errors=(400, 401, 404, 409, 410, 422))
+@document(
+    summary="Submit (Idempotency-Key header required)",
+    tag="drafts",
+    body=SubmitIn,
+    response=SubmitOut,
+    status=201,
+    errors=(400, 401, 404, 409, 410, 422),
+)
 @citizen
 async def submit(request: Request, draft_id: str) -> HTTPResponse:
     key = request.headers.get("idempotency-key", "")
     if not _KEY.fullmatch(key):
-        raise ApiError("请在请求头 Idempotency-Key 中提供8至128位的唯一标识", code="idempotency_key_required", status=400)
+        raise ApiError(
+            "请在请求头 Idempotency-Key 中提供8至128位的唯一标识", code="idempotency_key_required", status=400
+        )
     payload = json_body(request, SubmitIn).model_dump(exclude_none=True) if request.body else {}
-    cases = await request.app.ctx.drafts.submit(user=request.ctx.user, draft_id=draft_id, idempotency_key=key, body=payload)
+    cases = await request.app.ctx.drafts.submit(
+        user=request.ctx.user, draft_id=draft_id, idempotency_key=key, body=payload
+    )
     await kick_relay()
     return json(
         {
             "case_no": cases[0].case_no,
             "status": cases[0].status.value,
             "bundle_no": cases[0].bundle_no,
-            "cases": [{"case_no": c.case_no, "service_code": c.service_code, "service_name": c.service_name,
-                       "status": c.status.value} for c in cases],
+            "cases": [
+                {
+                    "case_no": c.case_no,
+                    "service_code": c.service_code,
+                    "service_name": c.service_name,
+                    "status": c.status.value,
+                }
+                for c in cases
+            ],
         },
         status=201,
     )

@@ -66,7 +66,13 @@ class ProfileOut(BaseModel):
 
 
 @bp.post("/identity/declare")
-@document(summary="Declare real name and ID number (L2)", tag="identity", body=DeclareIn, response=LevelOut, errors=(401, 409, 422, 429))
+@document(
+    summary="Declare real name and ID number (L2)",
+    tag="identity",
+    body=DeclareIn,
+    response=LevelOut,
+    errors=(401, 409, 422, 429),
+)
 @citizen
 async def declare(request: Request) -> HTTPResponse:
     body = json_body(request, DeclareIn)
@@ -74,13 +80,23 @@ async def declare(request: Request) -> HTTPResponse:
     await ctx.limiter.hit("declare", "user", user.id)
     await ctx.limiter.hit("declare", "ip", client_ip(request))
     user = await identity.declare(
-        user=user, name=body.name, id_number=body.id_number, transfer=body.transfer, cipher=ctx.cipher, ip=client_ip(request)
+        user=user,
+        name=body.name,
+        id_number=body.id_number,
+        transfer=body.transfer,
+        cipher=ctx.cipher,
+        ip=client_ip(request),
     )
     return json({"identity_level": user.identity_level.value})
 
 
 @bp.post("/identity/face/start")
-@document(summary="Start a face check (getVerifyId) for wx.requestFacialVerify", tag="identity", response=FaceStartOut, errors=(401, 409, 429, 503))
+@document(
+    summary="Start a face check (getVerifyId) for wx.requestFacialVerify",
+    tag="identity",
+    response=FaceStartOut,
+    errors=(401, 409, 429, 503),
+)
 @citizen
 async def face_start(request: Request) -> HTTPResponse:
     ctx, user = request.app.ctx, request.ctx.user
@@ -92,13 +108,21 @@ async def face_start(request: Request) -> HTTPResponse:
 
 
 @bp.post("/identity/face/finish")
-@document(summary="Finish a face check (queryVerifyInfo); 10000 gives L3", tag="identity", body=FaceFinishIn, response=LevelOut, errors=(401, 404, 409, 422, 503))
+@document(
+    summary="Finish a face check (queryVerifyInfo); 10000 gives L3",
+    tag="identity",
+    body=FaceFinishIn,
+    response=LevelOut,
+    errors=(401, 404, 409, 422, 503),
+)
 @citizen
 async def face_finish(request: Request) -> HTTPResponse:
     body = json_body(request, FaceFinishIn)
     ctx = request.app.ctx
     await ctx.limiter.hit("face", "user", request.ctx.user.id)
-    user = await identity.finish_face(user=request.ctx.user, verify_id=body.verify_id, wechat=ctx.wechat_mp, ip=client_ip(request))
+    user = await identity.finish_face(
+        user=request.ctx.user, verify_id=body.verify_id, wechat=ctx.wechat_mp, ip=client_ip(request)
+    )
     return json({"identity_level": user.identity_level.value})
 
 
@@ -112,13 +136,20 @@ async def me(request: Request) -> HTTPResponse:
 
 
 @bp.post("/me/phone")
-@document(summary="Bind my mobile number from a getPhoneNumber code", tag="identity", body=PhoneIn, errors=(400, 401, 429, 503))
+@document(
+    summary="Bind my mobile number from a getPhoneNumber code",
+    tag="identity",
+    body=PhoneIn,
+    errors=(400, 401, 429, 503),
+)
 @citizen
 async def bind_phone(request: Request) -> HTTPResponse:
     body = json_body(request, PhoneIn)
     ctx, user = request.app.ctx, request.ctx.user
     await ctx.limiter.hit("phone", "user", user.id)
-    masked = await identity.bind_phone(user=user, code=body.code, wechat=ctx.wechat_mp, cipher=ctx.cipher, ip=client_ip(request))
+    masked = await identity.bind_phone(
+        user=user, code=body.code, wechat=ctx.wechat_mp, cipher=ctx.cipher, ip=client_ip(request)
+    )
     return json({"phone_masked": masked})
 
 
@@ -131,7 +162,14 @@ async def list_addresses(request: Request) -> HTTPResponse:
 
 
 @bp.post("/me/addresses")
-@document(summary="Add a mailing address", tag="identity", body=AddressIn, response=AddressOut, status=201, errors=(401, 409, 422))
+@document(
+    summary="Add a mailing address",
+    tag="identity",
+    body=AddressIn,
+    response=AddressOut,
+    status=201,
+    errors=(401, 409, 422),
+)
 @citizen
 async def add_address(request: Request) -> HTTPResponse:
     body = json_body(request, AddressIn)
@@ -140,7 +178,9 @@ async def add_address(request: Request) -> HTTPResponse:
 
 
 @bp.put("/me/addresses/<address_id:int>")
-@document(summary="Replace a mailing address", tag="identity", body=AddressIn, response=AddressOut, errors=(401, 404, 422))
+@document(
+    summary="Replace a mailing address", tag="identity", body=AddressIn, response=AddressOut, errors=(401, 404, 422)
+)
 @citizen
 async def update_address(request: Request, address_id: int) -> HTTPResponse:
     body = json_body(request, AddressIn)

@@ -20,8 +20,10 @@ _TEMPLATE_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 
 
 class SubscriptionsIn(BaseModel):
-    results: dict[str, str] = Field(description='what wx.requestSubscribeMessage answered: {"<template_id>": '
-                                                '"accept"|"reject"|"ban"|"filter"} (its "errMsg" key is ignored)')
+    results: dict[str, str] = Field(
+        description='what wx.requestSubscribeMessage answered: {"<template_id>": '
+        '"accept"|"reject"|"ban"|"filter"} (its "errMsg" key is ignored)'
+    )
 
     @field_validator("results")
     @classmethod
@@ -50,8 +52,12 @@ class ReadIn(BaseModel):
 
 
 @bp.post("/subscriptions")
-@document(summary="Record the answers of wx.requestSubscribeMessage (each accept is one push)", tag="push",
-          body=SubscriptionsIn, errors=(401, 422))
+@document(
+    summary="Record the answers of wx.requestSubscribeMessage (each accept is one push)",
+    tag="push",
+    body=SubscriptionsIn,
+    errors=(401, 422),
+)
 @citizen
 async def subscriptions(request: Request) -> HTTPResponse:
     body = json_body(request, SubscriptionsIn)
@@ -75,13 +81,19 @@ async def inbox(request: Request) -> HTTPResponse:
     query = query_args(request, InboxQuery)
     rows, unread = await push.inbox(request.ctx.user, before=query.before, limit=query.limit + 1)
     page = rows[: query.limit]
-    return json({"items": [push.inbox_item(n) for n in page], "unread": unread,
-                 "next_cursor": page[-1].id if len(rows) > query.limit else None})
+    return json(
+        {
+            "items": [push.inbox_item(n) for n in page],
+            "unread": unread,
+            "next_cursor": page[-1].id if len(rows) > query.limit else None,
+        }
+    )
 
 
 @bp.post("/inbox/read")
-@document(summary='Mark notifications read: {"ids": [...]} or {"all": true}', tag="push", body=ReadIn,
-          errors=(401, 422))
+@document(
+    summary='Mark notifications read: {"ids": [...]} or {"all": true}', tag="push", body=ReadIn, errors=(401, 422)
+)
 @citizen
 async def mark_read(request: Request) -> HTTPResponse:
     from core.errors import ValidationFailed

@@ -78,13 +78,24 @@ async def _read_upload(request: Request) -> tuple[str, bytes, date | None]:
 
     def on_part_end():
         _, disposition = parse_options_header(current["headers"].get(b"content-disposition", b""))
-        parts.append({"name": disposition.get(b"name", b"").decode(), "is_file": b"filename" in disposition,
-                      "data": bytes(current["data"])})
+        parts.append(
+            {
+                "name": disposition.get(b"name", b"").decode(),
+                "is_file": b"filename" in disposition,
+                "data": bytes(current["data"]),
+            }
+        )
 
-    parser = MultipartParser(params[b"boundary"], {
-        "on_part_begin": on_part_begin, "on_header_field": on_header_field, "on_header_value": on_header_value,
-        "on_part_data": on_part_data, "on_part_end": on_part_end,
-    })
+    parser = MultipartParser(
+        params[b"boundary"],
+        {
+            "on_part_begin": on_part_begin,
+            "on_header_field": on_header_field,
+            "on_header_value": on_header_value,
+            "on_part_data": on_part_data,
+            "on_part_end": on_part_end,
+        },
+    )
     while True:
         chunk = await request.stream.read()
         if chunk is None:
@@ -115,15 +126,22 @@ async def _read_upload(request: Request) -> tuple[str, bytes, date | None]:
 
 
 @bp.post("/materials", stream=True)
-@document(summary="Upload a photo or PDF (multipart: file, kind, optional valid_until)", tag="materials", response=MaterialOut, status=201,
-          errors=(401, 413, 415, 422, 503))
+@document(
+    summary="Upload a photo or PDF (multipart: file, kind, optional valid_until)",
+    tag="materials",
+    response=MaterialOut,
+    status=201,
+    errors=(401, 413, 415, 422, 503),
+)
 @citizen
 async def upload(request: Request) -> HTTPResponse:
     kind, data, valid_until = await _read_upload(request)
     service = request.app.ctx.materials
     material, created = await service.upload(user=request.ctx.user, kind=kind, data=data, valid_until=valid_until)
-    return json(view(material, urls=service.signed_urls(material, viewer=str(request.ctx.user.id))),
-                status=201 if created else 200)
+    return json(
+        view(material, urls=service.signed_urls(material, viewer=str(request.ctx.user.id))),
+        status=201 if created else 200,
+    )
 
 
 @bp.get("/materials")
@@ -132,10 +150,14 @@ async def upload(request: Request) -> HTTPResponse:
 async def library(request: Request) -> HTTPResponse:
     service, viewer = request.app.ctx.materials, str(request.ctx.user.id)
     grouped = await service.library(user=request.ctx.user)
-    return json({"kinds": [
-        {"kind": kind, "items": [view(m, urls=service.signed_urls(m, viewer=viewer)) for m in items]}
-        for kind, items in grouped.items()
-    ]})
+    return json(
+        {
+            "kinds": [
+                {"kind": kind, "items": [view(m, urls=service.signed_urls(m, viewer=viewer)) for m in items]}
+                for kind, items in grouped.items()
+            ]
+        }
+    )
 
 
 @bp.get("/materials/<material_id:str>")
@@ -156,8 +178,12 @@ async def delete(request: Request, material_id: str) -> HTTPResponse:
 
 
 @bp.put("/drafts/<draft_id:str>/materials/<slot:str>")
-@document(summary="Attach an existing material to a draft slot (材料复用)", tag="materials", body=AttachIn,
-          errors=(401, 404, 409, 410, 422))
+@document(
+    summary="Attach an existing material to a draft slot (材料复用)",
+    tag="materials",
+    body=AttachIn,
+    errors=(401, 404, 409, 410, 422),
+)
 @citizen
 async def attach(request: Request, draft_id: str, slot: str) -> HTTPResponse:
     body = json_body(request, AttachIn)
@@ -180,4 +206,6 @@ async def download(request: Request, material_id: str, variant: str) -> HTTPResp
     if material is None:
         raise ApiError("材料不存在", code="material_not_found", status=404)
     data, mime = await service.content(material, variant)
-    return raw(data, content_type=mime, headers={"Cache-Control": "private, max-age=300", "X-Content-Type-Options": "nosniff"})
+    return raw(
+        data, content_type=mime, headers={"Cache-Control": "private, max-age=300", "X-Content-Type-Options": "nosniff"}
+    )

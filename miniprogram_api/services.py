@@ -79,7 +79,9 @@ def _after(cursor: str) -> str:
 
 
 @bp.get("/")
-@document(summary="Browse services (filters, keyset pagination)", tag="services", response=ServicePage, errors=(401, 422))
+@document(
+    summary="Browse services (filters, keyset pagination)", tag="services", response=ServicePage, errors=(401, 422)
+)
 @citizen
 async def list_services(request: Request) -> HTTPResponse:
     query = query_args(request, ListQuery)

@@ -108,7 +108,10 @@ def create_file_store(settings) -> FileStore:
         from storage.s3 import S3FileStore
 
         return S3FileStore(
-            bucket=settings.S3_BUCKET, endpoint_url=settings.S3_ENDPOINT_URL, region=settings.S3_REGION,
-            access_key_id=settings.S3_ACCESS_KEY_ID, secret_access_key=settings.S3_SECRET_ACCESS_KEY,
+            bucket=settings.S3_BUCKET,
+            endpoint_url=settings.S3_ENDPOINT_URL,
+            region=settings.S3_REGION,
+            access_key_id=settings.S3_ACCESS_KEY_ID,
+            secret_access_key=settings.S3_SECRET_ACCESS_KEY,
         )
     return LocalFileStore(settings.MEDIA_ROOT)

@@ -15,8 +15,9 @@ import asyncio
 import base64
 import functools
 import hashlib
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 import boto3
 from botocore.config import Config

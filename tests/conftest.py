@@ -196,7 +196,11 @@ class Process:
 def spawn(args: list[str], *, env: dict[str, str], cwd: Path, log_path: Path) -> Process:
     handle = open(log_path, "wb")
     proc = subprocess.Popen(
-        [PYTHON, str(ROOT / "server.py"), *args], env=env, cwd=cwd, stdout=handle, stderr=subprocess.STDOUT,
+        [PYTHON, str(ROOT / "server.py"), *args],
+        env=env,
+        cwd=cwd,
+        stdout=handle,
+        stderr=subprocess.STDOUT,
         start_new_session=True,
     )
     handle.close()
@@ -240,7 +244,9 @@ def wait_healthy(server: Server, timeout: float = 40) -> None:
     raise AssertionError(f"server not healthy within {timeout}s:\n{server.log()[-4000:]}")
 
 
-def start_server(env: dict[str, str], cwd: Path, *, database: Database | None = None, with_workers: bool = False) -> Server:
+def start_server(
+    env: dict[str, str], cwd: Path, *, database: Database | None = None, with_workers: bool = False
+) -> Server:
     """Starts `python server.py serve` on a free port (plus worker and scheduler if asked)."""
     port = free_port()
     cwd.mkdir(parents=True, exist_ok=True)
@@ -285,7 +291,9 @@ class WeChatSim(SimServer):
     def login_code(self, openid: str | None = None, unionid: str | None = None) -> tuple[str, str]:
         """(code, openid) as wx.login would give them to the mini-program."""
         if openid is None:
-            openid = self.control("users", {"appid": SIM_MP_APPID, "unionid": unionid} if unionid else {"appid": SIM_MP_APPID})["openid"]
+            openid = self.control(
+                "users", {"appid": SIM_MP_APPID, "unionid": unionid} if unionid else {"appid": SIM_MP_APPID}
+            )["openid"]
         return self.control("login-code", {"appid": SIM_MP_APPID, "openid": openid})["code"], openid
 
 
@@ -295,7 +303,10 @@ def wechat_sim(tmp_path_factory) -> Iterator[WeChatSim]:
     log = open(tmp_path_factory.mktemp("wechat-sim") / "sim.log", "wb")
     proc = subprocess.Popen(
         [PYTHON, "-m", "wechat.simulator", "--host", "127.0.0.1", "--port", str(port)],
-        cwd=ROOT, env=base_env(PYTHONPATH=str(ROOT)), stdout=log, stderr=subprocess.STDOUT,
+        cwd=ROOT,
+        env=base_env(PYTHONPATH=str(ROOT)),
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     sim = WeChatSim(f"http://127.0.0.1:{port}", proc)
     deadline = time.monotonic() + 30
@@ -336,9 +347,27 @@ def platform_sim(tmp_path_factory) -> Iterator[PlatformSim]:
     port = free_port()
     log = open(tmp_path_factory.mktemp("platform-sim") / "sim.log", "wb")
     proc = subprocess.Popen(
-        [PYTHON, "-m", "bridge.simulator", "--host", "127.0.0.1", "--port", str(port), "--app-key", PLATFORM_KEY,
-         "--secret", PLATFORM_SECRET, "--script", "happy", "--step-delay", "3600"],
-        cwd=ROOT, env=base_env(PYTHONPATH=str(ROOT)), stdout=log, stderr=subprocess.STDOUT,
+        [
+            PYTHON,
+            "-m",
+            "bridge.simulator",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--app-key",
+            PLATFORM_KEY,
+            "--secret",
+            PLATFORM_SECRET,
+            "--script",
+            "happy",
+            "--step-delay",
+            "3600",
+        ],
+        cwd=ROOT,
+        env=base_env(PYTHONPATH=str(ROOT)),
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     sim = PlatformSim(f"http://127.0.0.1:{port}", proc)
     deadline = time.monotonic() + 30
@@ -359,28 +388,47 @@ def wechat_env(sim: WeChatSim) -> dict[str, str]:
 
     platform = {}
     if _platform is not None:
-        platform = {"PLATFORM_BASE_URL": _platform.url, "PLATFORM_APP_KEY": PLATFORM_KEY, "PLATFORM_SECRET": PLATFORM_SECRET}
-    return {**platform,
-        "WECHAT_API_BASE": sim.url, "WECHAT_MP_APPID": SIM_MP_APPID, "WECHAT_MP_SECRET": SIM_MP_SECRET,
-        "WECHAT_OA_APPID": OA_APPID, "WECHAT_OA_SECRET": OA_SECRET, "WECHAT_OA_TOKEN": OA_TOKEN,
+        platform = {
+            "PLATFORM_BASE_URL": _platform.url,
+            "PLATFORM_APP_KEY": PLATFORM_KEY,
+            "PLATFORM_SECRET": PLATFORM_SECRET,
+        }
+    return {
+        **platform,
+        "WECHAT_API_BASE": sim.url,
+        "WECHAT_MP_APPID": SIM_MP_APPID,
+        "WECHAT_MP_SECRET": SIM_MP_SECRET,
+        "WECHAT_OA_APPID": OA_APPID,
+        "WECHAT_OA_SECRET": OA_SECRET,
+        "WECHAT_OA_TOKEN": OA_TOKEN,
         "WECHAT_OA_AES_KEY": OA_AES_KEY,
     }
 
 
-def make_server(tmp_path_factory, databases, wechat_sim, name: str, with_workers: bool | None = None,
-                **extra: str) -> tuple[Server, str | None]:
+def make_server(
+    tmp_path_factory, databases, wechat_sim, name: str, with_workers: bool | None = None, **extra: str
+) -> tuple[Server, str | None]:
     """A server on this run's backends, talking to the WeChat simulator server."""
     cwd = tmp_path_factory.mktemp(name)
     # Every test comes from 127.0.0.1: lift the per-IP limits (their own tests check them).
     # Pushes go out whatever the hour the tests run at (quiet hours have their own test).
-    settings = {"REQUEST_MAX_SIZE": "65536", "LOG_LEVEL": "INFO", "RATE_LIMITS": "login.ip=100000/minute,declare.ip=100000/hour,face.ip=100000/hour",
-                "PUSH_MP_TEMPLATE_ID": MP_TEMPLATE, "PUSH_OA_TEMPLATE_ID": OA_TEMPLATE, "PUSH_QUIET_HOURS": "",
-                **wechat_env(wechat_sim), **extra}
+    settings = {
+        "REQUEST_MAX_SIZE": "65536",
+        "LOG_LEVEL": "INFO",
+        "RATE_LIMITS": "login.ip=100000/minute,declare.ip=100000/hour,face.ip=100000/hour",
+        "PUSH_MP_TEMPLATE_ID": MP_TEMPLATE,
+        "PUSH_OA_TEMPLATE_ID": OA_TEMPLATE,
+        "PUSH_QUIET_HOURS": "",
+        **wechat_env(wechat_sim),
+        **extra,
+    }
     if TEST_DATABASE_URL and TEST_REDIS_URL:
         database = databases.new("postgres")
         prefix = f"zbt{RUN_ID}{name}:"
         workers = name == "server" if with_workers is None else with_workers
-        return start_server(production_env(database, prefix, **settings), cwd, database=database, with_workers=workers), prefix
+        return start_server(
+            production_env(database, prefix, **settings), cwd, database=database, with_workers=workers
+        ), prefix
     database = databases.new("sqlite")
     return start_server(base_env(DATABASE_URL=database.url, **settings), cwd, database=database), None
 

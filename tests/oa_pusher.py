@@ -60,11 +60,22 @@ class OAPusher:
     def params(self, *, timestamp: int | None = None, nonce: str | None = None) -> dict:
         timestamp = str(timestamp if timestamp is not None else int(time.time()))
         nonce = nonce or "".join(secrets.choice(string.digits) for _ in range(9))
-        return {"signature": _sha1(self.token, timestamp, nonce), "timestamp": timestamp, "nonce": nonce,
-                "openid": "ignored-by-server"}
+        return {
+            "signature": _sha1(self.token, timestamp, nonce),
+            "timestamp": timestamp,
+            "nonce": nonce,
+            "openid": "ignored-by-server",
+        }
 
-    def post(self, xml: str, *, encrypted: bool = True, timestamp: int | None = None,
-             tamper: str | None = None, timeout: float = 10) -> httpx.Response:
+    def post(
+        self,
+        xml: str,
+        *,
+        encrypted: bool = True,
+        timestamp: int | None = None,
+        tamper: str | None = None,
+        timeout: float = 10,
+    ) -> httpx.Response:
         params = self.params(timestamp=timestamp)
         if not encrypted:
             return httpx.post(self.url, params=params, content=xml.encode(), timeout=timeout)
@@ -83,7 +94,9 @@ class OAPusher:
         root = ElementTree.fromstring(response.text)
         if encrypted:
             cipher = root.findtext("Encrypt")
-            assert root.findtext("MsgSignature") == _sha1(self.token, root.findtext("TimeStamp"), root.findtext("Nonce"), cipher)
+            assert root.findtext("MsgSignature") == _sha1(
+                self.token, root.findtext("TimeStamp"), root.findtext("Nonce"), cipher
+            )
             root = ElementTree.fromstring(self.decrypt(cipher))
         assert root.findtext("MsgType") == "text"
         return root.findtext("Content")

@@ -10,8 +10,16 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from tests.conftest import OA_AES_KEY, OA_TOKEN, SIM_MP_APPID, make_server, run_cli, wechat_env
-from tests.oa_pusher import OA_APPID, OAPusher, event_message, location_message, new_aes_key, text_message, voice_message
+from tests.conftest import OA_AES_KEY, OA_TOKEN, SIM_MP_APPID, make_server, run_cli
+from tests.oa_pusher import (
+    OA_APPID,
+    OAPusher,
+    event_message,
+    location_message,
+    new_aes_key,
+    text_message,
+    voice_message,
+)
 from tests.test_drafts import RENEWAL, new_draft, photo_id, renewal_answers
 from tests.test_identity import auth, id_number, login, to_l3
 
@@ -65,12 +73,16 @@ def test_xxe_and_billion_laughs_are_400_and_read_nothing(server, oa, tmp_path, w
     marker = "TOP-SECRET-" + secrets.token_hex(8)
     secret_file.write_text(marker)
     openid = follower(wechat_sim)
-    xxe = (f'<?xml version="1.0"?><!DOCTYPE x [<!ENTITY e SYSTEM "file://{secret_file}">]>'
-           f"<xml><ToUserName>gh</ToUserName><FromUserName>{openid}</FromUserName><CreateTime>{int(time.time())}</CreateTime>"
-           "<MsgType>text</MsgType><Content>&e;</Content><MsgId>1</MsgId></xml>")
-    laughs = ('<?xml version="1.0"?><!DOCTYPE lolz [<!ENTITY lol "lol">'
-              + "".join(f'<!ENTITY lol{i} "{("&lol" + (str(i - 1) if i > 1 else "") + ";") * 10}">' for i in range(1, 10))
-              + f"]><xml><FromUserName>{openid}</FromUserName><MsgType>text</MsgType><Content>&lol9;</Content></xml>")
+    xxe = (
+        f'<?xml version="1.0"?><!DOCTYPE x [<!ENTITY e SYSTEM "file://{secret_file}">]>'
+        f"<xml><ToUserName>gh</ToUserName><FromUserName>{openid}</FromUserName><CreateTime>{int(time.time())}</CreateTime>"
+        "<MsgType>text</MsgType><Content>&e;</Content><MsgId>1</MsgId></xml>"
+    )
+    laughs = (
+        '<?xml version="1.0"?><!DOCTYPE lolz [<!ENTITY lol "lol">'
+        + "".join(f'<!ENTITY lol{i} "{("&lol" + (str(i - 1) if i > 1 else "") + ";") * 10}">' for i in range(1, 10))
+        + f"]><xml><FromUserName>{openid}</FromUserName><MsgType>text</MsgType><Content>&lol9;</Content></xml>"
+    )
     for body in (xxe, laughs):
         for encrypted in (False, True):
             response = oa.post(body, encrypted=encrypted)
@@ -142,14 +154,18 @@ def test_progress_only_for_the_senders_own_cases(server, oa, wechat_sim):
         answers = renewal_answers(photo_id(server, tokens))
         answers["applicant"]["phone"] = "13700001111"
         c.patch(f"/api/v1/drafts/{draft['id']}", json={"version": 1, "data": answers})
-        mine = c.post(f"/api/v1/drafts/{draft['id']}/submit", headers={"Idempotency-Key": uuid.uuid4().hex}).json()["case_no"]
+        mine = c.post(f"/api/v1/drafts/{draft['id']}/submit", headers={"Idempotency-Key": uuid.uuid4().hex}).json()[
+            "case_no"
+        ]
     stranger_tokens = to_l3(server, wechat_sim, "沈十七", id_number())
     with server.client(headers=auth(stranger_tokens)) as c:
         draft = new_draft(c, service_code=RENEWAL)
         answers = renewal_answers(photo_id(server, stranger_tokens))
         answers["applicant"]["phone"] = "13700002222"
         c.patch(f"/api/v1/drafts/{draft['id']}", json={"version": 1, "data": answers})
-        theirs = c.post(f"/api/v1/drafts/{draft['id']}/submit", headers={"Idempotency-Key": uuid.uuid4().hex}).json()["case_no"]
+        theirs = c.post(f"/api/v1/drafts/{draft['id']}/submit", headers={"Idempotency-Key": uuid.uuid4().hex}).json()[
+            "case_no"
+        ]
 
     oa_openid = follower(wechat_sim, unionid=unionid)
     own = ask(oa, oa_openid, f"{mine}")
@@ -164,16 +180,26 @@ def test_progress_only_for_the_senders_own_cases(server, oa, wechat_sim):
 
 
 EVERYDAY = [
-    ("身份证过期了怎么办", "居民身份证换领"), ("身份证到期换证要带什么", "居民身份证换领"),
-    ("公积金提取要带什么", "公积金提取"), ("租房怎么提公积金", "公积金提取"),
-    ("驾驶证到期换证", "机动车驾驶证换证"), ("驾照过期了", "机动车驾驶证换证"),
-    ("社保卡丢了怎么补", "社保卡补办"), ("医保卡补办", "社保卡补办"),
-    ("老人优待证怎么办", "老年人优待证"), ("老年证在哪办", "老年人优待证"),
-    ("查一下名下有没有房", "不动产登记信息查询"), ("开无房证明", "不动产登记信息查询"),
-    ("迁户口要什么材料", "户口迁移"), ("买房落户", "户口迁移"),
-    ("居住证怎么办理", "居住证办理"), ("暂住证", "居住证办理"),
-    ("个体户营业执照怎么办", "个体工商户登记"), ("开店要办什么执照", "个体工商户登记"),
-    ("出生证明怎么办", "出生医学证明"), ("新生儿出生医学证明", "出生医学证明"),
+    ("身份证过期了怎么办", "居民身份证换领"),
+    ("身份证到期换证要带什么", "居民身份证换领"),
+    ("公积金提取要带什么", "公积金提取"),
+    ("租房怎么提公积金", "公积金提取"),
+    ("驾驶证到期换证", "机动车驾驶证换证"),
+    ("驾照过期了", "机动车驾驶证换证"),
+    ("社保卡丢了怎么补", "社保卡补办"),
+    ("医保卡补办", "社保卡补办"),
+    ("老人优待证怎么办", "老年人优待证"),
+    ("老年证在哪办", "老年人优待证"),
+    ("查一下名下有没有房", "不动产登记信息查询"),
+    ("开无房证明", "不动产登记信息查询"),
+    ("迁户口要什么材料", "户口迁移"),
+    ("买房落户", "户口迁移"),
+    ("居住证怎么办理", "居住证办理"),
+    ("暂住证", "居住证办理"),
+    ("个体户营业执照怎么办", "个体工商户登记"),
+    ("开店要办什么执照", "个体工商户登记"),
+    ("出生证明怎么办", "出生医学证明"),
+    ("新生儿出生医学证明", "出生医学证明"),
 ]
 
 
@@ -217,9 +243,15 @@ def test_menu_push_reaches_wechat(server, wechat_sim, tmp_path):
     assert names == ["办事指南", "掌上办理", "我的"]
 
 
-@pytest.mark.parametrize(("question", "expected"), [
-    ("大厅几点上班", "周一至周五"), ("12345热线", "12345"), ("怎么实名认证", "刷脸"), ("能用支付宝交钱吗", "支付宝"),
-])
+@pytest.mark.parametrize(
+    ("question", "expected"),
+    [
+        ("大厅几点上班", "周一至周五"),
+        ("12345热线", "12345"),
+        ("怎么实名认证", "刷脸"),
+        ("能用支付宝交钱吗", "支付宝"),
+    ],
+)
 def test_faq_answers(oa, wechat_sim, question, expected):
     assert expected in ask(oa, follower(wechat_sim), question)
 
@@ -238,15 +270,37 @@ def test_outbound_messages_reach_wechat(wechat_sim):
     async def send() -> str:
         redis = create_redis(load_settings(REDIS_URL=None))
         async with httpx.AsyncClient() as http:
-            oa_api = OfficialAccountAPI(WeChatClient(appid=OA_APPID, secret=OA_SECRET, base_url=wechat_sim.url, redis=redis,
-                                                     token_key=f"zbt-oa-{secrets.token_hex(4)}", http=http))
+            oa_api = OfficialAccountAPI(
+                WeChatClient(
+                    appid=OA_APPID,
+                    secret=OA_SECRET,
+                    base_url=wechat_sim.url,
+                    redis=redis,
+                    token_key=f"zbt-oa-{secrets.token_hex(4)}",
+                    http=http,
+                )
+            )
             await oa_api.send_text(openid, "您的办件已受理")
-            await oa_api.send_news(openid, [{"title": "办事指南", "description": "居民身份证换领", "url": "https://example.gov.cn/g",
-                                             "picurl": "https://example.gov.cn/p.png"}])
-            await oa_api.send_miniprogram_page(openid, title="掌办", appid=SIM_MP_APPID, pagepath="pages/index/index",
-                                               thumb_media_id="MEDIA_ID")
-            msgid = await oa_api.send_template(openid, "TPL_PROGRESS", {"first": {"value": "办件进度"}},
-                                               miniprogram={"appid": SIM_MP_APPID, "pagepath": "pages/case/index"})
+            await oa_api.send_news(
+                openid,
+                [
+                    {
+                        "title": "办事指南",
+                        "description": "居民身份证换领",
+                        "url": "https://example.gov.cn/g",
+                        "picurl": "https://example.gov.cn/p.png",
+                    }
+                ],
+            )
+            await oa_api.send_miniprogram_page(
+                openid, title="掌办", appid=SIM_MP_APPID, pagepath="pages/index/index", thumb_media_id="MEDIA_ID"
+            )
+            msgid = await oa_api.send_template(
+                openid,
+                "TPL_PROGRESS",
+                {"first": {"value": "办件进度"}},
+                miniprogram={"appid": SIM_MP_APPID, "pagepath": "pages/case/index"},
+            )
             await redis.aclose()
             return msgid
 

@@ -147,7 +147,11 @@ def test_encrypted_reply_opens_with_the_independent_code(acct: Account):
     prefix, xml, appid = ref_decrypt(acct.key, encrypt)
     assert appid == acct.appid and xml == reply.encode()
     back = parse(xml)
-    assert (back.to_user, back.from_user, back.content) == (OPENID, ACCOUNT, "您好，请在“掌办”小程序中搜索“身份证换领”。")
+    assert (back.to_user, back.from_user, back.content) == (
+        OPENID,
+        ACCOUNT,
+        "您好，请在“掌办”小程序中搜索“身份证换领”。",
+    )
 
     # a fresh random prefix every time, and the timestamp defaults to the injected clock
     acct.clock[0] = NOW + 42
@@ -425,7 +429,7 @@ def test_xxe_is_refused_and_nothing_is_read(secret_file):
         f'<!DOCTYPE x [<!ENTITY % p SYSTEM "file://{secret_file}"> %p;]><xml/>',
         '<!DOCTYPE xml SYSTEM "http://127.0.0.1:9/evil.dtd"><xml/>',
         f'<xml xmlns:xi="http://www.w3.org/2001/XInclude"><ToUserName>{ACCOUNT}</ToUserName><FromUserName>{OPENID}'
-        f'</FromUserName><CreateTime>{NOW}</CreateTime><MsgType>text</MsgType>'
+        f"</FromUserName><CreateTime>{NOW}</CreateTime><MsgType>text</MsgType>"
         f'<Content><xi:include href="file://{secret_file}" parse="text"/></Content></xml>',
     ]
     for body in bodies:
@@ -443,7 +447,7 @@ def test_xxe_is_refused_and_nothing_is_read(secret_file):
 def test_billion_laughs_is_refused_quickly():
     lol = ['<!DOCTYPE lolz [<!ENTITY lol "lol">']
     lol += [f'<!ENTITY lol{i} "{("&lol" + (str(i - 1) if i > 1 else "") + ";") * 10}">' for i in range(1, 10)]
-    body = "".join(lol) + "]>" + f"<xml><Content>&lol9;</Content></xml>"
+    body = "".join(lol) + "]>" + "<xml><Content>&lol9;</Content></xml>"
     started = time.perf_counter()
     with pytest.raises(BadMessage, match="forbidden XML"):
         parse(body.encode())
@@ -513,76 +517,103 @@ def _sample(fields: str, *, create_time: int = 1357290913) -> bytes:
 
 
 def test_text_message():
-    m = parse(_sample(
-        "<MsgType><![CDATA[text]]></MsgType><Content><![CDATA[社保卡 补办\n要带什么]]></Content><MsgId>1234567890123456</MsgId>"
-    ))
+    m = parse(
+        _sample(
+            "<MsgType><![CDATA[text]]></MsgType><Content><![CDATA[社保卡 补办\n要带什么]]></Content>"
+            "<MsgId>1234567890123456</MsgId>"
+        )
+    )
     assert m == Message(
-        to_user=ACCOUNT, from_user=OPENID, create_time=1357290913, msg_type="text", msg_id="1234567890123456",
-        content="社保卡 补办\n要带什么", raw=m.raw,
+        to_user=ACCOUNT,
+        from_user=OPENID,
+        create_time=1357290913,
+        msg_type="text",
+        msg_id="1234567890123456",
+        content="社保卡 补办\n要带什么",
+        raw=m.raw,
     )
     assert m.raw["Content"] == "社保卡 补办\n要带什么" and m.raw["MsgType"] == "text"
     assert dedup_key(m) == f"msg:{OPENID}:1234567890123456"
 
 
 def test_voice_message_with_recognition():
-    m = parse(_sample(
-        "<MsgType><![CDATA[voice]]></MsgType><MediaId><![CDATA[media_id]]></MediaId><Format><![CDATA[amr]]></Format>"
-        "<Recognition><![CDATA[腾讯微信团队]]></Recognition><MsgId>1234567890123456</MsgId>"
-    ))
+    m = parse(
+        _sample(
+            "<MsgType><![CDATA[voice]]></MsgType><MediaId><![CDATA[media_id]]></MediaId><Format><![CDATA[amr]]></Format>"
+            "<Recognition><![CDATA[腾讯微信团队]]></Recognition><MsgId>1234567890123456</MsgId>"
+        )
+    )
     assert (m.msg_type, m.media_id, m.recognition, m.raw["Format"]) == ("voice", "media_id", "腾讯微信团队", "amr")
     # recognition switched off: an empty Recognition element
-    off = parse(_sample(
-        "<MsgType><![CDATA[voice]]></MsgType><MediaId><![CDATA[m2]]></MediaId><Format><![CDATA[amr]]></Format>"
-        "<MsgId>5912592682802219078</MsgId><Recognition><![CDATA[]]></Recognition>"
-    ))
+    off = parse(
+        _sample(
+            "<MsgType><![CDATA[voice]]></MsgType><MediaId><![CDATA[m2]]></MediaId><Format><![CDATA[amr]]></Format>"
+            "<MsgId>5912592682802219078</MsgId><Recognition><![CDATA[]]></Recognition>"
+        )
+    )
     assert off.recognition is None and off.msg_id == "5912592682802219078"
 
 
 def test_image_message():
-    m = parse(_sample(
-        "<MsgType><![CDATA[image]]></MsgType><PicUrl><![CDATA[http://mmbiz.qpic.cn/abc/0]]></PicUrl>"
-        "<MediaId><![CDATA[media_id]]></MediaId><MsgId>1234567890123456</MsgId>"
-    ))
+    m = parse(
+        _sample(
+            "<MsgType><![CDATA[image]]></MsgType><PicUrl><![CDATA[http://mmbiz.qpic.cn/abc/0]]></PicUrl>"
+            "<MediaId><![CDATA[media_id]]></MediaId><MsgId>1234567890123456</MsgId>"
+        )
+    )
     assert (m.msg_type, m.pic_url, m.media_id) == ("image", "http://mmbiz.qpic.cn/abc/0", "media_id")
     assert m.msg_id == "1234567890123456"
 
 
 def test_location_message():
-    m = parse(_sample(
-        "<MsgType><![CDATA[location]]></MsgType><Location_X>23.134521</Location_X><Location_Y>113.358803</Location_Y>"
-        "<Scale>20</Scale><Label><![CDATA[位置信息]]></Label><MsgId>1234567890123456</MsgId>", create_time=1351776360
-    ))
+    m = parse(
+        _sample(
+            "<MsgType><![CDATA[location]]></MsgType><Location_X>23.134521</Location_X><Location_Y>113.358803</Location_Y>"
+            "<Scale>20</Scale><Label><![CDATA[位置信息]]></Label><MsgId>1234567890123456</MsgId>",
+            create_time=1351776360,
+        )
+    )
     assert m.location == Location(23.134521, 113.358803, 20, "位置信息")
     assert m.location == (23.134521, 113.358803, 20, "位置信息")
     assert m.event is None and dedup_key(m) == f"msg:{OPENID}:1234567890123456"
 
 
 def test_link_and_video_messages():
-    link = parse(_sample(
-        "<MsgType><![CDATA[link]]></MsgType><Title><![CDATA[公众平台官网链接]]></Title>"
-        "<Description><![CDATA[公众平台官网链接]]></Description><Url><![CDATA[url]]></Url><MsgId>1234567890123456</MsgId>"
-    ))
+    link = parse(
+        _sample(
+            "<MsgType><![CDATA[link]]></MsgType><Title><![CDATA[公众平台官网链接]]></Title>"
+            "<Description><![CDATA[公众平台官网链接]]></Description><Url><![CDATA[url]]></Url><MsgId>1234567890123456</MsgId>"
+        )
+    )
     assert link.msg_type == "link" and link.raw["Title"] == "公众平台官网链接" and link.raw["Url"] == "url"
-    video = parse(_sample(
-        "<MsgType><![CDATA[shortvideo]]></MsgType><MediaId><![CDATA[media_id]]></MediaId>"
-        "<ThumbMediaId><![CDATA[thumb_media_id]]></ThumbMediaId><MsgId>1234567890123456</MsgId>"
-    ))
+    video = parse(
+        _sample(
+            "<MsgType><![CDATA[shortvideo]]></MsgType><MediaId><![CDATA[media_id]]></MediaId>"
+            "<ThumbMediaId><![CDATA[thumb_media_id]]></ThumbMediaId><MsgId>1234567890123456</MsgId>"
+        )
+    )
     assert (video.msg_type, video.media_id, video.raw["ThumbMediaId"]) == ("shortvideo", "media_id", "thumb_media_id")
 
 
 def test_subscribe_by_qr_code_and_scan():
-    m = parse(_sample(
-        "<MsgType><![CDATA[event]]></MsgType><Event><![CDATA[subscribe]]></Event>"
-        "<EventKey><![CDATA[qrscene_123123]]></EventKey><Ticket><![CDATA[TICKET]]></Ticket>", create_time=123456789
-    ))
+    m = parse(
+        _sample(
+            "<MsgType><![CDATA[event]]></MsgType><Event><![CDATA[subscribe]]></Event>"
+            "<EventKey><![CDATA[qrscene_123123]]></EventKey><Ticket><![CDATA[TICKET]]></Ticket>",
+            create_time=123456789,
+        )
+    )
     assert (m.msg_type, m.event, m.event_key, m.scene) == ("event", "subscribe", "qrscene_123123", "123123")
     assert m.raw["Ticket"] == "TICKET"
     assert m.msg_id is None
     assert dedup_key(m) == f"evt:{OPENID}:123456789:subscribe:qrscene_123123"
-    scan = parse(_sample(
-        "<MsgType><![CDATA[event]]></MsgType><Event><![CDATA[SCAN]]></Event>"
-        "<EventKey><![CDATA[SCENE_VALUE]]></EventKey><Ticket><![CDATA[TICKET]]></Ticket>", create_time=123456789
-    ))
+    scan = parse(
+        _sample(
+            "<MsgType><![CDATA[event]]></MsgType><Event><![CDATA[SCAN]]></Event>"
+            "<EventKey><![CDATA[SCENE_VALUE]]></EventKey><Ticket><![CDATA[TICKET]]></Ticket>",
+            create_time=123456789,
+        )
+    )
     assert (scan.event, scan.scene) == ("scan", "SCENE_VALUE")
     plain = parse(_sample("<MsgType><![CDATA[event]]></MsgType><Event><![CDATA[subscribe]]></Event>"))
     assert (plain.event, plain.event_key, plain.scene) == ("subscribe", None, None)
@@ -595,46 +626,57 @@ def test_unsubscribe_event():
 
 
 def test_menu_click_and_view_events():
-    click = parse(_sample(
-        "<MsgType><![CDATA[event]]></MsgType><Event><![CDATA[CLICK]]></Event>"
-        "<EventKey><![CDATA[MENU_GUIDE]]></EventKey>"
-    ))
+    click = parse(
+        _sample(
+            "<MsgType><![CDATA[event]]></MsgType><Event><![CDATA[CLICK]]></Event>"
+            "<EventKey><![CDATA[MENU_GUIDE]]></EventKey>"
+        )
+    )
     assert (click.event, click.event_key) == ("click", "MENU_GUIDE")
     assert dedup_key(click) == f"evt:{OPENID}:1357290913:click:MENU_GUIDE"
-    view = parse(_sample(
-        "<MsgType><![CDATA[event]]></MsgType><Event><![CDATA[VIEW]]></Event>"
-        "<EventKey><![CDATA[https://zhangban.example.gov.cn/a?b=1]]></EventKey><MenuId>MENUID</MenuId>"
-    ))
+    view = parse(
+        _sample(
+            "<MsgType><![CDATA[event]]></MsgType><Event><![CDATA[VIEW]]></Event>"
+            "<EventKey><![CDATA[https://zhangban.example.gov.cn/a?b=1]]></EventKey><MenuId>MENUID</MenuId>"
+        )
+    )
     assert (view.event, view.event_key) == ("view", "https://zhangban.example.gov.cn/a?b=1")
     assert view.raw["MenuId"] == "MENUID"
 
 
 def test_location_events():
-    m = parse(_sample(
-        "<MsgType><![CDATA[event]]></MsgType><Event><![CDATA[LOCATION]]></Event>"
-        "<Latitude>23.137466</Latitude><Longitude>113.352425</Longitude><Precision>119.385040</Precision>",
-        create_time=123456789,
-    ))
+    m = parse(
+        _sample(
+            "<MsgType><![CDATA[event]]></MsgType><Event><![CDATA[LOCATION]]></Event>"
+            "<Latitude>23.137466</Latitude><Longitude>113.352425</Longitude><Precision>119.385040</Precision>",
+            create_time=123456789,
+        )
+    )
     assert (m.event, m.location) == ("location", Location(23.137466, 113.352425, None, None))
     assert m.raw["Precision"] == "119.385040"
     assert dedup_key(m) == f"evt:{OPENID}:123456789:location:"
-    picked = parse(_sample(
-        "<MsgType><![CDATA[event]]></MsgType><Event><![CDATA[location_select]]></Event>"
-        "<EventKey><![CDATA[6]]></EventKey><SendLocationInfo>"
-        "<Location_X><![CDATA[23]]></Location_X><Location_Y><![CDATA[113]]></Location_Y>"
-        "<Scale><![CDATA[15]]></Scale><Label><![CDATA[ 广州市海珠区客村艺苑路 106号]]></Label><Poiname><![CDATA[]]></Poiname>"
-        "</SendLocationInfo>"
-    ))
+    picked = parse(
+        _sample(
+            "<MsgType><![CDATA[event]]></MsgType><Event><![CDATA[location_select]]></Event>"
+            "<EventKey><![CDATA[6]]></EventKey><SendLocationInfo>"
+            "<Location_X><![CDATA[23]]></Location_X><Location_Y><![CDATA[113]]></Location_Y>"
+            "<Scale><![CDATA[15]]></Scale><Label><![CDATA[ 广州市海珠区客村艺苑路 106号]]></Label>"
+            "<Poiname><![CDATA[]]></Poiname>"
+            "</SendLocationInfo>"
+        )
+    )
     assert picked.location == Location(23.0, 113.0, 15, "广州市海珠区客村艺苑路 106号")
     assert picked.raw["SendLocationInfo.Poiname"] == ""
 
 
 def test_repeated_nested_items_are_kept():
-    m = parse(_sample(
-        "<MsgType><![CDATA[event]]></MsgType><Event><![CDATA[pic_weixin]]></Event><EventKey><![CDATA[6]]></EventKey>"
-        "<SendPicsInfo><Count>2</Count><PicList><item><PicMd5Sum><![CDATA[aaa]]></PicMd5Sum></item>"
-        "<item><PicMd5Sum><![CDATA[bbb]]></PicMd5Sum></item></PicList></SendPicsInfo>"
-    ))
+    m = parse(
+        _sample(
+            "<MsgType><![CDATA[event]]></MsgType><Event><![CDATA[pic_weixin]]></Event><EventKey><![CDATA[6]]></EventKey>"
+            "<SendPicsInfo><Count>2</Count><PicList><item><PicMd5Sum><![CDATA[aaa]]></PicMd5Sum></item>"
+            "<item><PicMd5Sum><![CDATA[bbb]]></PicMd5Sum></item></PicList></SendPicsInfo>"
+        )
+    )
     assert m.raw["SendPicsInfo.PicList.item.PicMd5Sum"] == "aaa"
     assert m.raw["SendPicsInfo.PicList.item.PicMd5Sum[1]"] == "bbb"
 
@@ -679,8 +721,7 @@ def test_text_reply_is_wechats_xml():
 def _expected_in_xml(s: str) -> str:
     """What an XML parser gives back for `s`: no characters XML forbids, newlines normalised."""
     allowed = [
-        c for c in s
-        if c in "\t\n\r" or "\x20" <= c <= "\ud7ff" or "\ue000" <= c <= "\ufffd" or c >= "\U00010000"
+        c for c in s if c in "\t\n\r" or "\x20" <= c <= "\ud7ff" or "\ue000" <= c <= "\ufffd" or c >= "\U00010000"
     ]
     return "".join(allowed).replace("\r\n", "\n").replace("\r", "\n")
 
@@ -743,9 +784,12 @@ def test_news_reply_limits():
     assert fromstring(news_reply(text, [one]).encode()).findtext("ArticleCount") == "1"
     with pytest.raises(ValueError):
         news_reply(text, [one, one])
-    for bad in ({"title": "t", "url": "javascript:alert(1)"}, {"title": "", "url": "https://a.example/"},
-                {"title": "t", "url": "https://a.example/", "pic_url": "https://a.example/p.png"},
-                {"title": "t", "url": "https://a.example/", "picurl": "file:///etc/passwd"}):
+    for bad in (
+        {"title": "t", "url": "javascript:alert(1)"},
+        {"title": "", "url": "https://a.example/"},
+        {"title": "t", "url": "https://a.example/", "pic_url": "https://a.example/p.png"},
+        {"title": "t", "url": "https://a.example/", "picurl": "file:///etc/passwd"},
+    ):
         with pytest.raises(ValueError):
             news_reply(event, [bad])
 
@@ -770,4 +814,9 @@ def test_whole_safe_mode_exchange(acct: Account):
     assert envelope.findtext("MsgSignature") == ref_sign(acct.token, ts, nonce, envelope.findtext("Encrypt"))
     _, xml, appid = ref_decrypt(acct.key, envelope.findtext("Encrypt"))
     answer = parse(xml)
-    assert (appid, answer.to_user, answer.from_user, answer.content) == (acct.appid, OPENID, ACCOUNT, "您的办件正在审核中。")
+    assert (appid, answer.to_user, answer.from_user, answer.content) == (
+        acct.appid,
+        OPENID,
+        ACCOUNT,
+        "您的办件正在审核中。",
+    )

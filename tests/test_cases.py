@@ -95,8 +95,11 @@ def test_keyset_pages_of_cases(server, wechat_sim):
             answers = renewal_answers(photo_id(server, tokens))
             answers["applicant"]["phone"] = f"1372222{i:04d}"
             c.patch(f"/api/v1/drafts/{draft['id']}", json={"version": 1, "data": answers})
-            numbers.append(c.post(f"/api/v1/drafts/{draft['id']}/submit",
-                                  headers={"Idempotency-Key": uuid.uuid4().hex}).json()["case_no"])
+            numbers.append(
+                c.post(f"/api/v1/drafts/{draft['id']}/submit", headers={"Idempotency-Key": uuid.uuid4().hex}).json()[
+                    "case_no"
+                ]
+            )
         first = c.get("/api/v1/cases", params={"limit": 2}).json()
         second = c.get("/api/v1/cases", params={"limit": 2, "before": first["next_cursor"]}).json()
     assert [i["case_no"] for i in first["items"]] == numbers[::-1][:2]

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
-import httpx
 import yaml
 
 from handlers.catalog import DEMO_CATALOGUE
@@ -57,8 +54,21 @@ def test_full_guide(server, wechat_sim):
         guide = c.get(f"/api/v1/services/{renewal['code']}")
         assert guide.status_code == 200, guide.text
         g = guide.json()
-        for key in ("code", "name", "basis", "legal_days", "promised_days", "department", "fee", "flags",
-                    "min_identity_level", "conditions", "steps", "materials", "form"):
+        for key in (
+            "code",
+            "name",
+            "basis",
+            "legal_days",
+            "promised_days",
+            "department",
+            "fee",
+            "flags",
+            "min_identity_level",
+            "conditions",
+            "steps",
+            "materials",
+            "form",
+        ):
             assert key in g
         assert g["fee"] == {"kind": "fixed", "amount_fen": 2000, "basis": renewal["fee"]["basis"]}
         assert g["department"] == "泸州市公安局"
@@ -72,7 +82,11 @@ def test_search_endpoint(server, wechat_sim):
     _loaded(server)
     tokens, _ = login(server, wechat_sim)
     with server.client(headers=auth(tokens)) as c:
-        for phrase, name in [("身份证过期了怎么办", "居民身份证换领"), ("公积金怎么取", "公积金提取"), ("驾照到期", "机动车驾驶证换证")]:
+        for phrase, name in [
+            ("身份证过期了怎么办", "居民身份证换领"),
+            ("公积金怎么取", "公积金提取"),
+            ("驾照到期", "机动车驾驶证换证"),
+        ]:
             hits = c.get("/api/v1/services/search", params={"q": phrase}).json()["items"]
             assert hits and hits[0]["name"] == name, (phrase, hits)
             assert hits[0]["reason"] and hits[0]["score"] > 0

@@ -27,7 +27,7 @@ ID_WEIGHTS = [pow(2, 17 - i, 11) for i in range(17)]
 
 
 def ref_id_check(first17: str) -> str:
-    value = (12 - sum(int(d) * w for d, w in zip(first17, ID_WEIGHTS)) % 11) % 11
+    value = (12 - sum(int(d) * w for d, w in zip(first17, ID_WEIGHTS, strict=False)) % 11) % 11
     return "X" if value == 10 else str(value)
 
 
@@ -36,13 +36,13 @@ USCC_WEIGHTS = [pow(3, i, 31) for i in range(17)]
 
 
 def ref_uscc_check(first17: str) -> str:
-    return USCC_ALPHABET[(31 - sum(USCC_ALPHABET.index(c) * w for c, w in zip(first17, USCC_WEIGHTS)) % 31) % 31]
+    return USCC_ALPHABET[
+        (31 - sum(USCC_ALPHABET.index(c) * w for c, w in zip(first17, USCC_WEIGHTS, strict=False)) % 31) % 31
+    ]
 
 
 # GB/T 2260 province-level codes, typed in here rather than imported.
-REAL_PROVINCES = (
-    "11 12 13 14 15 21 22 23 31 32 33 34 35 36 37 41 42 43 44 45 46 50 51 52 53 54 61 62 63 64 65".split()
-)
+REAL_PROVINCES = "11 12 13 14 15 21 22 23 31 32 33 34 35 36 37 41 42 43 44 45 46 50 51 52 53 54 61 62 63 64 65".split()
 
 
 def ref_id_valid(value: str) -> bool:
@@ -61,7 +61,8 @@ def ref_uscc_valid(value: str) -> bool:
     return (
         len(value) == 18
         and all(c in USCC_ALPHABET for c in value)
-        and value[2:8].isascii() and value[2:8].isdigit()
+        and value[2:8].isascii()
+        and value[2:8].isdigit()
         and ref_uscc_check(value[:17]) == value[17]
     )
 
@@ -114,7 +115,7 @@ def test_generated_id_numbers_are_accepted(case):
 def test_any_single_character_change_of_an_id_number_is_rejected(case, position, replacement):
     number, _ = case
     assume(replacement.upper() != number[position])
-    changed = number[:position] + replacement + number[position + 1:]
+    changed = number[:position] + replacement + number[position + 1 :]
     with pytest.raises(InvalidIdentifier) as error:
         parse_id_number(changed)
     assert CHINESE.search(str(error.value))
@@ -184,7 +185,7 @@ def test_generated_usccs_are_accepted(code):
 @given(usccs(), st.integers(min_value=0, max_value=17), st.characters(codec="utf-8"))
 def test_any_single_character_change_of_a_uscc_is_rejected(code, position, replacement):
     assume(replacement.upper() != code[position])
-    changed = code[:position] + replacement + code[position + 1:]
+    changed = code[:position] + replacement + code[position + 1 :]
     with pytest.raises(InvalidIdentifier) as error:
         check_uscc(changed)
     assert CHINESE.search(str(error.value))

@@ -23,7 +23,10 @@ CASES = [
     ({"FIELD_ENCRYPTION_KEY": "c2hvcnQ="}, "FIELD_ENCRYPTION_KEY: must decode to 32 bytes, got 5"),
     ({"WECHAT_API_BASE": "ftp://api.weixin.qq.com"}, "WECHAT_API_BASE: unsupported scheme 'ftp'"),
     ({"WECHAT_MP_APPID": "wx123"}, "WECHAT_MP_SECRET: missing; WeChat mini-program is half-configured"),
-    ({"PLATFORM_BASE_URL": "https://platform.example.gov.cn"}, "PLATFORM_APP_KEY: missing; core platform is half-configured"),
+    (
+        {"PLATFORM_BASE_URL": "https://platform.example.gov.cn"},
+        "PLATFORM_APP_KEY: missing; core platform is half-configured",
+    ),
     ({"WECHAT_OA_AES_KEY": "tooshort"}, "WECHAT_OA_AES_KEY: EncodingAESKey must be 43 characters"),
     ({"WECHATPAY_APIV3_KEY": "abc"}, "WECHATPAY_APIV3_KEY: APIv3 key must be 32 bytes"),
     ({"ALIPAY_PRIVATE_KEY": "/nonexistent/key.pem"}, "ALIPAY_PRIVATE_KEY: file not found: /nonexistent/key.pem"),
@@ -34,7 +37,9 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize(("env", "expected"), CASES, ids=[next(iter(c[0])) + "=" + next(iter(c[0].values()))[:20] for c in CASES])
+@pytest.mark.parametrize(
+    ("env", "expected"), CASES, ids=[next(iter(c[0])) + "=" + next(iter(c[0].values()))[:20] for c in CASES]
+)
 def test_bad_value_exits_2_with_one_line(tmp_path, env, expected):
     result = run_cli("serve", env=base_env(**env), cwd=tmp_path)
     assert result.returncode == 2, result.stderr

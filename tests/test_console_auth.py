@@ -12,8 +12,15 @@ def official(server):
     username = f"clerk{secrets.token_hex(3)}"
     password = secrets.token_urlsafe(12)
     result = server.cli(
-        "create-official", "--username", username, "--name", "李办事员", "--department", "泸州市公安局",
-        "--password-stdin", input=password + "\n",
+        "create-official",
+        "--username",
+        username,
+        "--name",
+        "李办事员",
+        "--department",
+        "泸州市公安局",
+        "--password-stdin",
+        input=password + "\n",
     )
     assert result.returncode == 0, result.stderr
     assert f"official {username} created" in result.stdout

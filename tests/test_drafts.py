@@ -32,9 +32,18 @@ def citizen(server, wechat_sim):
     code = wechat_sim.control("phone-code", {"appid": SIM_MP_APPID, "openid": openid, "phone": phone})["code"]
     with server.client(headers=auth(tokens)) as c:
         assert c.post("/api/v1/me/phone", json={"code": code}).status_code == 200
-        assert c.post("/api/v1/me/addresses", json={
-            "recipient": "林小满", "phone": phone, "region_code": "510502", "detail": "江阳区酒城大道一段8号",
-        }).status_code == 201
+        assert (
+            c.post(
+                "/api/v1/me/addresses",
+                json={
+                    "recipient": "林小满",
+                    "phone": phone,
+                    "region_code": "510502",
+                    "detail": "江阳区酒城大道一段8号",
+                },
+            ).status_code
+            == 201
+        )
     return tokens, "林小满", number, phone
 
 
@@ -50,8 +59,13 @@ def photo_id(server, tokens: dict) -> str:
             image.putpixel((x, y), (0, 0, 0))
     out = io.BytesIO()
     image.save(out, "JPEG", quality=90)
-    response = httpx.post(server.url + "/api/v1/materials", headers=auth(tokens), data={"kind": "photo"},
-                          files={"file": ("photo.jpg", out.getvalue(), "image/jpeg")}, timeout=30)
+    response = httpx.post(
+        server.url + "/api/v1/materials",
+        headers=auth(tokens),
+        data={"kind": "photo"},
+        files={"file": ("photo.jpg", out.getvalue(), "image/jpeg")},
+        timeout=30,
+    )
     assert response.status_code == 201, response.text
     return response.json()["id"]
 
@@ -59,8 +73,12 @@ def photo_id(server, tokens: dict) -> str:
 def renewal_answers(photo: str = "not-uploaded") -> dict:
     return {
         "applicant": {"old_expiry": (TODAY + timedelta(days=30)).isoformat()},
-        "appointment": {"station": "jiangyang", "date": (TODAY + timedelta(days=5)).isoformat(), "period": "am",
-                        "delivery": "pickup"},
+        "appointment": {
+            "station": "jiangyang",
+            "date": (TODAY + timedelta(days=5)).isoformat(),
+            "period": "am",
+            "delivery": "pickup",
+        },
         "materials": {"photo": [photo]},
     }
 
@@ -101,8 +119,16 @@ def test_review_lists_every_problem_at_once(server, wechat_sim):
     body = review.json()
     assert body["ok"] is False
     problems = {p["path"]: p for p in body["problems"]}
-    for path in ("applicant.name", "applicant.id_number", "applicant.phone", "applicant.old_expiry",
-                 "appointment.station", "appointment.date", "appointment.period", "appointment.delivery"):
+    for path in (
+        "applicant.name",
+        "applicant.id_number",
+        "applicant.phone",
+        "applicant.old_expiry",
+        "appointment.station",
+        "appointment.date",
+        "appointment.period",
+        "appointment.delivery",
+    ):
         assert problems[path]["code"] == "required", path
     assert problems["materials.photo"]["code"] == "material_missing"
     assert "materials.hukou_book" not in problems  # issued by a government body: fetched by sharing
@@ -119,7 +145,10 @@ def test_hidden_field_becomes_required(server, wechat_sim):
         answers["applicant"].update({"phone": "13912345678"})
         saved = c.patch(f"/api/v1/drafts/{draft['id']}", json={"version": 1, "data": answers}).json()
         assert c.post(f"/api/v1/drafts/{draft['id']}/review").json() == {"ok": True, "problems": []}
-        mail = c.patch(f"/api/v1/drafts/{draft['id']}", json={"version": saved["version"], "data": {"appointment": {"delivery": "mail"}}})
+        mail = c.patch(
+            f"/api/v1/drafts/{draft['id']}",
+            json={"version": saved["version"], "data": {"appointment": {"delivery": "mail"}}},
+        )
         problems = c.post(f"/api/v1/drafts/{draft['id']}/review").json()["problems"]
     assert mail.status_code == 200
     assert [(p["path"], p["code"]) for p in problems] == [("appointment.mail_address", "required")]
@@ -130,8 +159,11 @@ def test_invalid_values_are_named_specifically(server, citizen):
     with server.client(headers=auth(tokens)) as c:
         draft = new_draft(c, service_code=RENEWAL)
         answers = renewal_answers()
-        answers["applicant"] = {"phone": "12345", "id_number": citizen[2][:-1] + ("0" if citizen[2][-1] != "0" else "1"),
-                                "old_expiry": (TODAY + timedelta(days=200)).isoformat()}
+        answers["applicant"] = {
+            "phone": "12345",
+            "id_number": citizen[2][:-1] + ("0" if citizen[2][-1] != "0" else "1"),
+            "old_expiry": (TODAY + timedelta(days=200)).isoformat(),
+        }
         answers["appointment"]["station"] = "moon"
         c.patch(f"/api/v1/drafts/{draft['id']}", json={"version": 1, "data": answers})
         problems = {p["path"]: p for p in c.post(f"/api/v1/drafts/{draft['id']}/review").json()["problems"]}
@@ -148,7 +180,9 @@ def test_concurrent_patch_one_wins_nothing_lost(server, citizen):
         draft = new_draft(c, service_code=RENEWAL)
 
     def save(part):
-        return httpx.patch(f"{server.url}/api/v1/drafts/{draft['id']}", json={"version": 1, "data": part}, headers=auth(tokens))
+        return httpx.patch(
+            f"{server.url}/api/v1/drafts/{draft['id']}", json={"version": 1, "data": part}, headers=auth(tokens)
+        )
 
     parts = [{"appointment": {"station": "naxi"}}, {"appointment": {"period": "pm"}}]
     with ThreadPoolExecutor(2) as pool:
@@ -159,8 +193,11 @@ def test_concurrent_patch_one_wins_nothing_lost(server, citizen):
     conflict = results[loser_index].json()
     assert conflict["code"] == "version_conflict" and conflict["details"]["current_version"] == 2
     # The losing device merges onto the current version: both answers are kept.
-    retry = httpx.patch(f"{server.url}/api/v1/drafts/{draft['id']}",
-                        json={"version": conflict["details"]["current_version"], "data": parts[loser_index]}, headers=auth(tokens))
+    retry = httpx.patch(
+        f"{server.url}/api/v1/drafts/{draft['id']}",
+        json={"version": conflict["details"]["current_version"], "data": parts[loser_index]},
+        headers=auth(tokens),
+    )
     assert retry.status_code == 200 and retry.json()["version"] == 3
     appointment = retry.json()["data"]["appointment"]
     assert appointment["station"] == "naxi" and appointment["period"] == "pm"
@@ -201,8 +238,12 @@ def test_idempotent_submit_under_20_concurrent_requests(server, citizen):
     key = uuid.uuid4().hex
 
     def submit(_):
-        return httpx.post(f"{server.url}/api/v1/drafts/{draft['id']}/submit", json={},
-                          headers={**auth(tokens), "Idempotency-Key": key}, timeout=30)
+        return httpx.post(
+            f"{server.url}/api/v1/drafts/{draft['id']}/submit",
+            json={},
+            headers={**auth(tokens), "Idempotency-Key": key},
+            timeout=30,
+        )
 
     with ThreadPoolExecutor(20) as pool:
         results = list(pool.map(submit, range(20)))
@@ -217,11 +258,17 @@ def test_idempotent_submit_under_20_concurrent_requests(server, citizen):
         f"SELECT to_status FROM case_events e JOIN cases c ON c.id = e.case_id WHERE c.case_no = '{case_no}'"
     )
     assert [e[0] for e in events].count("submitted") == 1  # one case, submitted once (then maybe delivered)
-    reused = httpx.post(f"{server.url}/api/v1/drafts/{draft['id']}/submit", json={"version": 99},
-                        headers={**auth(tokens), "Idempotency-Key": key})
+    reused = httpx.post(
+        f"{server.url}/api/v1/drafts/{draft['id']}/submit",
+        json={"version": 99},
+        headers={**auth(tokens), "Idempotency-Key": key},
+    )
     assert reused.status_code == 409 and reused.json()["code"] == "idempotency_key_reused"
-    again = httpx.post(f"{server.url}/api/v1/drafts/{draft['id']}/submit", json={},
-                       headers={**auth(tokens), "Idempotency-Key": uuid.uuid4().hex})
+    again = httpx.post(
+        f"{server.url}/api/v1/drafts/{draft['id']}/submit",
+        json={},
+        headers={**auth(tokens), "Idempotency-Key": uuid.uuid4().hex},
+    )
     assert again.status_code == 409 and again.json()["code"] == "draft_submitted"
     assert again.json()["details"]["case_nos"] == [case_no]
     missing = httpx.post(f"{server.url}/api/v1/drafts/{draft['id']}/submit", headers=auth(tokens))
@@ -238,12 +285,27 @@ def test_newborn_bundle_one_form_three_linked_cases(server, citizen):
         assert sum(1 for p in problems if p["path"] == "baby.name") == 1
         answers = {
             "applicant": {"relation": "mother", "pickup_by": "parent"},
-            "baby": {"name": "林小禾", "sex": "female", "birth_date": birth, "hospital": "lz_people", "weight": 3200,
-                     "gestation_weeks": 39, "ethnicity": "han"},
-            "parents": {"mother_name": name, "mother_id_number": number.upper(), "father_info": "absent",
-                        "married": "married", "follow": "mother", "region": "510502",
-                        "address": {"region_code": "510502", "detail": "江阳区酒城大道一段8号"},
-                        "householder_name": name, "relation_to_householder": "daughter", "delivery": "pickup"},
+            "baby": {
+                "name": "林小禾",
+                "sex": "female",
+                "birth_date": birth,
+                "hospital": "lz_people",
+                "weight": 3200,
+                "gestation_weeks": 39,
+                "ethnicity": "han",
+            },
+            "parents": {
+                "mother_name": name,
+                "mother_id_number": number.upper(),
+                "father_info": "absent",
+                "married": "married",
+                "follow": "mother",
+                "region": "510502",
+                "address": {"region_code": "510502", "detail": "江阳区酒城大道一段8号"},
+                "householder_name": name,
+                "relation_to_householder": "daughter",
+                "delivery": "pickup",
+            },
             "insurance": {"region": "510502", "resident_type": "born_here", "payment": "wechat"},
             "attachments": {"notice": "agreed"},
             "materials": {"application_form": [photo_id(server, tokens)]},
@@ -256,7 +318,11 @@ def test_newborn_bundle_one_form_three_linked_cases(server, citizen):
     assert submitted.status_code == 201, submitted.text
     body = submitted.json()
     assert len(body["cases"]) == 3
-    assert {case["service_name"] for case in body["cases"]} == {"出生医学证明", "出生登记", "城乡居民基本医疗保险参保登记"}
+    assert {case["service_name"] for case in body["cases"]} == {
+        "出生医学证明",
+        "出生登记",
+        "城乡居民基本医疗保险参保登记",
+    }
     assert body["bundle_no"] == body["cases"][0]["case_no"]
     rows = server.database.query(f"SELECT bundle_no FROM cases WHERE draft_id = '{draft['id']}'")
     assert len(rows) == 3 and {r[0] for r in rows} == {body["bundle_no"]}
@@ -271,7 +337,10 @@ def test_history_prefill_after_a_case(server, wechat_sim):
         answers = renewal_answers(photo_id(server, tokens))
         answers["applicant"]["phone"] = "13711112222"
         c.patch(f"/api/v1/drafts/{first['id']}", json={"version": 1, "data": answers})
-        assert c.post(f"/api/v1/drafts/{first['id']}/submit", headers={"Idempotency-Key": uuid.uuid4().hex}).status_code == 201
+        assert (
+            c.post(f"/api/v1/drafts/{first['id']}/submit", headers={"Idempotency-Key": uuid.uuid4().hex}).status_code
+            == 201
+        )
         second = new_draft(c, service_code=RENEWAL)
     assert second["prefill"]["appointment.station"] == {"source": "history", "label": "已从您上次的申请带出"}
     assert second["data"]["appointment"]["station"] == "jiangyang"

@@ -27,8 +27,13 @@ from handlers.forms import (
 
 TODAY = date.today()
 PREFILL_SOURCES = {
-    "identity.name", "identity.id_number", "identity.sex", "identity.birth_date",
-    "profile.phone", "profile.address", "history",
+    "identity.name",
+    "identity.id_number",
+    "identity.sex",
+    "identity.birth_date",
+    "profile.phone",
+    "profile.address",
+    "history",
 }
 
 
@@ -73,16 +78,38 @@ MOVE = {
             "key": "applicant",
             "title": "申请人信息",
             "fields": [
-                {"key": "name", "label": "姓名", "type": "text", "required": True, "prefill": "identity.name",
-                 "min_length": 2, "max_length": 30},
+                {
+                    "key": "name",
+                    "label": "姓名",
+                    "type": "text",
+                    "required": True,
+                    "prefill": "identity.name",
+                    "min_length": 2,
+                    "max_length": 30,
+                },
                 {"key": "id_number", "label": "身份证号码", "type": "id_number", "required": True},
                 {"key": "phone", "label": "联系电话", "type": "phone", "required": True},
-                {"key": "reason", "label": "迁移原因", "type": "select", "required": True,
-                 "options": [{"value": "own", "label": "本人购房"}, {"value": "marriage", "label": "夫妻投靠"}]},
-                {"key": "spouse_name", "label": "配偶姓名", "type": "text",
-                 "visible_if": "applicant.reason == 'marriage'", "required_if": "applicant.reason == 'marriage'"},
-                {"key": "spouse_id_number", "label": "配偶身份证号码", "type": "id_number",
-                 "visible_if": "applicant.reason == 'marriage'", "required_if": "applicant.reason == 'marriage'"},
+                {
+                    "key": "reason",
+                    "label": "迁移原因",
+                    "type": "select",
+                    "required": True,
+                    "options": [{"value": "own", "label": "本人购房"}, {"value": "marriage", "label": "夫妻投靠"}],
+                },
+                {
+                    "key": "spouse_name",
+                    "label": "配偶姓名",
+                    "type": "text",
+                    "visible_if": "applicant.reason == 'marriage'",
+                    "required_if": "applicant.reason == 'marriage'",
+                },
+                {
+                    "key": "spouse_id_number",
+                    "label": "配偶身份证号码",
+                    "type": "id_number",
+                    "visible_if": "applicant.reason == 'marriage'",
+                    "required_if": "applicant.reason == 'marriage'",
+                },
                 {"key": "start_date", "label": "开始日期", "type": "date"},
                 {"key": "end_date", "label": "结束日期", "type": "date"},
                 {"key": "birth_date", "label": "出生日期", "type": "date", "max": "today"},
@@ -98,22 +125,36 @@ MOVE = {
             "fields": [
                 {"key": "name", "label": "姓名", "type": "text", "required": True},
                 {"key": "id_number", "label": "身份证号码", "type": "id_number", "required": True},
-                {"key": "consent", "label": "本人意愿", "type": "select", "options": [{"value": "agreed", "label": "同意"}],
-                 "visible_if": "age(item.id_number) >= 18", "required_if": "age(item.id_number) >= 18"},
+                {
+                    "key": "consent",
+                    "label": "本人意愿",
+                    "type": "select",
+                    "options": [{"value": "agreed", "label": "同意"}],
+                    "visible_if": "age(item.id_number) >= 18",
+                    "required_if": "age(item.id_number) >= 18",
+                },
             ],
         },
         {
             "key": "attachments",
             "title": "申请材料",
             "fields": [
-                {"key": "marriage_cert", "label": "结婚证", "type": "material", "material": "marriage_cert",
-                 "visible_if": "applicant.reason == 'marriage'"},
+                {
+                    "key": "marriage_cert",
+                    "label": "结婚证",
+                    "type": "material",
+                    "material": "marriage_cert",
+                    "visible_if": "applicant.reason == 'marriage'",
+                },
             ],
         },
     ],
     "checks": [
-        {"rule": "date_le(applicant.start_date, applicant.end_date)", "path": "applicant.end_date",
-         "message": "结束日期不能早于开始日期"},
+        {
+            "rule": "date_le(applicant.start_date, applicant.end_date)",
+            "path": "applicant.end_date",
+            "message": "结束日期不能早于开始日期",
+        },
     ],
 }
 
@@ -159,10 +200,18 @@ def test_demo_hukou_move_marriage_makes_spouse_fields_required(items):
 
 def test_hidden_values_read_as_none_in_rules(items):
     form = form_of(items, "出生医学证明")
-    applicant = {"relation": "father", "name": "张三", "id_number": ADULT, "phone": "13800138000", "pickup_by": "parent"}
+    applicant = {
+        "relation": "father",
+        "name": "张三",
+        "id_number": ADULT,
+        "phone": "13800138000",
+        "pickup_by": "parent",
+    }
     shown = {"father_info": "provided", "father_name": "张三", "father_id_number": ADULT}
     stale = {**shown, "father_info": "absent"}  # answered, then switched off: the old number stays in the draft
-    check = Problem("parents.father_info", "check_failed", "申请人为新生儿父亲的，请填写父亲信息，且父亲身份证号码应与申请人一致")
+    check = Problem(
+        "parents.father_info", "check_failed", "申请人为新生儿父亲的，请填写父亲信息，且父亲身份证号码应与申请人一致"
+    )
     assert check not in review_form(form, {"applicant": applicant, "parents": shown})
     assert check in review_form(form, {"applicant": applicant, "parents": stale})
     assert evaluate("parents.father_id_number == applicant.id_number", {"applicant": applicant, "parents": stale})
@@ -221,8 +270,12 @@ def test_five_mistakes_give_five_problems_in_form_order(move):
         ("region", "51050", "invalid_region", "“迁入地区县”应为6位行政区划代码，请重新选择"),
         ("address", {"region_code": "510502"}, "invalid_address", "请填写“迁入地址”的详细地址（街道、门牌号）"),
         ("address", {"detail": "江阳区大山坪1号"}, "invalid_address", "请选择“迁入地址”的所在地区"),
-        ("address", {"region_code": "000000", "detail": "江阳区大山坪1号"}, "invalid_region",
-         "“迁入地址”的所在地区不存在，请重新选择"),
+        (
+            "address",
+            {"region_code": "000000", "detail": "江阳区大山坪1号"},
+            "invalid_region",
+            "“迁入地址”的所在地区不存在，请重新选择",
+        ),
         ("address", {"region_code": "510502", "detail": "1号"}, "too_short", "“迁入地址”的详细地址至少需要填写5个字"),
         ("address", "江阳区大山坪1号", "invalid_type", "“迁入地址”的填写格式不正确，请重新填写"),
         ("name", "张" * 31, "too_long", "“姓名”最多30个字，您填写了31个字"),
@@ -270,14 +323,18 @@ def test_repeat_step_paths_and_messages(move):
     }
     assert review_form(move, data) == [
         Problem("children.1.name", "required", "请填写随迁人员第2项的“姓名”"),
-        Problem("children.1.id_number", "invalid_id_number", "随迁人员第2项的“身份证号码”：身份证号码应为18位，您输入了3位"),
+        Problem(
+            "children.1.id_number", "invalid_id_number", "随迁人员第2项的“身份证号码”：身份证号码应为18位，您输入了3位"
+        ),
     ]
     assert {"children.0.name", "children.1.name", "children.1.id_number"} <= visible_paths(move, data)
 
 
 def test_item_rules_apply_to_their_own_entry(move):
-    data = {"applicant": good_applicant(), "children": [{"name": "张小一", "id_number": CHILD},
-                                                         {"name": "张大二", "id_number": ADULT}]}
+    data = {
+        "applicant": good_applicant(),
+        "children": [{"name": "张小一", "id_number": CHILD}, {"name": "张大二", "id_number": ADULT}],
+    }
     assert review_form(move, data) == [Problem("children.1.consent", "required", "请选择随迁人员第2项的“本人意愿”")]
     shown = visible_paths(move, data)
     assert "children.1.consent" in shown and "children.0.consent" not in shown
@@ -314,10 +371,19 @@ def test_age_check_of_the_elderly_card(items):
     turns_60_tomorrow = id_number(years_before(TODAY + timedelta(days=1), 60))
     turned_60_today = id_number(years_before(TODAY, 60))
     data = {
-        "applicant": {"name": "王大爷", "sex": "male", "phone": "13900139000", "hukou_type": "local",
-                      "address": {"region_code": "510502", "detail": "江阳区大山坪街道1号"}},
-        "card": {"card_type": "electronic", "contact_name": "王小明", "contact_phone": "13700137000",
-                 "contact_relation": "child"},
+        "applicant": {
+            "name": "王大爷",
+            "sex": "male",
+            "phone": "13900139000",
+            "hukou_type": "local",
+            "address": {"region_code": "510502", "detail": "江阳区大山坪街道1号"},
+        },
+        "card": {
+            "card_type": "electronic",
+            "contact_name": "王小明",
+            "contact_phone": "13700137000",
+            "contact_relation": "child",
+        },
         "attachments": {"declaration": "agreed"},
     }
     young = review_form(form, {**data, "applicant": {**data["applicant"], "id_number": turns_60_tomorrow}}, today=TODAY)
@@ -339,8 +405,11 @@ def test_age_check_of_the_elderly_card(items):
         ("date_le(a.x, a.y)", {"a": {"x": "2024-02-01", "y": "2024-01-01"}}, False),
         ("date_le(a.x, a.y)", {"a": {"x": "2024-02-01"}}, True),
         ("len(a.kids) == 2 and len(a.none) == 0", {"a": {"kids": [1, 2]}}, True),
-        ("empty(a.x) and empty(a.addr) and not empty(a.y)",
-         {"a": {"x": " ", "addr": {"region_code": ""}, "y": 0}}, True),
+        (
+            "empty(a.x) and empty(a.addr) and not empty(a.y)",
+            {"a": {"x": " ", "addr": {"region_code": ""}, "y": 0}},
+            True,
+        ),
         ("a.missing.deeper == None", {}, True),
         ("a.n > 3", {}, False),  # ordering with a missing value is false, not an error
         ("'x' in a.list", {}, False),
@@ -400,10 +469,17 @@ def test_unsafe_or_invalid_expressions_are_refused_at_compile_time(text):
 
 
 def test_bad_expression_is_a_catalogue_error_with_its_path():
-    bad = {"steps": [{**MOVE["steps"][0], "fields": [
-        MOVE["steps"][0]["fields"][0],
-        {**MOVE["steps"][0]["fields"][4], "visible_if": "__import__('os').system('id')"},
-    ]}]}
+    bad = {
+        "steps": [
+            {
+                **MOVE["steps"][0],
+                "fields": [
+                    MOVE["steps"][0]["fields"][0],
+                    {**MOVE["steps"][0]["fields"][4], "visible_if": "__import__('os').system('id')"},
+                ],
+            }
+        ]
+    }
     with pytest.raises(ValidationError) as error:
         FormDef.model_validate(bad)
     [problem] = error.value.errors()
@@ -420,8 +496,10 @@ def test_bad_expression_is_a_catalogue_error_with_its_path():
         (lambda f: f["steps"][2]["fields"][0].pop("material"), "names its material"),
         (lambda f: f["steps"][0]["fields"][4].update(visible_if="applicant.reasn == 'x'"), "has no field 'reasn'"),
         (lambda f: f["steps"][0]["fields"][4].update(visible_if="nobody.x == 1"), "unknown name 'nobody.x'"),
-        (lambda f: f["steps"][0]["fields"][4].update(visible_if="item.name == 1"),
-         "only available in the fields of a repeated step"),
+        (
+            lambda f: f["steps"][0]["fields"][4].update(visible_if="item.name == 1"),
+            "only available in the fields of a repeated step",
+        ),
         (lambda f: f["steps"][0]["fields"][4].update(visible_if="children.name == 1"), "is repeated"),
         (lambda f: f["steps"][0]["fields"][0].update(prefill="identity.id_number"), "does not fit a text field"),
         (lambda f: f["steps"][1]["fields"][0].update(prefill="identity.name"), "not prefilled"),
@@ -445,15 +523,19 @@ def test_definition_mistakes_are_refused(change, expected):
 
 
 def test_yaml_dates_and_json_round_trip():
-    form = FormDef.model_validate(yaml.safe_load("""
+    form = FormDef.model_validate(
+        yaml.safe_load("""
 steps:
   - key: a
     title: 测试
     fields:
       - {key: d, label: 日期, type: date, min: 2020-01-01, max: today}
-"""))
+""")
+    )
     assert form.steps[0].fields[0].min == "2020-01-01"
-    assert review_form(form, {"a": {"d": "2019-12-31"}}) == [Problem("a.d", "out_of_range", "“日期”不能早于2020年1月1日")]
+    assert review_form(form, {"a": {"d": "2019-12-31"}}) == [
+        Problem("a.d", "out_of_range", "“日期”不能早于2020年1月1日")
+    ]
     assert FormDef.model_validate(form.model_dump(mode="json")) == form
 
 
@@ -474,8 +556,18 @@ def test_demo_catalogue_covers_every_feature(catalogue):
     forms = [FormDef.model_validate(item["form"]) for item in catalogue["items"]]
     fields = [f for form in forms for s in form.steps for f in s.fields]
     assert {f.type for f in fields} == {
-        "text", "textarea", "number", "date", "select", "multiselect",
-        "id_number", "phone", "uscc", "region", "address", "material",
+        "text",
+        "textarea",
+        "number",
+        "date",
+        "select",
+        "multiselect",
+        "id_number",
+        "phone",
+        "uscc",
+        "region",
+        "address",
+        "material",
     }
     assert any(s.repeat for form in forms for s in form.steps)
     assert any(s.visible_if for form in forms for s in form.steps)
@@ -512,15 +604,33 @@ def test_demo_prefill_sources_are_real(catalogue):
 def test_a_filled_demo_form_passes(items):
     form = form_of(items, "个体工商户登记")
     data = {
-        "operator": {"name": "张三", "id_number": ADULT, "sex": "male", "birth_date": years_before(TODAY, 35).isoformat(),
-                     "ethnicity": "han", "phone": "13800138000",
-                     "home_address": {"region_code": "510502", "detail": "江阳区大山坪街道1号"}, "by_agent": "self"},
-        "business": {"kind": "transfer", "original_uscc": uscc(), "use_name": "named", "trade_name": "老王",
-                     "industry": "catering", "scope": "餐饮服务（不含酒类）", "organisation": "family",
-                     "capital": 5, "employees": "3", "region": "510502",
-                     "premises_address": {"region_code": "510502", "detail": "江阳区滨江路88号"}, "premises_use": "own"},
-        "family": [{"name": "李四", "id_number": id_number(years_before(TODAY, 33), sequence="342"),
-                    "relation": "spouse"}],
+        "operator": {
+            "name": "张三",
+            "id_number": ADULT,
+            "sex": "male",
+            "birth_date": years_before(TODAY, 35).isoformat(),
+            "ethnicity": "han",
+            "phone": "13800138000",
+            "home_address": {"region_code": "510502", "detail": "江阳区大山坪街道1号"},
+            "by_agent": "self",
+        },
+        "business": {
+            "kind": "transfer",
+            "original_uscc": uscc(),
+            "use_name": "named",
+            "trade_name": "老王",
+            "industry": "catering",
+            "scope": "餐饮服务（不含酒类）",
+            "organisation": "family",
+            "capital": 5,
+            "employees": "3",
+            "region": "510502",
+            "premises_address": {"region_code": "510502", "detail": "江阳区滨江路88号"},
+            "premises_use": "own",
+        },
+        "family": [
+            {"name": "李四", "id_number": id_number(years_before(TODAY, 33), sequence="342"), "relation": "spouse"}
+        ],
         "attachments": {},
     }
     assert review_form(form, data) == []
@@ -531,7 +641,11 @@ def test_a_filled_demo_form_passes(items):
 
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=25)
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats()
+    | st.text(max_size=25)
     | st.sampled_from(["510502", "2024-02-29", "married", "marriage", "agent", "lease", "family", "mail", ADULT]),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=4),
     max_leaves=12,
@@ -539,8 +653,7 @@ json_values = st.recursive(
 
 
 DEMO_FORMS = [
-    FormDef.model_validate(item["form"])
-    for item in yaml.safe_load(DEMO_CATALOGUE.read_text(encoding="utf-8"))["items"]
+    FormDef.model_validate(item["form"]) for item in yaml.safe_load(DEMO_CATALOGUE.read_text(encoding="utf-8"))["items"]
 ]
 
 

@@ -21,7 +21,7 @@ def id_number(birth: str | None = None, region: str = "510502") -> str:
         birth = (date(1950, 1, 1) + timedelta(days=random.randint(0, 18000))).strftime("%Y%m%d")
     body = f"{region}{birth}{random.randint(0, 999):03d}"
     weights = [2 ** (17 - i) % 11 for i in range(17)]
-    return body + "10X98765432"[sum(int(d) * w for d, w in zip(body, weights)) % 11]
+    return body + "10X98765432"[sum(int(d) * w for d, w in zip(body, weights, strict=False)) % 11]
 
 
 def login(server: Server, sim: WeChatSim, openid: str | None = None) -> tuple[dict, str]:
@@ -52,7 +52,9 @@ def test_happy_path_to_l3(server, wechat_sim):
     assert tokens["user"]["identity_level"] == "L1"
     assert tokens["expires_in"] > 0 and "session_key" not in str(tokens)
     with server.client(headers=auth(tokens)) as c:
-        declared = c.post("/api/v1/identity/declare", json={"name": "张三丰", "id_number": number[:-1] + number[-1].lower()})
+        declared = c.post(
+            "/api/v1/identity/declare", json={"name": "张三丰", "id_number": number[:-1] + number[-1].lower()}
+        )
         assert declared.status_code == 200, declared.text
         assert declared.json() == {"identity_level": "L2"}
         start = c.post("/api/v1/identity/face/start")
@@ -77,7 +79,12 @@ def test_reused_code_is_a_clear_error_and_creates_no_user(server, wechat_sim):
     # Someone else used the code first (as a replayed request would).
     first = httpx.get(
         wechat_sim.url + "/sns/jscode2session",
-        params={"appid": SIM_MP_APPID, "secret": "sim_mp_secret_0123456789abcdef", "js_code": code, "grant_type": "authorization_code"},
+        params={
+            "appid": SIM_MP_APPID,
+            "secret": "sim_mp_secret_0123456789abcdef",
+            "js_code": code,
+            "grant_type": "authorization_code",
+        },
     )
     assert first.json()["openid"] == openid
     response = httpx.post(server.url + "/api/v1/auth/login", json={"code": code})
@@ -90,7 +97,11 @@ def test_reused_code_is_a_clear_error_and_creates_no_user(server, wechat_sim):
 
 
 def test_every_api_route_needs_a_bearer_token(client):
-    for method, path in [("GET", "/api/v1/me"), ("POST", "/api/v1/identity/face/start"), ("POST", "/api/v1/auth/logout")]:
+    for method, path in [
+        ("GET", "/api/v1/me"),
+        ("POST", "/api/v1/identity/face/start"),
+        ("POST", "/api/v1/auth/logout"),
+    ]:
         response = client.request(method, path)
         assert response.status_code == 401 and response.json()["code"] == "unauthenticated"
         bad = client.request(method, path, headers={"Authorization": "Bearer not-a-token"})
@@ -137,7 +148,9 @@ def test_concurrent_refresh_with_one_token_yields_one_pair(server, wechat_sim):
     tokens, _ = login(server, wechat_sim)
 
     def refresh(_):
-        return httpx.post(server.url + "/api/v1/auth/refresh", json={"refresh_token": tokens["refresh_token"]}).status_code
+        return httpx.post(
+            server.url + "/api/v1/auth/refresh", json={"refresh_token": tokens["refresh_token"]}
+        ).status_code
 
     with ThreadPoolExecutor(8) as pool:
         codes = list(pool.map(refresh, range(8)))
@@ -167,7 +180,9 @@ def test_logout_revokes(server, wechat_sim):
 def test_invalid_id_numbers(server, wechat_sim, number, message):
     tokens, _ = login(server, wechat_sim)
     bad = number(id_number())
-    response = httpx.post(server.url + "/api/v1/identity/declare", json={"name": "李四", "id_number": bad}, headers=auth(tokens))
+    response = httpx.post(
+        server.url + "/api/v1/identity/declare", json={"name": "李四", "id_number": bad}, headers=auth(tokens)
+    )
     assert response.status_code == 422
     body = response.json()
     assert body["code"] == "invalid_id_number"
@@ -177,7 +192,9 @@ def test_invalid_id_numbers(server, wechat_sim, number, message):
 
 def test_invalid_name(server, wechat_sim):
     tokens, _ = login(server, wechat_sim)
-    response = httpx.post(server.url + "/api/v1/identity/declare", json={"name": "张3", "id_number": id_number()}, headers=auth(tokens))
+    response = httpx.post(
+        server.url + "/api/v1/identity/declare", json={"name": "张3", "id_number": id_number()}, headers=auth(tokens)
+    )
     assert response.status_code == 422 and response.json()["code"] == "invalid_name"
 
 
@@ -239,13 +256,26 @@ def test_phone_and_addresses(server, wechat_sim):
         bound = c.post("/api/v1/me/phone", json={"code": code})
         assert bound.status_code == 200, bound.text
         assert bound.json() == {"phone_masked": phone[:3] + "****" + phone[-4:]}
-        bad = c.post("/api/v1/me/addresses", json={"recipient": "1", "phone": "123", "region_code": "990000", "detail": "x"})
-        assert bad.status_code == 422 and set(bad.json()["details"]["fields"]) == {"recipient", "phone", "region_code", "detail"}
-        added = c.post("/api/v1/me/addresses", json={"recipient": "周九", "phone": phone, "region_code": "510502", "detail": "江阳区酒城大道三段18号"})
+        bad = c.post(
+            "/api/v1/me/addresses", json={"recipient": "1", "phone": "123", "region_code": "990000", "detail": "x"}
+        )
+        assert bad.status_code == 422 and set(bad.json()["details"]["fields"]) == {
+            "recipient",
+            "phone",
+            "region_code",
+            "detail",
+        }
+        added = c.post(
+            "/api/v1/me/addresses",
+            json={"recipient": "周九", "phone": phone, "region_code": "510502", "detail": "江阳区酒城大道三段18号"},
+        )
         assert added.status_code == 201, added.text
         address = added.json()
         assert address["is_default"] and address["recipient_masked"] == "周*" and phone not in added.text
-        changed = c.put(f"/api/v1/me/addresses/{address['id']}", json={"recipient": "周九", "phone": phone, "region_code": "510502", "detail": "江阳区酒城大道三段20号"})
+        changed = c.put(
+            f"/api/v1/me/addresses/{address['id']}",
+            json={"recipient": "周九", "phone": phone, "region_code": "510502", "detail": "江阳区酒城大道三段20号"},
+        )
         assert changed.json()["detail"].endswith("20号")
         me = c.get("/api/v1/me").json()
         assert me["phone_masked"] == phone[:3] + "****" + phone[-4:] and len(me["addresses"]) == 1
@@ -281,7 +311,10 @@ def test_log_of_a_full_journey_holds_no_clear_id_or_phone(server, wechat_sim):
     phone = f"137{random.randint(10000000, 99999999)}"
     with server.client(headers=auth(tokens)) as c:
         c.post("/api/v1/identity/declare", json={"name": "冯十二", "id_number": number})
-        c.post("/api/v1/identity/declare", json={"name": "冯十二", "id_number": number[:-1] + "0" if number[-1] != "0" else number[:-1] + "1"})
+        c.post(
+            "/api/v1/identity/declare",
+            json={"name": "冯十二", "id_number": number[:-1] + "0" if number[-1] != "0" else number[:-1] + "1"},
+        )
         c.post("/api/v1/identity/declare", json={"name": "冯十二", "id_number": number})
         verify_id = c.post("/api/v1/identity/face/start").json()["verify_id"]
         wechat_sim.control("face/complete", {"verify_id": verify_id, "verify_ret": 10000})
@@ -310,7 +343,14 @@ def test_token_refresh_storm_fetches_one_token(server, wechat_sim):
         key = f"zbt-storm-{secrets.token_hex(4)}"
         async with httpx.AsyncClient() as http:
             clients = [
-                WeChatClient(appid=SIM_MP_APPID, secret=SIM_MP_SECRET, base_url=wechat_sim.url, redis=redis, token_key=key, http=http)
+                WeChatClient(
+                    appid=SIM_MP_APPID,
+                    secret=SIM_MP_SECRET,
+                    base_url=wechat_sim.url,
+                    redis=redis,
+                    token_key=key,
+                    http=http,
+                )
                 for _ in range(3)
             ]
             token = await clients[0].access_token()
@@ -318,7 +358,12 @@ def test_token_refresh_storm_fetches_one_token(server, wechat_sim):
             before = wechat_sim.control("stats")["tokens_issued"].get(SIM_MP_APPID, 0)
             openid = wechat_sim.control("users", {"appid": SIM_MP_APPID})["openid"]
 
-            codes = [wechat_sim.control("phone-code", {"appid": SIM_MP_APPID, "openid": openid, "phone": f"135{i:08d}"})["code"] for i in range(50)]
+            codes = [
+                wechat_sim.control("phone-code", {"appid": SIM_MP_APPID, "openid": openid, "phone": f"135{i:08d}"})[
+                    "code"
+                ]
+                for i in range(50)
+            ]
             results = await asyncio.gather(*(clients[i % 3].phone_number(code) for i, code in enumerate(codes)))
             assert sorted(results) == sorted(f"135{i:08d}" for i in range(50))
             after = wechat_sim.control("stats")["tokens_issued"].get(SIM_MP_APPID, 0)

@@ -61,8 +61,8 @@ def jpeg_segments(data: bytes) -> list[tuple[int, bytes]]:
         marker = data[i + 1]
         if marker == 0xDA:  # start of scan: entropy-coded data follows
             break
-        length = struct.unpack(">H", data[i + 2:i + 4])[0]
-        out.append((marker, data[i + 4:i + 2 + length]))
+        length = struct.unpack(">H", data[i + 2 : i + 4])[0]
+        out.append((marker, data[i + 4 : i + 2 + length]))
         i += 2 + length
     return out
 
@@ -573,10 +573,12 @@ def test_watermark_covers_the_whole_picture(background):
 
     original = open_out(data)
     diff = Image.new("L", marked.size)
-    diff.putdata([
-        1 if max(abs(a - b) for a, b in zip(p, q)) > 25 else 0
-        for p, q in zip(marked.get_flattened_data(), original.get_flattened_data())
-    ])
+    diff.putdata(
+        [
+            1 if max(abs(a - b) for a, b in zip(p, q, strict=False)) > 25 else 0
+            for p, q in zip(marked.get_flattened_data(), original.get_flattened_data(), strict=False)
+        ]
+    )
     total = sum(diff.get_flattened_data())
     assert total > 0.03 * 1600 * 1000, f"only {total} pixels changed"
     # across the whole picture: every cell of a 4x4 grid is marked
@@ -585,8 +587,8 @@ def test_watermark_covers_the_whole_picture(background):
             cell = diff.crop((gx * 400, gy * 250, (gx + 1) * 400, (gy + 1) * 250))
             assert sum(cell.get_flattened_data()) > 500, f"cell {gx},{gy} is not marked"
     # semi-transparent: the background still shows through everywhere
-    assert max(abs(a - b) for a, b in zip(marked.getpixel((0, 0)), background)) < 200
-    strongest = max(max(abs(a - b) for a, b in zip(p, background)) for p in marked.get_flattened_data())
+    assert max(abs(a - b) for a, b in zip(marked.getpixel((0, 0)), background, strict=False)) < 200
+    strongest = max(max(abs(a - b) for a, b in zip(p, background, strict=False)) for p in marked.get_flattened_data())
     assert strongest < 200
 
 
@@ -658,7 +660,12 @@ def test_mutated_files_fail_cleanly(kind, cut, flips):
     try:
         out = process(bytes(data))
     except MediaError as exc:
-        assert exc.code in {"unsupported_file_type", "corrupt_file", "image_too_large_pixels", "pdf_encrypted",
-                            "too_many_pages"}
+        assert exc.code in {
+            "unsupported_file_type",
+            "corrupt_file",
+            "image_too_large_pixels",
+            "pdf_encrypted",
+            "too_many_pages",
+        }
     else:
         assert out.mime in {"image/jpeg", "application/pdf"}

@@ -6,12 +6,22 @@ import pytest
 import yaml
 
 from handlers.catalog import DEMO_CATALOGUE
-
 from tests.conftest import backends, base_env, run_cli
 
 TABLES = {
-    "users", "officials", "audit_log", "service_items", "cases", "case_events", "addresses", "refresh_tokens",
-    "face_verifications", "drafts", "submissions", "daily_sequences", "catalogue_state",
+    "users",
+    "officials",
+    "audit_log",
+    "service_items",
+    "cases",
+    "case_events",
+    "addresses",
+    "refresh_tokens",
+    "face_verifications",
+    "drafts",
+    "submissions",
+    "daily_sequences",
+    "catalogue_state",
 }
 
 

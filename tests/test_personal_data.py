@@ -66,12 +66,22 @@ def test_rotate_keys_reseals_every_row(tmp_path, databases, wechat_sim):
         tokens = to_l3(server, wechat_sim, "褚十四", number)
         openid = db.query(f"SELECT openid FROM users WHERE id = {tokens['user']['id']}")[0][0]
         with server.client(headers=auth(tokens)) as c:
-            c.post("/api/v1/me/addresses", json={"recipient": "褚十四", "phone": "13600001111", "region_code": "510502", "detail": "江阳区大山坪路1号"})
+            c.post(
+                "/api/v1/me/addresses",
+                json={
+                    "recipient": "褚十四",
+                    "phone": "13600001111",
+                    "region_code": "510502",
+                    "detail": "江阳区大山坪路1号",
+                },
+            )
     finally:
         server.stop()
     before = db.query(f"SELECT id_number_enc, id_number_digest FROM users WHERE id = {tokens['user']['id']}")[0]
 
-    rotated = run_cli("rotate-keys", env={**env, "FIELD_ENCRYPTION_KEY": new_key, "FIELD_ENCRYPTION_OLD_KEYS": old_key}, cwd=tmp_path)
+    rotated = run_cli(
+        "rotate-keys", env={**env, "FIELD_ENCRYPTION_KEY": new_key, "FIELD_ENCRYPTION_OLD_KEYS": old_key}, cwd=tmp_path
+    )
     assert rotated.returncode == 0, rotated.stderr
     assert "resealed" in rotated.stdout and "1 address(es)" in rotated.stdout
     after = db.query(f"SELECT id_number_enc, id_number_digest FROM users WHERE id = {tokens['user']['id']}")[0]
@@ -85,7 +95,9 @@ def test_rotate_keys_reseals_every_row(tmp_path, databases, wechat_sim):
         assert me["name_masked"] == "褚**" and me["id_number_masked"].endswith(number[-4:])
         assert me["addresses"][0]["detail"] == "江阳区大山坪路1号"
         other, _ = login(server, wechat_sim)
-        taken = httpx.post(server.url + "/api/v1/identity/declare", json={"name": "褚十四", "id_number": number}, headers=auth(other))
+        taken = httpx.post(
+            server.url + "/api/v1/identity/declare", json={"name": "褚十四", "id_number": number}, headers=auth(other)
+        )
         assert taken.status_code == 409 and taken.json()["code"] == "identity_taken"
     finally:
         server.stop()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -35,11 +34,14 @@ def case_of(server, tokens, case_no) -> dict:
     return httpx.get(f"{server.url}/api/v1/cases/{case_no}", headers=auth(tokens)).json()
 
 
-def post_callback(server, body: dict, *, secret: str = PLATFORM_SECRET, timestamp: int | None = None,
-                  headers: dict | None = None) -> httpx.Response:
+def post_callback(
+    server, body: dict, *, secret: str = PLATFORM_SECRET, timestamp: int | None = None, headers: dict | None = None
+) -> httpx.Response:
     raw = json.dumps(body, ensure_ascii=False).encode()
     signed = headers or sign("POST", "/bridge/callback", raw, app_key=PLATFORM_KEY, secret=secret, timestamp=timestamp)
-    return httpx.post(f"{server.url}/bridge/callback", content=raw, headers={**signed, "Content-Type": "application/json"})
+    return httpx.post(
+        f"{server.url}/bridge/callback", content=raw, headers={**signed, "Content-Type": "application/json"}
+    )
 
 
 def test_happy_journey_through_the_platform(server, wechat_sim, platform_sim):
@@ -50,7 +52,13 @@ def test_happy_journey_through_the_platform(server, wechat_sim, platform_sim):
     finally:
         platform_sim.control("config", {"step_delay_s": 60})
     assert [t["status"] for t in final["timeline"]] == [
-        "submitted", "delivered_to_platform", "accepted", "in_review", "approved", "result_issued", "closed",
+        "submitted",
+        "delivered_to_platform",
+        "accepted",
+        "in_review",
+        "approved",
+        "result_issued",
+        "closed",
     ]
     seen = platform_sim.control("cases")
     received = next(c for c in seen["cases"] if c["case_no"] == case_no)
@@ -91,9 +99,13 @@ def test_the_same_callback_20_times_is_one_transition(server, wechat_sim, platfo
     timeline = case_of(server, tokens, case_no)["timeline"]
     assert [t["status"] for t in timeline].count("accepted") == 1
     # ...and one notification for the citizen.
-    assert server.database.query(
-        f"SELECT count(*) FROM notifications n JOIN cases c ON c.id = n.case_id "
-        f"WHERE c.case_no = '{case_no}' AND n.kind = 'accepted'")[0][0] == 1
+    assert (
+        server.database.query(
+            f"SELECT count(*) FROM notifications n JOIN cases c ON c.id = n.case_id "
+            f"WHERE c.case_no = '{case_no}' AND n.kind = 'accepted'"
+        )[0][0]
+        == 1
+    )
 
 
 def test_an_older_callback_never_moves_a_case_back(server, wechat_sim, platform_sim):
@@ -117,9 +129,18 @@ def test_forged_stale_or_replayed_callbacks_are_401_and_change_nothing(server, w
     stale = post_callback(server, body, timestamp=int(time.time()) - 600)
     raw = json.dumps(body, ensure_ascii=False).encode()
     headers = sign("POST", "/bridge/callback", raw, app_key=PLATFORM_KEY, secret=PLATFORM_SECRET)
-    first = post_callback(server, {**body, "event": "accepted"}, headers=sign(
-        "POST", "/bridge/callback", json.dumps({**body, "event": "accepted"}, ensure_ascii=False).encode(),
-        app_key=PLATFORM_KEY, secret=PLATFORM_SECRET, nonce=headers["X-Nonce"]))
+    first = post_callback(
+        server,
+        {**body, "event": "accepted"},
+        headers=sign(
+            "POST",
+            "/bridge/callback",
+            json.dumps({**body, "event": "accepted"}, ensure_ascii=False).encode(),
+            app_key=PLATFORM_KEY,
+            secret=PLATFORM_SECRET,
+            nonce=headers["X-Nonce"],
+        ),
+    )
     replayed = post_callback(server, body, headers={**headers})
     assert forged.status_code == 401 and forged.json()["code"] == "signature_invalid"
     assert stale.status_code == 401
@@ -142,11 +163,15 @@ def test_callback_data_is_validated_per_event_and_a_bad_one_changes_nothing(serv
     for seq, (event, (data, field)) in enumerate(bad.items(), start=1):
         refused = post_callback(server, {"case_no": case_no, "seq": seq, "event": event, "data": data})
         assert refused.status_code == 422, refused.text
-        assert refused.json()["code"] == "validation_failed" and field in refused.json()["details"]["fields"], refused.text
+        assert refused.json()["code"] == "validation_failed" and field in refused.json()["details"]["fields"], (
+            refused.text
+        )
     case = case_of(server, tokens, case_no)
     assert case["status"] == "delivered_to_platform" and len(case["timeline"]) == 2
     # A good rejection is shown with its reason.
-    ok = post_callback(server, {"case_no": case_no, "seq": 9, "event": "rejected", "data": {"reason": "证件照片不符合要求"}})
+    ok = post_callback(
+        server, {"case_no": case_no, "seq": 9, "event": "rejected", "data": {"reason": "证件照片不符合要求"}}
+    )
     assert ok.json()["result"] == "applied"
     case = case_of(server, tokens, case_no)
     assert case["status"] == "rejected" and case["timeline"][-1]["note"] == "未予通过：证件照片不符合要求"

@@ -95,9 +95,14 @@ class Receiver:
                 self.inflight -= 1
 
     def _handle(self, method: str, target: str, headers: Any, raw: bytes) -> tuple[int, dict]:
-        record: dict[str, Any] = {"t": time.monotonic(), "target": target, "raw": raw,
-                                  "app_key": headers.get("X-App-Key"), "content_type": headers.get("Content-Type"),
-                                  "nonce": nonce_of(headers)}
+        record: dict[str, Any] = {
+            "t": time.monotonic(),
+            "target": target,
+            "raw": raw,
+            "app_key": headers.get("X-App-Key"),
+            "content_type": headers.get("Content-Type"),
+            "nonce": nonce_of(headers),
+        }
         try:
             self.verifier.verify(method, target, headers, raw)
             record["signature"] = "ok"
@@ -131,8 +136,11 @@ class Receiver:
         return [r for r in self.attempts(case_no) if r["status"] == 200]
 
     def wait_delivered(self, case_no: str, n: int, timeout: float = 10.0) -> list[dict[str, Any]]:
-        return wait_for(lambda: len(self.delivered(case_no)) >= n and self.delivered(case_no),
-                        timeout=timeout, what=f"{n} callbacks of {case_no}")
+        return wait_for(
+            lambda: len(self.delivered(case_no)) >= n and self.delivered(case_no),
+            timeout=timeout,
+            what=f"{n} callbacks of {case_no}",
+        )
 
 
 def _handler_class(receiver: Receiver) -> type[BaseHTTPRequestHandler]:
@@ -192,9 +200,25 @@ def sim_url(receiver, tmp_path_factory) -> Iterator[str]:
     log_path = tmp_path_factory.mktemp("platform_sim") / "simulator.log"
     port = _free_port()
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.environ.get("HOME", "/tmp")}
-    args = [sys.executable, "-m", "bridge.simulator", "--host", "127.0.0.1", "--port", str(port),
-            "--app-key", APP_KEY, "--secret", SECRET, "--callback-url", callback_url, "--script", "happy",
-            "--step-delay", str(STEP_DELAY_S)]
+    args = [
+        sys.executable,
+        "-m",
+        "bridge.simulator",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--app-key",
+        APP_KEY,
+        "--secret",
+        SECRET,
+        "--callback-url",
+        callback_url,
+        "--script",
+        "happy",
+        "--step-delay",
+        str(STEP_DELAY_S),
+    ]
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
@@ -258,8 +282,13 @@ def case_payload(case_no: str, **overrides: Any) -> dict[str, Any]:
         "item_version": 3,
         "applicant": {"name": "张三", "id_number": "51050219900307001X", "phone": "13800138000"},
         "form": {"child": {"name": "张小宝"}, "delivery": {"method": "pickup"}},
-        "materials": [{"slot": "photo", "url": "https://zb.example/files/m1/file?sig=x",
-                       "sha256": hashlib.sha256(b"photo").hexdigest()}],
+        "materials": [
+            {
+                "slot": "photo",
+                "url": "https://zb.example/files/m1/file?sig=x",
+                "sha256": hashlib.sha256(b"photo").hexdigest(),
+            }
+        ],
         "submitted_at": "2026-11-22T10:00:00+08:00",
     }
     payload.update(overrides)
@@ -284,8 +313,11 @@ def sim_case(c: httpx.Client, case_no: str) -> dict:
 
 def wait_idle(c: httpx.Client, case_no: str, timeout: float = 10.0) -> dict:
     """The simulator's record of the case once its script has stopped playing."""
-    return wait_for(lambda: (case := sim_case(c, case_no)) and not case["playing"] and case,
-                    timeout=timeout, what=f"script of {case_no} to finish")
+    return wait_for(
+        lambda: (case := sim_case(c, case_no)) and not case["playing"] and case,
+        timeout=timeout,
+        what=f"script of {case_no} to finish",
+    )
 
 
 def assert_all_valid(records: list[dict]) -> None:
@@ -547,8 +579,12 @@ def test_happy_script_calls_back_in_seq_order_with_valid_signatures(c, rec):
     assert min(gaps) >= STEP_DELAY_S * 0.8
 
     view = signed(c, "GET", f"/api/cases/{case_no}")
-    assert view.json() == {"case_no": case_no, "platform_case_id": body["platform_case_id"], "status": "closed",
-                           "seq": 5}
+    assert view.json() == {
+        "case_no": case_no,
+        "platform_case_id": body["platform_case_id"],
+        "status": "closed",
+        "seq": 5,
+    }
     case = sim_case(c, case_no)
     assert case["status"] == "closed" and case["seq"] == 5 and case["received"] == 1 and case["script"] == "happy"
     assert case["submission"]["materials"] == case_payload(case_no)["materials"]
@@ -581,7 +617,10 @@ def test_correction_script_waits_for_the_resubmission(c, rec):
     time.sleep(10 * STEP_DELAY_S)  # nothing more comes until the citizen corrects
     records = rec.attempts(case_no)
     assert [(r["body"]["seq"], r["body"]["event"]) for r in records] == [
-        (1, "accepted"), (2, "in_review"), (3, "correction_requested")]
+        (1, "accepted"),
+        (2, "in_review"),
+        (3, "correction_requested"),
+    ]
     assert records[2]["body"]["data"] == {"fields": ["applicant.phone"], "materials": ["photo"], "reason": "照片不清晰"}
     assert signed(c, "GET", f"/api/cases/{case_no}").json()["status"] == "correction_requested"
     assert sim_case(c, case_no)["playing"] is False
@@ -590,9 +629,16 @@ def test_correction_script_waits_for_the_resubmission(c, rec):
     assert bad.status_code == 422
     assert set(bad.json()["details"]["fields"]) == {"fields", "materials.0.url", "materials.0.sha256"}
 
-    correction = {"fields": {"applicant.phone": "13900139000"},
-                  "materials": [{"slot": "photo", "url": "https://zb.example/files/m2/file",
-                                 "sha256": hashlib.sha256(b"photo2").hexdigest()}]}
+    correction = {
+        "fields": {"applicant.phone": "13900139000"},
+        "materials": [
+            {
+                "slot": "photo",
+                "url": "https://zb.example/files/m2/file",
+                "sha256": hashlib.sha256(b"photo2").hexdigest(),
+            }
+        ],
+    }
     ok = signed(c, "POST", f"/api/cases/{case_no}/resubmit", correction)
     assert ok.status_code == 200, ok.text
     assert ok.json() == {"case_no": case_no, "status": "resubmitted"}
@@ -605,7 +651,11 @@ def test_correction_script_waits_for_the_resubmission(c, rec):
     records = rec.attempts(case_no)
     assert_all_valid(records)
     assert [(r["body"]["seq"], r["body"]["event"]) for r in records[3:]] == [
-        (4, "in_review"), (5, "approved"), (6, "result_issued"), (7, "closed")]
+        (4, "in_review"),
+        (5, "approved"),
+        (6, "result_issued"),
+        (7, "closed"),
+    ]
     case = sim_case(c, case_no)
     assert case["status"] == "closed" and case["seq"] == 7 and case["resubmissions"] == [correction]
 
@@ -644,8 +694,12 @@ def test_duplicates_script_sends_every_callback_twice_and_one_burst(c, rec):
     assert rec.max_inflight == 5  # the burst: 5 deliveries at once
     case = sim_case(c, case_no)
     assert [(cb["event"], cb["sends"], cb["delivered"], cb["attempts"]) for cb in case["callbacks"]] == [
-        ("accepted", 2, 2, 2), ("in_review", 2, 2, 2), ("approved", 7, 7, 7), ("result_issued", 2, 2, 2),
-        ("closed", 2, 2, 2)]
+        ("accepted", 2, 2, 2),
+        ("in_review", 2, 2, 2),
+        ("approved", 7, 7, 7),
+        ("result_issued", 2, 2, 2),
+        ("closed", 2, 2, 2),
+    ]
 
 
 def test_out_of_order_script_sends_seq_2_before_seq_1(c, rec):
@@ -658,7 +712,12 @@ def test_out_of_order_script_sends_seq_2_before_seq_1(c, rec):
     records = rec.attempts(case_no)
     assert_all_valid(records)
     assert [(r["body"]["seq"], r["body"]["event"]) for r in records] == [
-        (2, "in_review"), (1, "accepted"), (3, "approved"), (4, "result_issued"), (5, "closed")]
+        (2, "in_review"),
+        (1, "accepted"),
+        (3, "approved"),
+        (4, "result_issued"),
+        (5, "closed"),
+    ]
     assert signed(c, "GET", f"/api/cases/{case_no}").json()["status"] == "closed"
 
 
@@ -797,13 +856,25 @@ def test_withdraw_before_acceptance_stops_the_script(c, rec):
 
 
 def test_submission_is_validated_field_by_field(c):
-    payload = {"case_no": "bad case no!", "item_version": "3", "applicant": [], "materials": [{"slot": "photo",
-               "url": "https://x", "sha256": "ABC"}], "submitted_at": "yesterday"}
+    payload = {
+        "case_no": "bad case no!",
+        "item_version": "3",
+        "applicant": [],
+        "materials": [{"slot": "photo", "url": "https://x", "sha256": "ABC"}],
+        "submitted_at": "yesterday",
+    }
     response = signed(c, "POST", "/api/cases", payload)
     assert response.status_code == 422
     assert response.json()["code"] == "validation_failed"
     assert set(response.json()["details"]["fields"]) == {
-        "case_no", "service_code", "item_version", "applicant", "form", "materials.0.sha256", "submitted_at"}
+        "case_no",
+        "service_code",
+        "item_version",
+        "applicant",
+        "form",
+        "materials.0.sha256",
+        "submitted_at",
+    }
     not_json = signed(c, "POST", "/api/cases", body=b"{not json")
     assert not_json.status_code == 400 and not_json.json()["code"] == "malformed_json"
     assert c.get("/__sim__/cases").json() == {"cases": []}

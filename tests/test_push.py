@@ -11,14 +11,23 @@ import signal
 import time
 import uuid
 from collections import Counter
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
 
 from handlers.numbers import CHINA
 from handlers.push import PHRASES, QuietHours, body_of, clip, template_data
-from tests.conftest import MP_TEMPLATE, OA_TEMPLATE, PLATFORM_SECRET, SIM_MP_APPID, make_server, run_cli, spawn, start_server
+from tests.conftest import (
+    MP_TEMPLATE,
+    OA_TEMPLATE,
+    PLATFORM_SECRET,
+    SIM_MP_APPID,
+    make_server,
+    run_cli,
+    spawn,
+    start_server,
+)
 from tests.oa_pusher import OA_APPID, event_message
 from tests.test_drafts import RENEWAL, new_draft, photo_id, renewal_answers
 from tests.test_identity import auth, id_number, to_l3
@@ -39,7 +48,7 @@ def test_quiet_hours_cross_midnight_and_resume_in_the_morning():
     assert quiet.resume_at(at(23, 30)) == datetime(2026, 11, 23, 8, 0, tzinfo=CHINA)
     assert quiet.resume_at(at(2, 15)) == datetime(2026, 11, 22, 8, 0, tzinfo=CHINA)
     # Given in UTC, judged in China time: 15:00 UTC is 23:00 in Luzhou.
-    assert quiet.resume_at(datetime(2026, 11, 22, 15, 0, tzinfo=timezone.utc)) == datetime(2026, 11, 23, 0, 0, tzinfo=timezone.utc)
+    assert quiet.resume_at(datetime(2026, 11, 22, 15, 0, tzinfo=UTC)) == datetime(2026, 11, 23, 0, 0, tzinfo=UTC)
     day = QuietHours.parse("12:00-13:30")
     assert day.resume_at(at(12, 45)) == at(13, 30) and day.resume_at(at(13, 30)) is None
     assert QuietHours.parse("") is None
@@ -57,10 +66,19 @@ def test_template_values_fit_wechats_field_limits():
     assert len(cut) == 20 and cut.endswith("…") and long_name.startswith(cut[:-1])
     assert clip("居民身份证\n换领", 20) == "居民身份证 换领"
     case = SimpleNamespace(service_name=long_name, case_no="ZB20261122000017")
-    at = datetime(2026, 11, 22, 2, 30, tzinfo=timezone.utc)
+    at = datetime(2026, 11, 22, 2, 30, tzinfo=UTC)
     for kind, phrase in PHRASES.items():
-        body = body_of(kind, {"reason": "照片不清晰，背景应为白色" * 3, "amount_fen": 2000, "fields": ["a"],
-                              "materials": ["b"], "kind": "mail", "tracking_no": "SF1234567890"})
+        body = body_of(
+            kind,
+            {
+                "reason": "照片不清晰，背景应为白色" * 3,
+                "amount_fen": 2000,
+                "fields": ["a"],
+                "materials": ["b"],
+                "kind": "mail",
+                "tracking_no": "SF1234567890",
+            },
+        )
         data = template_data(SimpleNamespace(kind=kind, body=body, title="", id=1, created_at=at), case)
         try:
             _check_subscribe_data(data)  # the simulator applies WeChat's documented rules
@@ -89,19 +107,26 @@ def sim_user(wechat_sim, unionid: bool = True) -> tuple[str, str | None]:
 def grant(server, wechat_sim, tokens, openid: str, count: int, *, at_wechat: bool = True) -> dict:
     """The citizen taps "allow" `count` times: WeChat keeps the grants, Zhangban is told."""
     if at_wechat:
-        wechat_sim.control("subscriptions", {"appid": SIM_MP_APPID, "openid": openid, "template_id": MP_TEMPLATE,
-                                             "count": count})
+        wechat_sim.control(
+            "subscriptions", {"appid": SIM_MP_APPID, "openid": openid, "template_id": MP_TEMPLATE, "count": count}
+        )
     for _ in range(count):
-        answer = httpx.post(f"{server.url}/api/v1/subscriptions", headers=auth(tokens),
-                            json={"results": {"errMsg": "requestSubscribeMessage:ok", MP_TEMPLATE: "accept"}})
+        answer = httpx.post(
+            f"{server.url}/api/v1/subscriptions",
+            headers=auth(tokens),
+            json={"results": {"errMsg": "requestSubscribeMessage:ok", MP_TEMPLATE: "accept"}},
+        )
         assert answer.status_code == 200, answer.text
     return answer.json()
 
 
 def messages_for(wechat_sim, case_no: str, *to: str) -> list[dict]:
     """What WeChat delivered about `case_no` to these openids (other servers of the run reuse case numbers)."""
-    return [m for m in wechat_sim.control("messages")["messages"]
-            if m.get("data", {}).get("character_string2", {}).get("value") == case_no and m["touser"] in to]
+    return [
+        m
+        for m in wechat_sim.control("messages")["messages"]
+        if m.get("data", {}).get("character_string2", {}).get("value") == case_no and m["touser"] in to
+    ]
 
 
 def submit(server, tokens, *, phone: str = "13722223333") -> str:
@@ -118,13 +143,15 @@ def submit(server, tokens, *, phone: str = "13722223333") -> str:
 def attempts(server, case_no: str, kind: str) -> list[tuple]:
     return server.database.query(
         "SELECT a.channel, a.result, a.errcode FROM push_attempts a JOIN notifications n ON n.id = a.notification_id "
-        f"JOIN cases c ON c.id = n.case_id WHERE c.case_no = '{case_no}' AND n.kind = '{kind}' ORDER BY a.id")
+        f"JOIN cases c ON c.id = n.case_id WHERE c.case_no = '{case_no}' AND n.kind = '{kind}' ORDER BY a.id"
+    )
 
 
 def push_state(server, case_no: str, kind: str) -> tuple | None:
     rows = server.database.query(
         "SELECT n.push_status, n.channel FROM notifications n JOIN cases c ON c.id = n.case_id "
-        f"WHERE c.case_no = '{case_no}' AND n.kind = '{kind}'")
+        f"WHERE c.case_no = '{case_no}' AND n.kind = '{kind}'"
+    )
     return rows[0] if rows else None
 
 
@@ -132,8 +159,12 @@ def test_subscription_results_are_validated_and_counted(server, wechat_sim):
     openid, _ = sim_user(wechat_sim)
     tokens = to_l3(server, wechat_sim, "苗三一", id_number(), openid)
     with server.client(headers=auth(tokens)) as c:
-        for body, field in (({}, "results"), ({"results": {}}, "results"), ({"results": {MP_TEMPLATE: "yes"}}, "results"),
-                            ({"results": {"bad id!": "accept"}}, "results")):
+        for body, field in (
+            ({}, "results"),
+            ({"results": {}}, "results"),
+            ({"results": {MP_TEMPLATE: "yes"}}, "results"),
+            ({"results": {"bad id!": "accept"}}, "results"),
+        ):
             refused = c.post("/api/v1/subscriptions", json=body)
             assert refused.status_code == 422 and refused.json()["code"] == "validation_failed", body
             assert field in refused.json()["details"]["fields"]
@@ -142,7 +173,9 @@ def test_subscription_results_are_validated_and_counted(server, wechat_sim):
         assert twice["grants"] == [{"template_id": MP_TEMPLATE, "result": "accept", "remaining": 2}]
         banned = c.post("/api/v1/subscriptions", json={"results": {MP_TEMPLATE: "ban"}}).json()
         assert banned["grants"][0]["remaining"] == 0  # "always refuse": WeChat keeps none for us
-    assert httpx.post(f"{server.url}/api/v1/subscriptions", json={"results": {MP_TEMPLATE: "accept"}}).status_code == 401
+    assert (
+        httpx.post(f"{server.url}/api/v1/subscriptions", json={"results": {MP_TEMPLATE: "accept"}}).status_code == 401
+    )
 
 
 def test_whole_journey_with_correction_pushes_every_step_once(server, wechat_sim, platform_sim):
@@ -154,33 +187,54 @@ def test_whole_journey_with_correction_pushes_every_step_once(server, wechat_sim
     try:
         case_no = submit(server, tokens)
         correcting = wait_for(lambda: (c := case_of(server, tokens, case_no))["status"] == "correction_requested" and c)
-        assert correcting["next_action"] == {"type": "correct", "fields": ["applicant.phone"], "materials": ["photo"],
-                                             "reason": "照片不清晰"}
+        assert correcting["next_action"] == {
+            "type": "correct",
+            "fields": ["applicant.phone"],
+            "materials": ["photo"],
+            "reason": "照片不清晰",
+        }
         new_photo = photo_id(server, tokens)
         with server.client(headers=auth(tokens)) as c:
             # Only what was asked may change, and all of it at once.
-            extra = c.post(f"/api/v1/cases/{case_no}/resubmit",
-                           json={"fields": {"applicant.phone": "13900001111", "appointment.period": "pm"}})
+            extra = c.post(
+                f"/api/v1/cases/{case_no}/resubmit",
+                json={"fields": {"applicant.phone": "13900001111", "appointment.period": "pm"}},
+            )
             assert extra.status_code == 422
             assert set(extra.json()["details"]["fields"]) == {"fields.appointment.period", "materials.photo"}
-            bad = c.post(f"/api/v1/cases/{case_no}/resubmit",
-                         json={"fields": {"applicant.phone": "12345"}, "materials": {"photo": [new_photo]}})
+            bad = c.post(
+                f"/api/v1/cases/{case_no}/resubmit",
+                json={"fields": {"applicant.phone": "12345"}, "materials": {"photo": [new_photo]}},
+            )
             assert bad.status_code == 422 and bad.json()["code"] == "review_failed"
             assert [p["path"] for p in bad.json()["details"]["problems"]] == ["applicant.phone"]
-            done = c.post(f"/api/v1/cases/{case_no}/resubmit",
-                          json={"fields": {"applicant.phone": "13900001111"}, "materials": {"photo": [new_photo]}})
+            done = c.post(
+                f"/api/v1/cases/{case_no}/resubmit",
+                json={"fields": {"applicant.phone": "13900001111"}, "materials": {"photo": [new_photo]}},
+            )
             assert done.status_code == 200, done.text
             assert done.json()["status"] == "resubmitted" and done.json()["next_action"] is None
-            again = c.post(f"/api/v1/cases/{case_no}/resubmit",
-                           json={"fields": {"applicant.phone": "13900001111"}, "materials": {"photo": [new_photo]}})
+            again = c.post(
+                f"/api/v1/cases/{case_no}/resubmit",
+                json={"fields": {"applicant.phone": "13900001111"}, "materials": {"photo": [new_photo]}},
+            )
             assert again.status_code == 409 and again.json()["code"] == "not_in_correction"
         final = wait_for(lambda: (c := case_of(server, tokens, case_no))["status"] == "closed" and c, timeout=60)
     finally:
         platform_sim.control("script", {"script": "happy"})
         platform_sim.control("config", {"step_delay_s": 60})
     assert [t["status"] for t in final["timeline"]] == [
-        "submitted", "delivered_to_platform", "accepted", "in_review", "correction_requested", "resubmitted",
-        "in_review", "approved", "result_issued", "closed"]
+        "submitted",
+        "delivered_to_platform",
+        "accepted",
+        "in_review",
+        "correction_requested",
+        "resubmitted",
+        "in_review",
+        "approved",
+        "result_issued",
+        "closed",
+    ]
     assert final["result"]["kind"] == "electronic" and final["result"]["licence_no"].startswith("DZZZ")
     # The platform got the corrected phone and a link to the new photo.
     received = httpx.get(f"{platform_sim.url}/__sim__/cases", params={"case_no": case_no}).json()["cases"][0]
@@ -189,14 +243,23 @@ def test_whole_journey_with_correction_pushes_every_step_once(server, wechat_sim
     assert [m["slot"] for m in resubmission["materials"]] == ["photo"]
     assert httpx.get(resubmission["materials"][0]["url"]).status_code == 200
 
-    told = ["delivered_to_platform", "accepted", "in_review", "correction_requested", "in_review", "approved",
-            "result_issued", "closed"]
+    told = [
+        "delivered_to_platform",
+        "accepted",
+        "in_review",
+        "correction_requested",
+        "in_review",
+        "approved",
+        "result_issued",
+        "closed",
+    ]
     pushed = wait_for(lambda: len(m := messages_for(wechat_sim, case_no, openid)) >= len(told) and m)
     time.sleep(1)  # anything extra (a duplicate) would arrive now
     pushed = messages_for(wechat_sim, case_no, openid)
     assert Counter(m["data"]["phrase3"]["value"] for m in pushed) == Counter(PHRASES[k] for k in told)
     assert {(m["type"], m["touser"], m["template_id"], m["page"]) for m in pushed} == {
-        ("subscribe", openid, MP_TEMPLATE, f"pages/case/detail?case_no={case_no}")}
+        ("subscribe", openid, MP_TEMPLATE, f"pages/case/detail?case_no={case_no}")
+    }
     correction = next(m for m in pushed if m["data"]["phrase3"]["value"] == "需补正")
     assert correction["data"]["thing5"]["value"].startswith("您的申请需要补正")
     with server.client(headers=auth(tokens)) as c:
@@ -214,7 +277,8 @@ def test_whole_journey_with_correction_pushes_every_step_once(server, wechat_sim
         assert c.post("/api/v1/inbox/read", json={}).status_code == 422
         assert c.post("/api/v1/inbox/read", json={"all": True}).json() == {"marked": len(told) - 1, "unread": 0}
     grants = server.database.query(
-        f"SELECT remaining FROM subscription_grants g JOIN users u ON u.id = g.user_id WHERE u.openid = '{openid}'")
+        f"SELECT remaining FROM subscription_grants g JOIN users u ON u.id = g.user_id WHERE u.openid = '{openid}'"
+    )
     assert grants == [(12 - len(told),)]
 
 
@@ -228,13 +292,17 @@ def test_43101_falls_through_to_the_official_accounts_template_message(server, w
     grant(server, wechat_sim, tokens, openid, 1, at_wechat=False)
     case_no = submit(server, tokens)
     wait_for(lambda: push_state(server, case_no, "delivered_to_platform") == ("sent", "template"))
-    assert attempts(server, case_no, "delivered_to_platform") == [("subscribe", "no_grant", 43101), ("template", "ok", 0)]
+    assert attempts(server, case_no, "delivered_to_platform") == [
+        ("subscribe", "no_grant", 43101),
+        ("template", "ok", 0),
+    ]
     [message] = messages_for(wechat_sim, case_no, openid, oa_openid)
     assert message["type"] == "template" and message["touser"] == oa_openid and message["template_id"] == OA_TEMPLATE
     assert message["miniprogram"]["pagepath"] == f"pages/case/detail?case_no={case_no}"
     # The stale grant is gone: the next push goes straight to the template message.
     assert server.database.query(
-        f"SELECT remaining FROM subscription_grants g JOIN users u ON u.id = g.user_id WHERE u.openid = '{openid}'") == [(0,)]
+        f"SELECT remaining FROM subscription_grants g JOIN users u ON u.id = g.user_id WHERE u.openid = '{openid}'"
+    ) == [(0,)]
 
 
 def test_a_citizen_no_channel_reaches_still_gets_the_inbox(server, wechat_sim):
@@ -273,8 +341,9 @@ def quiet_server(tmp_path_factory, databases, wechat_sim):
     now = datetime.now(CHINA)
     end = (now - timedelta(minutes=2)).strftime("%H:%M")
     start = (now - timedelta(minutes=1)).strftime("%H:%M")
-    srv, _ = make_server(tmp_path_factory, databases, wechat_sim, "quiet", with_workers=True,
-                         PUSH_QUIET_HOURS=f"{start}-{end}")
+    srv, _ = make_server(
+        tmp_path_factory, databases, wechat_sim, "quiet", with_workers=True, PUSH_QUIET_HOURS=f"{start}-{end}"
+    )
     assert srv.cli("load-demo").returncode == 0
     yield srv
     srv.stop()
@@ -289,10 +358,10 @@ def test_quiet_hours_hold_routine_pushes_and_the_inbox_has_them_at_once(quiet_se
     assert attempts(quiet_server, case_no, "delivered_to_platform") == [("-", "deferred", None)]
     assert push_state(quiet_server, case_no, "delivered_to_platform") == ("pending", "")
     waits = quiet_server.database.query(
-        "SELECT n.next_attempt_at FROM notifications n JOIN cases c ON c.id = n.case_id "
-        f"WHERE c.case_no = '{case_no}'")[0][0]
+        f"SELECT n.next_attempt_at FROM notifications n JOIN cases c ON c.id = n.case_id WHERE c.case_no = '{case_no}'"
+    )[0][0]
     waits = waits if isinstance(waits, datetime) else datetime.fromisoformat(str(waits))
-    assert waits.replace(tzinfo=waits.tzinfo or timezone.utc) > datetime.now(timezone.utc) + timedelta(hours=23)
+    assert waits.replace(tzinfo=waits.tzinfo or UTC) > datetime.now(UTC) + timedelta(hours=23)
     assert messages_for(wechat_sim, case_no, openid) == []
     inbox = httpx.get(f"{quiet_server.url}/api/v1/inbox", headers=auth(tokens)).json()
     assert [i["kind"] for i in inbox["items"]] == ["delivered_to_platform"] and inbox["unread"] == 1
@@ -301,8 +370,9 @@ def test_quiet_hours_hold_routine_pushes_and_the_inbox_has_them_at_once(quiet_se
 @pytest.fixture
 def lease_server(tmp_path_factory, databases, wechat_sim):
     """A server (with its own worker in production mode) whose push and outbox leases last 3 s."""
-    srv, _ = make_server(tmp_path_factory, databases, wechat_sim, "pushkill", with_workers=True, PUSH_LEASE_S="3",
-                         OUTBOX_STUCK_S="3")
+    srv, _ = make_server(
+        tmp_path_factory, databases, wechat_sim, "pushkill", with_workers=True, PUSH_LEASE_S="3", OUTBOX_STUCK_S="3"
+    )
     assert srv.cli("load-demo").returncode == 0
     yield srv
     srv.stop()
@@ -314,8 +384,12 @@ def kill_and_restart_the_worker(server) -> None:
     os.killpg(worker.proc.pid, signal.SIGKILL)
     worker.proc.wait()
     if server.helpers:
-        server.helpers[0] = spawn(["worker", "--processes", "1"], env=server.env, cwd=server.cwd,
-                                  log_path=server.cwd / f"worker-{time.time_ns()}.log")
+        server.helpers[0] = spawn(
+            ["worker", "--processes", "1"],
+            env=server.env,
+            cwd=server.cwd,
+            log_path=server.cwd / f"worker-{time.time_ns()}.log",
+        )
     else:
         restarted = start_server(server.env, server.cwd, database=server.database)
         server.proc, server.url, server.log_path = restarted.proc, restarted.url, restarted.log_path
@@ -334,15 +408,22 @@ def test_a_delivery_interrupted_by_sigkill_is_requeued_and_delivered_once(lease_
     wait_for(lambda: platform_sim.control("stats")["calls"].get("/api/cases", 0) > before, timeout=30, interval=0.05)
     kill_and_restart_the_worker(server)
     stuck = server.database.query(
-        f"SELECT o.status, o.attempts FROM outbox o JOIN cases c ON c.id = o.case_id WHERE c.case_no = '{case_no}'")
+        f"SELECT o.status, o.attempts FROM outbox o JOIN cases c ON c.id = o.case_id WHERE c.case_no = '{case_no}'"
+    )
     assert stuck == [("sending", 0)]  # claimed, never finished: only its lease brings it back
     # (Read from the database: an embedded server's restart also forgets its sign-ins.)
-    wait_for(lambda: server.database.query(f"SELECT status FROM cases WHERE case_no = '{case_no}'")
-             == [("delivered_to_platform",)], timeout=60)
+    wait_for(
+        lambda: (
+            server.database.query(f"SELECT status FROM cases WHERE case_no = '{case_no}'")
+            == [("delivered_to_platform",)]
+        ),
+        timeout=60,
+    )
     received = httpx.get(f"{platform_sim.url}/__sim__/cases", params={"case_no": case_no}).json()["cases"]
     assert [c["received"] - seen.get(case_no, 0) for c in received] == [1]
     assert server.database.query(
-        f"SELECT o.status FROM outbox o JOIN cases c ON c.id = o.case_id WHERE c.case_no = '{case_no}'") == [("done",)]
+        f"SELECT o.status FROM outbox o JOIN cases c ON c.id = o.case_id WHERE c.case_no = '{case_no}'"
+    ) == [("done",)]
 
 
 def test_a_push_interrupted_by_sigkill_is_delivered_exactly_once(lease_server, wechat_sim):
@@ -361,15 +442,27 @@ def test_a_push_interrupted_by_sigkill_is_delivered_exactly_once(lease_server, w
     time.sleep(2)
     assert len(messages_for(wechat_sim, case_no, openid)) == 1
     assert [a[:2] for a in attempts(server, case_no, "delivered_to_platform")] == [
-        ("subscribe", "interrupted"), ("subscribe", "ok")]
+        ("subscribe", "interrupted"),
+        ("subscribe", "ok"),
+    ]
 
 
 def official_client(server, department: str) -> httpx.Client:
     import secrets
 
     username, password = f"pusher{secrets.token_hex(3)}", secrets.token_urlsafe(12)
-    assert server.cli("create-official", "--username", username, "--department", department, "--password-stdin",
-                      input=password + "\n").returncode == 0
+    assert (
+        server.cli(
+            "create-official",
+            "--username",
+            username,
+            "--department",
+            department,
+            "--password-stdin",
+            input=password + "\n",
+        ).returncode
+        == 0
+    )
     client = server.client()
     assert client.post("/console/api/session", json={"username": username, "password": password}).status_code == 200
     return client
@@ -388,15 +481,23 @@ def test_an_official_sees_why_a_citizen_was_or_was_not_reached(server, wechat_si
         [notification] = seen.json()["notifications"]
         assert notification["kind"] == "delivered_to_platform" and notification["push_status"] == "inbox_only"
         assert [(a["channel"], a["result"], a["errcode"]) for a in notification["attempts"]] == [
-            ("subscribe", "no_grant", 43101), ("inbox", "inbox_only", None)]
+            ("subscribe", "no_grant", 43101),
+            ("inbox", "inbox_only", None),
+        ]
         assert "未关注公众号" in notification["attempts"][1]["detail"]
         assert outsider.get(f"/console/api/cases/{case_no}/pushes").status_code == 403
         assert handler.get("/console/api/cases/ZB20000101000001/pushes").status_code == 404
     finally:
         handler.close()
         outsider.close()
-    assert len(server.database.query(
-        f"SELECT id FROM audit_log WHERE action = 'case.pushes.read' AND target_id = '{case_no}'")) == 1
+    assert (
+        len(
+            server.database.query(
+                f"SELECT id FROM audit_log WHERE action = 'case.pushes.read' AND target_id = '{case_no}'"
+            )
+        )
+        == 1
+    )
 
 
 def test_the_platform_sweep_recovers_callbacks_that_never_arrived(server, wechat_sim, platform_sim):
@@ -404,15 +505,19 @@ def test_the_platform_sweep_recovers_callbacks_that_never_arrived(server, wechat
     tokens = to_l3(server, wechat_sim, "范三九", id_number(), openid)
     grant(server, wechat_sim, tokens, openid, 3)
     # The platform decides the case, but every callback is lost (refused by a wrong signature).
-    platform_sim.control("config", {"callback_secret": "a-secret-we-do-not-share-000", "retry_budget_s": 0.2,
-                                    "step_delay_s": 0.3})
+    platform_sim.control(
+        "config", {"callback_secret": "a-secret-we-do-not-share-000", "retry_budget_s": 0.2, "step_delay_s": 0.3}
+    )
     try:
         case_no = submit(server, tokens)
-        wait_for(lambda: httpx.get(f"{platform_sim.url}/__sim__/cases",
-                                   params={"case_no": case_no}).json()["cases"][0]["status"] == "closed")
+        wait_for(
+            lambda: (
+                httpx.get(f"{platform_sim.url}/__sim__/cases", params={"case_no": case_no}).json()["cases"][0]["status"]
+                == "closed"
+            )
+        )
     finally:
-        platform_sim.control("config", {"callback_secret": PLATFORM_SECRET, "retry_budget_s": 30,
-                                        "step_delay_s": 60})
+        platform_sim.control("config", {"callback_secret": PLATFORM_SECRET, "retry_budget_s": 30, "step_delay_s": 60})
     assert case_of(server, tokens, case_no)["status"] == "delivered_to_platform"
     time.sleep(1.1)
     swept = run_cli("sweep", "platform", env={**server.env, "PLATFORM_SILENCE_S": "1"}, cwd=server.cwd)
@@ -420,7 +525,10 @@ def test_the_platform_sweep_recovers_callbacks_that_never_arrived(server, wechat
     case = case_of(server, tokens, case_no)
     assert case["status"] == "closed"
     assert [(t["status"], t["note"].endswith("（补记）")) for t in case["timeline"][2:]] == [
-        ("accepted", True), ("approved", True), ("closed", False)]
+        ("accepted", True),
+        ("approved", True),
+        ("closed", False),
+    ]
     # One notification for the change, about where the case is now.
     wait_for(lambda: push_state(server, case_no, "closed") == ("sent", "subscribe"))
     assert [m["data"]["phrase3"]["value"] for m in messages_for(wechat_sim, case_no, openid)] == ["已报送", "已办结"]
@@ -451,8 +559,11 @@ def test_a_busy_wechat_is_retried_later_and_the_grant_is_not_lost(server, wechat
     case_no = submit(server, tokens)
     wait_for(lambda: push_state(server, case_no, "delivered_to_platform") == ("sent", "subscribe"), timeout=60)
     assert [a[:2] for a in attempts(server, case_no, "delivered_to_platform")] == [
-        ("subscribe", "transient"), ("subscribe", "ok")]
+        ("subscribe", "transient"),
+        ("subscribe", "ok"),
+    ]
     assert len(messages_for(wechat_sim, case_no, openid)) == 1
     # The grant the busy try took was given back, and the successful one used it.
     assert server.database.query(
-        f"SELECT remaining FROM subscription_grants g JOIN users u ON u.id = g.user_id WHERE u.openid = '{openid}'") == [(0,)]
+        f"SELECT remaining FROM subscription_grants g JOIN users u ON u.id = g.user_id WHERE u.openid = '{openid}'"
+    ) == [(0,)]

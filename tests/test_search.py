@@ -89,8 +89,7 @@ def catalogue():
 def items(catalogue) -> list[dict]:
     departments = {d.code: d.name for d in catalogue.departments}
     return [
-        {**item.model_dump(mode="json"), "department_name": departments[item.department]}
-        for item in catalogue.items
+        {**item.model_dump(mode="json"), "department_name": departments[item.department]} for item in catalogue.items
     ]
 
 
@@ -246,7 +245,11 @@ def test_building_in_a_fresh_process_is_quiet():
         """
     )
     done = subprocess.run(
-        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120,
+        [sys.executable, "-c", script],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout == "居住证办理\n"

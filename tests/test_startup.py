@@ -73,18 +73,38 @@ def test_embedded_default_journey_progresses_and_pushes_within_a_minute(tmp_path
         tokens = to_l3(server, sim, "金四二", id_number(), openid)
         with server.client(headers=auth(tokens)) as c:
             for _ in range(3):  # the citizen allows three progress messages
-                assert c.post("/api/v1/subscriptions",
-                              json={"results": {"zb_sim_progress_subscribe": "accept"}}).status_code == 200
+                assert (
+                    c.post(
+                        "/api/v1/subscriptions", json={"results": {"zb_sim_progress_subscribe": "accept"}}
+                    ).status_code
+                    == 200
+                )
             draft = new_draft(c, service_code=RENEWAL)
             answers = renewal_answers(photo_id(server, tokens))
             answers["applicant"]["phone"] = "13733334444"
             assert c.patch(f"/api/v1/drafts/{draft['id']}", json={"version": 1, "data": answers}).status_code == 200
-            case_no = c.post(f"/api/v1/drafts/{draft['id']}/submit",
-                             headers={"Idempotency-Key": uuid.uuid4().hex}).json()["case_no"]
-            wait_for(lambda: c.get(f"/api/v1/cases/{case_no}").json()["status"] not in ("submitted", "delivered_to_platform"),
-                     timeout=60)
-            phrases = wait_for(lambda: len(p := [m["data"]["phrase3"]["value"] for m in sim.control("messages")["messages"]
-                                                 if m["touser"] == openid]) >= 2 and p)
+            case_no = c.post(
+                f"/api/v1/drafts/{draft['id']}/submit", headers={"Idempotency-Key": uuid.uuid4().hex}
+            ).json()["case_no"]
+            wait_for(
+                lambda: (
+                    c.get(f"/api/v1/cases/{case_no}").json()["status"] not in ("submitted", "delivered_to_platform")
+                ),
+                timeout=60,
+            )
+            phrases = wait_for(
+                lambda: (
+                    len(
+                        p := [
+                            m["data"]["phrase3"]["value"]
+                            for m in sim.control("messages")["messages"]
+                            if m["touser"] == openid
+                        ]
+                    )
+                    >= 2
+                    and p
+                )
+            )
             assert phrases[:2] == ["已报送", "已受理"]
             assert {i["kind"] for i in c.get("/api/v1/inbox").json()["items"]} >= {"delivered_to_platform", "accepted"}
     finally:

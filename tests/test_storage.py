@@ -22,9 +22,7 @@ return -1
 def _settings(kind: str, monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     if kind == "redis":
-        return load_settings(
-            REDIS_URL=TEST_REDIS_URL, SECRET_KEY="s" * 40, FIELD_ENCRYPTION_KEY="q" * 43 + "="
-        )
+        return load_settings(REDIS_URL=TEST_REDIS_URL, SECRET_KEY="s" * 40, FIELD_ENCRYPTION_KEY="q" * 43 + "=")
     return load_settings(REDIS_URL=None)
 
 

@@ -14,7 +14,6 @@ import asyncio
 import json
 import logging
 import random
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -144,7 +143,12 @@ class WeChatClient:
         body = await self._request(
             "POST",
             "/cgi-bin/stable_token",
-            json={"grant_type": "client_credential", "appid": self.appid, "secret": self._secret, "force_refresh": False},
+            json={
+                "grant_type": "client_credential",
+                "appid": self.appid,
+                "secret": self._secret,
+                "force_refresh": False,
+            },
         )
         if body.get("errcode"):
             raise WeChatError(body["errcode"], body.get("errmsg", ""), "/cgi-bin/stable_token")
@@ -157,8 +161,10 @@ class WeChatClient:
         """Forgets the cached token if it is still `token`; True if it was dropped."""
         return bool(await self._drop_if_same(keys=[self._token_key], args=[token]))
 
-    async def call(self, path: str, payload: dict[str, Any] | None = None, *, query: dict | None = None) -> dict[str, Any]:
-        """Calls `path` with an access token (POST with `payload`, else GET with `query`); one retry after a stale token."""
+    async def call(
+        self, path: str, payload: dict[str, Any] | None = None, *, query: dict | None = None
+    ) -> dict[str, Any]:
+        """Calls `path` with an access token (POST `payload`, else GET `query`); one retry on a stale token."""
         for attempt in (1, 2):
             token = await self.access_token()
             params = {"access_token": token, **(query or {})}
@@ -166,7 +172,9 @@ class WeChatClient:
                 body = await self._request("GET", path, params=params)
             else:
                 body = await self._request(
-                    "POST", path, params=params,
+                    "POST",
+                    path,
+                    params=params,
                     content=json.dumps(payload, ensure_ascii=False).encode("utf-8"),
                     headers={"Content-Type": "application/json; charset=utf-8"},
                 )
@@ -217,12 +225,17 @@ class WeChatClient:
         )
         return int(body["verify_ret"])
 
-
-    async def send_subscribe(self, *, openid: str, template_id: str, data: dict, page: str | None = None,
-                             miniprogram_state: str = "formal") -> None:
+    async def send_subscribe(
+        self, *, openid: str, template_id: str, data: dict, page: str | None = None, miniprogram_state: str = "formal"
+    ) -> None:
         """A one-time subscribe message (uses up one of the user's grants for `template_id`)."""
-        payload: dict[str, Any] = {"touser": openid, "template_id": template_id, "data": data,
-                                   "miniprogram_state": miniprogram_state, "lang": "zh_CN"}
+        payload: dict[str, Any] = {
+            "touser": openid,
+            "template_id": template_id,
+            "data": data,
+            "miniprogram_state": miniprogram_state,
+            "lang": "zh_CN",
+        }
         if page:
             payload["page"] = page
         await self.call("/cgi-bin/message/subscribe/send", payload)
@@ -240,21 +253,37 @@ class OfficialAccountAPI:
 
     async def send_text(self, openid: str, content: str) -> None:
         """A customer-service text message (within 48 hours of the follower's last message)."""
-        await self.client.call("/cgi-bin/message/custom/send", {"touser": openid, "msgtype": "text", "text": {"content": content}})
+        await self.client.call(
+            "/cgi-bin/message/custom/send", {"touser": openid, "msgtype": "text", "text": {"content": content}}
+        )
 
     async def send_news(self, openid: str, articles: list[dict]) -> None:
         """A customer-service news message (one article with title, description, url, picurl)."""
-        await self.client.call("/cgi-bin/message/custom/send", {"touser": openid, "msgtype": "news", "news": {"articles": articles[:1]}})
+        await self.client.call(
+            "/cgi-bin/message/custom/send", {"touser": openid, "msgtype": "news", "news": {"articles": articles[:1]}}
+        )
 
-    async def send_miniprogram_page(self, openid: str, *, title: str, appid: str, pagepath: str, thumb_media_id: str) -> None:
+    async def send_miniprogram_page(
+        self, openid: str, *, title: str, appid: str, pagepath: str, thumb_media_id: str
+    ) -> None:
         """A customer-service mini-program card."""
         await self.client.call(
             "/cgi-bin/message/custom/send",
-            {"touser": openid, "msgtype": "miniprogrampage",
-             "miniprogrampage": {"title": title, "appid": appid, "pagepath": pagepath, "thumb_media_id": thumb_media_id}},
+            {
+                "touser": openid,
+                "msgtype": "miniprogrampage",
+                "miniprogrampage": {
+                    "title": title,
+                    "appid": appid,
+                    "pagepath": pagepath,
+                    "thumb_media_id": thumb_media_id,
+                },
+            },
         )
 
-    async def send_template(self, openid: str, template_id: str, data: dict, *, miniprogram: dict | None = None, url: str | None = None) -> str:
+    async def send_template(
+        self, openid: str, template_id: str, data: dict, *, miniprogram: dict | None = None, url: str | None = None
+    ) -> str:
         """A template message; returns WeChat's msgid."""
         payload: dict[str, Any] = {"touser": openid, "template_id": template_id, "data": data}
         if miniprogram:
@@ -273,4 +302,6 @@ def cert_hash(*, name: str, id_number: str, cert_type: str = "IDENTITY_CARD") ->
     import hashlib
 
     b64 = lambda v: base64.b64encode(v.encode("utf-8")).decode()  # noqa: E731
-    return hashlib.sha256(f"cert_type={b64(cert_type)}&cert_name={b64(name)}&cert_no={b64(id_number)}".encode()).hexdigest()
+    return hashlib.sha256(
+        f"cert_type={b64(cert_type)}&cert_name={b64(name)}&cert_no={b64(id_number)}".encode()
+    ).hexdigest()

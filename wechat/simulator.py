@@ -771,9 +771,18 @@ class SimState:
             raise WeChatError(40003)
         if not user.subscribed:
             return {"subscribe": 0, "openid": user.openid}
-        info = {"subscribe": 1, "openid": user.openid, "language": "zh_CN", "subscribe_time": int(self.now()),
-                "remark": "", "groupid": 0, "tagid_list": [], "subscribe_scene": "ADD_SCENE_SEARCH",
-                "qr_scene": 0, "qr_scene_str": ""}
+        info = {
+            "subscribe": 1,
+            "openid": user.openid,
+            "language": "zh_CN",
+            "subscribe_time": int(self.now()),
+            "remark": "",
+            "groupid": 0,
+            "tagid_list": [],
+            "subscribe_scene": "ADD_SCENE_SEARCH",
+            "qr_scene": 0,
+            "qr_scene_str": "",
+        }
         if user.unionid:
             info["unionid"] = user.unionid
         return info

@@ -1,0 +1,17 @@
+"""Pydantic bases shared by every layer's input and definition models."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict
+
+
+class Frozen(BaseModel):
+    """Immutable, and every unknown field is an error (definitions read from files)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Strict(Frozen):
+    """As `Frozen`, and no type coercion: `"1"` is not an int, `1` is not a bool."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
