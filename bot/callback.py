@@ -22,7 +22,7 @@ from sanic.response import HTTPResponse, text
 
 from bot.crypto import CallbackRejected, OACrypto
 from bot.messages import BadMessage, Message, dedup_key, parse, text_reply
-from core.errors import ApiError, BadRequest, Forbidden
+from core.errors import BadRequest, Forbidden, PayloadTooLarge
 from handlers.bot import Bot
 from wechat.client import WeChatError, WeChatUnavailable
 
@@ -56,7 +56,7 @@ async def verify(request: Request) -> HTTPResponse:
 async def receive(request: Request) -> HTTPResponse:
     args, crypto = request.args, _crypto(request)
     if len(request.body or b"") > BODY_LIMIT:
-        raise ApiError("消息过大", code="payload_too_large", status=413)
+        raise PayloadTooLarge("消息过大", code="payload_too_large")
     timestamp, nonce = args.get("timestamp", ""), args.get("nonce", "")
     encrypted = args.get("encrypt_type", "raw") == "aes"
     try:

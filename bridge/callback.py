@@ -17,7 +17,7 @@ from sanic import Blueprint, Request
 from sanic.response import HTTPResponse, json
 
 from bridge.signing import SignatureRejected, nonce_of
-from core.errors import ApiError, ValidationFailed
+from core.errors import BadRequest, NotFound, Unauthenticated, ValidationFailed
 from core.http import field_errors, validate
 from handlers.delivery import apply_platform_event
 
@@ -99,13 +99,13 @@ async def callback(request: Request) -> HTTPResponse:
         ctx.platform_verifier.verify("POST", target, request.headers, request.body)
     except SignatureRejected as exc:
         log.warning("platform callback refused: %s", exc)
-        raise ApiError("签名校验失败", code="signature_invalid", status=401) from None
+        raise Unauthenticated("签名校验失败", code="signature_invalid") from None
     if not await ctx.redis.set(ctx.keys("bridge", "nonce", nonce_of(request.headers)), b"1", nx=True, ex=NONCE_TTL_S):
-        raise ApiError("请求已处理过（nonce 重复）", code="nonce_reused", status=401)
+        raise Unauthenticated("请求已处理过（nonce 重复）", code="nonce_reused")
     try:
         body = validate(Callback, json_module.loads(request.body or b"null"))
     except ValueError:
-        raise ApiError("请求内容不是有效的 JSON", code="malformed_json", status=400) from None
+        raise BadRequest("请求内容不是有效的 JSON", code="malformed_json") from None
     model = EVENT_DATA.get(body.event)
     if model is not None:
         try:
@@ -118,5 +118,5 @@ async def callback(request: Request) -> HTTPResponse:
         case_no=body.case_no, seq=body.seq, event=body.event, data=body.data, at=body.at
     )
     if result == "unknown_case":
-        raise ApiError("办件不存在", code="case_not_found", status=404)
+        raise NotFound("办件不存在", code="case_not_found")
     return json({"ok": True, "result": result})

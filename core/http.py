@@ -29,7 +29,26 @@ ModelT = TypeVar("ModelT", bound=BaseModel)
 REQUEST_ID_HEADER = "X-Request-ID"
 _SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
-_STATUS_ERRORS: dict[int, type[errors.ApiError]] = {
+# The one table from an error's kind to its HTTP status (looked up along the class's MRO).
+STATUS: dict[type[errors.DomainError], int] = {
+    errors.BadRequest: 400,
+    errors.Unauthenticated: 401,
+    errors.Forbidden: 403,
+    errors.NotFound: 404,
+    errors.MethodNotAllowed: 405,
+    errors.Conflict: 409,
+    errors.Gone: 410,
+    errors.PayloadTooLarge: 413,
+    errors.UnsupportedMediaType: 415,
+    errors.Unprocessable: 422,
+    errors.TooManyRequests: 429,
+    errors.Busy: 503,
+    errors.NotReady: 503,
+    errors.Unavailable: 503,
+    errors.UpstreamError: 502,
+    errors.DomainError: 400,
+}
+_KIND_OF_STATUS: dict[int, type[errors.DomainError]] = {
     400: errors.BadRequest,
     401: errors.Unauthenticated,
     403: errors.Forbidden,
@@ -39,6 +58,40 @@ _STATUS_ERRORS: dict[int, type[errors.ApiError]] = {
     415: errors.UnsupportedMediaType,
     429: errors.TooManyRequests,
 }
+
+
+class _Unexpected(errors.DomainError):
+    code, message = "internal_error", "系统繁忙，请稍后再试"
+
+
+class _RequestTimeout(errors.DomainError):
+    code, message = "request_timeout", "请求超时，请重试"
+
+
+class _ResponseTimeout(errors.DomainError):
+    code, message = "response_timeout", "处理超时，请稍后再试"
+
+
+STATUS.update({_Unexpected: 500, _RequestTimeout: 408, _ResponseTimeout: 503})
+
+
+def status_of(error: errors.DomainError) -> int:
+    """The HTTP status of `error`: its nearest kind in `STATUS`."""
+    for cls in type(error).__mro__:
+        if cls in STATUS:
+            return STATUS[cls]
+    return 400
+
+
+def headers_of(error: errors.DomainError) -> dict[str, str]:
+    """The headers an error's kind asks for: `Retry-After`, `Allow`, `WWW-Authenticate`."""
+    headers: dict[str, str] = {}
+    if error.retry_after is not None:
+        headers["Retry-After"] = str(error.retry_after)
+    allowed = getattr(error, "allowed_methods", None)
+    if isinstance(error, errors.MethodNotAllowed) and allowed:
+        headers["Allow"] = ", ".join(sorted(allowed))
+    return headers
 
 
 def request_id(request: Request) -> str:
@@ -51,32 +104,31 @@ def request_id(request: Request) -> str:
     return rid
 
 
-def error_response(request: Request | None, error: errors.ApiError) -> HTTPResponse:
-    """The JSON response for `error`, with the request id header."""
-    headers = dict(error.headers)
+def error_response(request: Request | None, error: errors.DomainError) -> HTTPResponse:
+    """The JSON response for `error`, with its status, its headers and the request id."""
+    headers = headers_of(error)
     if request is not None:
         headers[REQUEST_ID_HEADER] = request_id(request)
-    return json_response(error.body(), status=error.status, headers=headers)
+    return json_response(error.body(), status=status_of(error), headers=headers)
 
 
-def _as_api_error(exc: BaseException) -> errors.ApiError:
-    if isinstance(exc, errors.ApiError):
+def _as_domain_error(exc: BaseException) -> errors.DomainError:
+    if isinstance(exc, errors.DomainError):
         return exc
     if isinstance(exc, sanic_exc.RequestTimeout):
-        return errors.ApiError("请求超时，请重试", code="request_timeout", status=408)
+        return _RequestTimeout()
     if isinstance(exc, sanic_exc.ServiceUnavailable):  # response timeout
-        return errors.ApiError("处理超时，请稍后再试", code="response_timeout", status=503)
+        return _ResponseTimeout()
     if isinstance(exc, sanic_exc.SanicException):
         status = getattr(exc, "status_code", 500) or 500
-        if status in _STATUS_ERRORS:
-            error = _STATUS_ERRORS[status]()
+        if status in _KIND_OF_STATUS:
+            error = _KIND_OF_STATUS[status]()
             if status == 405:
-                error.headers = {"Allow": ", ".join(sorted(getattr(exc, "allowed_methods", None) or []))}
-                error.headers = {k: v for k, v in error.headers.items() if v}
+                error.allowed_methods = getattr(exc, "allowed_methods", None) or []
             return error
         if 400 <= status < 500:
-            return errors.ApiError(status=status)
-    return errors.ApiError("系统繁忙，请稍后再试", code="internal_error", status=500)
+            return errors.BadRequest()
+    return _Unexpected()
 
 
 def install(app: Sanic) -> None:
@@ -92,10 +144,10 @@ def install(app: Sanic) -> None:
 
     @app.exception(Exception)
     async def _handle(request: Request, exc: Exception) -> HTTPResponse:
-        error = _as_api_error(exc)
-        if error.status >= 500 and not isinstance(exc, errors.ApiError):
+        error = _as_domain_error(exc)
+        if not isinstance(exc, errors.DomainError) and status_of(error) >= 500:
             log.error("unhandled error on %s %s", request.method, request.path, exc_info=exc)
-        elif error.status >= 500:
+        elif status_of(error) >= 500:
             log.warning("%s on %s %s", error.code, request.method, request.path)
         return error_response(request, error)
 

@@ -70,5 +70,5 @@ class Limiter:
             f"操作太频繁，请{retry_after}秒后再试",
             code="rate_limited",
             details={"retry_after": retry_after},
-            headers={"Retry-After": str(retry_after)},
+            retry_after=retry_after,
         )

@@ -17,8 +17,9 @@ from datetime import UTC, datetime, timedelta
 from redis.asyncio import Redis
 from tortoise.exceptions import IntegrityError
 
-from core.errors import ApiError, Unauthenticated
+from core.errors import Forbidden, Unauthenticated
 from handlers import audit
+from handlers.upstream import wechat_errors
 from storage.crypto import FieldCipher
 from storage.models import ActorType, IdentityLevel, RefreshToken, User
 from storage.redis import Keys
@@ -127,18 +128,14 @@ class TokenStore:
         now = datetime.now(UTC)
         if row.revoked_at is not None or row.used_at is not None:
             await self.revoke_family(row.family)
-            raise ApiError(
-                "登录凭证已被使用，为保护账号安全已退出所有登录，请重新登录", code="token_reused", status=401
-            )
+            raise Unauthenticated("登录凭证已被使用，为保护账号安全已退出所有登录，请重新登录", code="token_reused")
         if row.expires_at <= now:
             raise Unauthenticated("登录已过期，请重新登录", code="token_expired")
         # Conditional update: of two concurrent refreshes with one token, exactly one wins.
         won = await RefreshToken.filter(id=row.id, used_at=None, revoked_at=None).update(used_at=now)
         if not won:
             await self.revoke_family(row.family)
-            raise ApiError(
-                "登录凭证已被使用，为保护账号安全已退出所有登录，请重新登录", code="token_reused", status=401
-            )
+            raise Unauthenticated("登录凭证已被使用，为保护账号安全已退出所有登录，请重新登录", code="token_reused")
         if not row.user.is_active:
             raise Unauthenticated("账号已停用", code="account_disabled")
         return await self.issue(row.user, family=row.family)
@@ -156,7 +153,8 @@ class TokenStore:
 
 async def login(*, code: str, wechat: WeChatClient, tokens: TokenStore, cipher: FieldCipher, ip: str) -> TokenPair:
     """Signs a citizen in with a `wx.login` code; the session_key is kept, encrypted, never returned."""
-    session = await wechat.code2session(code)
+    with wechat_errors():
+        session = await wechat.code2session(code)
     user = await get_or_create_user(openid=session.openid, unionid=session.unionid)
     user.session_key_enc = cipher.encrypt(session.session_key, column="users.session_key")
     await user.save(update_fields=["session_key_enc", "updated_at"])
@@ -180,9 +178,8 @@ def require_level(user: User, level: IdentityLevel | str) -> None:
     """Raises 403 identity_level_required unless `user` has at least `level`."""
     level = IdentityLevel(level)
     if IDENTITY_LEVELS.index(user.identity_level) < IDENTITY_LEVELS.index(level):
-        raise ApiError(
+        raise Forbidden(
             f"办理该事项需要先完成{LEVEL_NAMES[level]}（{level.value}）",
             code="identity_level_required",
-            status=403,
             details={"required": level.value, "current": user.identity_level.value},
         )

@@ -13,7 +13,7 @@ from datetime import UTC, date, datetime, timedelta
 from tortoise.transactions import in_transaction
 
 from bridge.client import PlatformClient, PlatformError
-from core.errors import ApiError, NotFound, ValidationFailed
+from core.errors import Conflict, NotFound, Unavailable, Unprocessable, ValidationFailed
 from handlers.numbers import CHINA
 from handlers.push import kick, notify
 from storage.crypto import FieldCipher
@@ -51,8 +51,8 @@ STATUS_LABELS: dict[CaseStatus, str] = {
 }
 
 
-class IllegalTransition(ApiError):
-    status, code, message = 409, "illegal_transition", "当前办件状态不允许此操作"
+class IllegalTransition(Conflict):
+    code, message = "illegal_transition", "当前办件状态不允许此操作"
 
 
 async def transition(
@@ -185,8 +185,8 @@ async def detail(case: Case) -> dict:
     }
 
 
-class PlatformUnavailable(ApiError):
-    status, code, message = 503, "platform_unavailable", "审批部门系统暂时无法连接，请稍后再试"
+class PlatformUnavailable(Unavailable):
+    code, message = "platform_unavailable", "审批部门系统暂时无法连接，请稍后再试"
 
 
 async def withdraw(*, user: User, case_no: str, reason: str = "", platform: PlatformClient) -> Case:
@@ -262,10 +262,9 @@ async def resubmit(
     problems = review(application, data, user)
     problems += [Problem(*p) for p in await review_attached(user.id, materials, application.materials)]
     if problems:
-        raise ApiError(
+        raise Unprocessable(
             f"补正内容还有{len(problems)}处问题，请按提示修改",
             code="review_failed",
-            status=422,
             details={"problems": [{"path": p.path, "code": p.code, "message": p.message} for p in problems]},
         )
     async with in_transaction():

@@ -19,7 +19,7 @@ from tortoise.exceptions import IntegrityError
 from tortoise.transactions import in_transaction
 
 from core.cn_ids import parse_id_number
-from core.errors import ApiError, Conflict, NotFound
+from core.errors import Conflict, Gone, NotFound, Unprocessable
 from handlers.auth import IDENTITY_LEVELS, LEVEL_NAMES
 from handlers.delivery import enqueue_delivery
 from handlers.forms import FormDef, Problem, prefill_sources, review_form
@@ -242,10 +242,9 @@ class Drafts:
 
     async def application_for(self, *, service_code: str | None, bundle_code: str | None) -> Application:
         if bool(service_code) == bool(bundle_code):
-            raise ApiError(
+            raise Unprocessable(
                 "请提供 service_code 或 bundle_code 之一",
                 code="validation_failed",
-                status=422,
                 details={"fields": {"service_code": "请选择要办理的事项"}},
             )
         if service_code:
@@ -349,7 +348,7 @@ class Drafts:
         if draft is None:
             raise NotFound("草稿不存在", code="draft_not_found")
         if draft.status == "open" and draft.expires_at <= datetime.now(UTC):
-            raise ApiError("草稿已过期，请重新填写", code="draft_expired", status=410)
+            raise Gone("草稿已过期，请重新填写", code="draft_expired")
         return draft
 
     async def mine(self, *, user: User) -> list[Draft]:
@@ -376,7 +375,7 @@ class Drafts:
         draft.data_enc, draft.version = sealed, version + 1
         return draft, data
 
-    def _conflict(self, draft: Draft) -> ApiError:
+    def _conflict(self, draft: Draft) -> Conflict:
         return Conflict(
             "草稿已在其他设备上更新，请刷新后再修改",
             code="version_conflict",
@@ -418,10 +417,9 @@ class Drafts:
         data = self.data_of(draft)
         problems = await self._review(application, data, user)
         if problems:
-            raise ApiError(
+            raise Unprocessable(
                 f"申请材料还有{len(problems)}处需要完善，请按提示一次性修改",
                 code="review_failed",
-                status=422,
                 details={"problems": problem_body(problems)},
             )
         try:

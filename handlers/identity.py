@@ -14,8 +14,9 @@ from datetime import UTC, datetime, timedelta
 from tortoise.transactions import in_transaction
 
 from core.cn_ids import PROVINCES, InvalidIdentifier, check_name, mask_id_number, mask_name, mask_phone, parse_id_number
-from core.errors import ApiError, Conflict, NotFound, ValidationFailed
+from core.errors import Conflict, NotFound, Unprocessable, ValidationFailed
 from handlers import audit
+from handlers.upstream import wechat_errors
 from storage.crypto import FieldCipher
 from storage.models import ActorType, Address, FaceVerification, IdentityLevel, User
 from wechat.client import WeChatClient, cert_hash
@@ -147,10 +148,9 @@ async def declare(*, user: User, name: str, id_number: str, transfer: bool, ciph
     digests = cipher.blind_indexes(parsed.value, column="users.id_number")
     holder = await User.filter(verified_id_digest__in=digests).exclude(id=user.id).first()
     if holder is not None and not transfer:
-        raise ApiError(
+        raise Conflict(
             "该身份证号码已由其他微信账号完成实名认证。如需转移到本账号，请在申报时选择转移并完成人脸核身",
             code="identity_taken",
-            status=409,
         )
     same_as_verified = user.verified_id_digest in digests and user.identity_level == IdentityLevel.L3
     user.real_name_enc = cipher.encrypt(clean_name, column="users.real_name")
@@ -171,15 +171,16 @@ async def declare(*, user: User, name: str, id_number: str, transfer: bool, ciph
 async def start_face(*, user: User, wechat: WeChatClient, cipher: FieldCipher) -> FaceVerification:
     """A face-check session for the declared identity (getVerifyId)."""
     if user.id_number_enc is None or user.real_name_enc is None:
-        raise ApiError("请先填写姓名和身份证号码完成实名申报", code="identity_not_declared", status=409)
+        raise Conflict("请先填写姓名和身份证号码完成实名申报", code="identity_not_declared")
     if not user.openid:
-        raise ApiError("请在小程序中完成人脸核身", code="openid_missing", status=409)
+        raise Conflict("请在小程序中完成人脸核身", code="openid_missing")
     name = cipher.decrypt(user.real_name_enc, column="users.real_name")
     id_number = cipher.decrypt(user.id_number_enc, column="users.id_number")
     out_seq_no = "zb" + secrets.token_hex(12)  # 26 chars of [0-9a-z], unique
-    verify_id, expires_in = await wechat.get_verify_id(
-        out_seq_no=out_seq_no, name=name, id_number=id_number, openid=user.openid
-    )
+    with wechat_errors():
+        verify_id, expires_in = await wechat.get_verify_id(
+            out_seq_no=out_seq_no, name=name, id_number=id_number, openid=user.openid
+        )
     return await FaceVerification.create(
         user=user,
         out_seq_no=out_seq_no,
@@ -196,14 +197,15 @@ async def finish_face(*, user: User, verify_id: str, wechat: WeChatClient, ip: s
     if session is None:  # someone else's verify_id looks exactly like an unknown one
         raise NotFound("人脸核身会话不存在，请重新发起", code="verify_id_not_found")
     if session.expires_at <= datetime.now(UTC):
-        raise ApiError("人脸核身已超时，请重新发起", code="face_verify_expired", status=422)
+        raise Unprocessable("人脸核身已超时，请重新发起", code="face_verify_expired")
     # Claim the session: a verify_id is used once, even by two concurrent requests.
     if not await FaceVerification.filter(id=session.id, status="pending").update(status="checking"):
         raise Conflict("该人脸核身结果已使用，请重新发起", code="verify_id_used")
     try:
-        verify_ret = await wechat.query_verify_info(
-            verify_id=verify_id, out_seq_no=session.out_seq_no, cert_hash=session.cert_hash, openid=user.openid
-        )
+        with wechat_errors():
+            verify_ret = await wechat.query_verify_info(
+                verify_id=verify_id, out_seq_no=session.out_seq_no, cert_hash=session.cert_hash, openid=user.openid
+            )
     except Exception:
         await FaceVerification.filter(id=session.id).update(status="pending")  # let the citizen retry
         raise
@@ -214,10 +216,9 @@ async def finish_face(*, user: User, verify_id: str, wechat: WeChatClient, ip: s
     if verify_ret != FACE_PASSED:
         await FaceVerification.filter(id=session.id).update(status="failed", verify_ret=verify_ret, finished_at=now)
         await _audit(user, "identity.face_failed", ip=ip, detail={"verify_ret": verify_ret})
-        raise ApiError(
+        raise Unprocessable(
             f"人脸核身未通过：{FACE_FAILURES.get(verify_ret, '请重试')}",
             code="face_verify_failed",
-            status=422,
             details={"verify_ret": verify_ret},
         )
     async with in_transaction():
@@ -242,7 +243,8 @@ async def finish_face(*, user: User, verify_id: str, wechat: WeChatClient, ip: s
 
 async def bind_phone(*, user: User, code: str, wechat: WeChatClient, cipher: FieldCipher, ip: str) -> str:
     """Stores the mobile number WeChat gives for a getPhoneNumber code; returns it masked."""
-    phone = await wechat.phone_number(code)
+    with wechat_errors():
+        phone = await wechat.phone_number(code)
     user.phone_enc = cipher.encrypt(phone, column="users.phone")
     user.phone_digest = cipher.blind_index(phone, column="users.phone")
     await user.save(update_fields=["phone_enc", "phone_digest", "updated_at"])

@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 
 from tortoise.exceptions import IntegrityError
 
-from core.errors import ApiError, Busy, Conflict, NotFound
+from core.errors import Busy, Conflict, Forbidden, NotFound, Unprocessable
 from handlers import media
 from storage.files import FileSealer, FileStore
 from storage.models import Draft, Material, User
@@ -52,7 +52,7 @@ class Pipeline:
 
     async def process(self, data: bytes) -> media.Processed:
         if self._in_flight >= self._capacity:
-            raise Busy("上传的人较多，请稍后重试", code="busy", headers={"Retry-After": "2"})
+            raise Busy("上传的人较多，请稍后重试", code="busy", retry_after=2)
         self._in_flight += 1
         try:
             return await asyncio.get_running_loop().run_in_executor(self._pool, media.process, data)
@@ -164,10 +164,9 @@ class Materials:
         material = await self.get(user=user, material_id=material_id)
         allowed = set().union(*(KIND_MIMES.get(k, set()) for k in slot_def["kinds"]))
         if material.mime not in allowed:
-            raise ApiError(
+            raise Unprocessable(
                 f"“{slot_def['name']}”只接受 {'、'.join(slot_def['kinds'])} 格式",
                 code="material_kind_not_allowed",
-                status=422,
             )
         data = drafts.data_of(draft)
         current = list((data.get("materials") or {}).get(slot) or [])
@@ -202,7 +201,7 @@ class Materials:
             raise NotFound("链接无效", code="link_invalid") from None
         expected = self._signature(material_id, variant, viewer, expires_at)
         if not hmac.compare_digest(expected, sig or "") or expires_at < time.time():
-            raise ApiError("链接已失效，请刷新后重试", code="link_expired", status=403)
+            raise Forbidden("链接已失效，请刷新后重试", code="link_expired")
 
     async def content(self, material: Material, variant: str) -> tuple[bytes, str]:
         if variant == "thumb":

@@ -50,8 +50,8 @@ API
     The CJK font `watermark` uses, or None when the machine has none (ops should install
     Debian's `fonts-noto-cjk` or `fonts-wqy-zenhei`).
 
-Errors are `core.errors.ApiError`s with a stable code and a Chinese message:
-415 `unsupported_file_type` (unknown magic bytes), 422 `corrupt_file` (truncated or
+Errors are `core.errors.DomainError`s with a stable code and a Chinese message:
+`unsupported_file_type` (unknown magic bytes), 422 `corrupt_file` (truncated or
 undecodable image or PDF; a truncated JPEG is refused, never padded with grey), 422
 `image_too_large_pixels` (more than `max_pixels` pixels, judged from the header), 422
 `pdf_encrypted` (any encryption, even one the empty password opens: reviewers must be able
@@ -67,51 +67,42 @@ import os
 import threading
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any
 
 from PIL import Image, ImageCms, ImageDraw, ImageFile, ImageFilter, ImageFont, ImageOps, ImageStat, JpegImagePlugin
 from pillow_heif import register_heif_opener
 
-from core.errors import ApiError
+from core.errors import DomainError, Unprocessable, UnsupportedMediaType
 
 register_heif_opener()
 
 # -- errors -----------------------------------------------------------------------------------
 
 
-def _rebuild_error(cls: type[ApiError], message: str, details: dict[str, Any]) -> ApiError:
-    return cls(message, details=details)
+class MediaError(DomainError):
+    """Base of the pipeline's errors (picklable like every DomainError, so they cross a process pool)."""
 
 
-class MediaError(ApiError):
-    """Base of the pipeline's errors; picklable, so they cross a process pool intact."""
-
-    def __reduce__(self):
-        return _rebuild_error, (type(self), self.message, self.details)
-
-
-class UnsupportedFileType(MediaError):
-    status, code, message = (
-        415,
+class UnsupportedFileType(MediaError, UnsupportedMediaType):
+    code, message = (
         "unsupported_file_type",
         "不支持该文件类型，请上传 JPG、PNG、WebP、HEIC 格式的图片或 PDF 文件",
     )
 
 
-class CorruptFile(MediaError):
-    status, code, message = 422, "corrupt_file", "文件已损坏或不完整，请重新上传"
+class CorruptFile(MediaError, Unprocessable):
+    code, message = "corrupt_file", "文件已损坏或不完整，请重新上传"
 
 
-class PdfEncrypted(MediaError):
-    status, code, message = 422, "pdf_encrypted", "PDF 文件已加密，请上传未加密的文件"
+class PdfEncrypted(MediaError, Unprocessable):
+    code, message = "pdf_encrypted", "PDF 文件已加密，请上传未加密的文件"
 
 
-class TooManyPages(MediaError):
-    status, code, message = 422, "too_many_pages", "PDF 页数过多，请拆分后分别上传"
+class TooManyPages(MediaError, Unprocessable):
+    code, message = "too_many_pages", "PDF 页数过多，请拆分后分别上传"
 
 
-class ImageTooLarge(MediaError):
-    status, code, message = 422, "image_too_large_pixels", "图片像素过大，请压缩后重新上传"
+class ImageTooLarge(MediaError, Unprocessable):
+    code, message = "image_too_large_pixels", "图片像素过大，请压缩后重新上传"
 
 
 # -- result -----------------------------------------------------------------------------------

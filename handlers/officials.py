@@ -10,7 +10,7 @@ import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from core.errors import ApiError, TooManyRequests, Unauthenticated
+from core.errors import TooManyRequests, Unauthenticated
 from handlers import audit
 from storage.models import ActorType, Official
 
@@ -99,7 +99,7 @@ async def sign_in(*, redis, keys, username: str, password: str, ip: str, request
             request_id=request_id,
             ip=ip,
         )
-        raise ApiError("用户名或密码错误", code="invalid_credentials", status=401)
+        raise Unauthenticated("用户名或密码错误", code="invalid_credentials")
     await redis.delete(failures_key)
     token, csrf = secrets.token_urlsafe(32), secrets.token_urlsafe(24)
     await redis.set(_session_key(keys, token), json.dumps({"official_id": official.id, "csrf": csrf}), ex=SESSION_TTL_S)

@@ -8,7 +8,7 @@ from pydantic import BaseModel, Field
 from sanic import Blueprint, Request
 from sanic.response import HTTPResponse, json
 
-from core.errors import ApiError
+from core.errors import BadRequest
 from core.http import json_body
 from core.openapi import document
 from handlers.delivery import kick_relay
@@ -145,9 +145,7 @@ async def review(request: Request, draft_id: str) -> HTTPResponse:
 async def submit(request: Request, draft_id: str) -> HTTPResponse:
     key = request.headers.get("idempotency-key", "")
     if not _KEY.fullmatch(key):
-        raise ApiError(
-            "请在请求头 Idempotency-Key 中提供8至128位的唯一标识", code="idempotency_key_required", status=400
-        )
+        raise BadRequest("请在请求头 Idempotency-Key 中提供8至128位的唯一标识", code="idempotency_key_required")
     payload = json_body(request, SubmitIn).model_dump(exclude_none=True) if request.body else {}
     cases = await request.app.ctx.drafts.submit(
         user=request.ctx.user, draft_id=draft_id, idempotency_key=key, body=payload

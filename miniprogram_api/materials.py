@@ -11,7 +11,7 @@ from python_multipart.multipart import parse_options_header
 from sanic import Blueprint, Request
 from sanic.response import HTTPResponse, json, raw
 
-from core.errors import ApiError, BadRequest, PayloadTooLarge, UnsupportedMediaType, ValidationFailed
+from core.errors import BadRequest, DomainError, NotFound, PayloadTooLarge, UnsupportedMediaType, ValidationFailed
 from core.http import json_body
 from core.openapi import document
 from handlers import media
@@ -102,7 +102,7 @@ async def _read_upload(request: Request) -> tuple[str, bytes, date | None]:
             break
         try:
             parser.write(chunk)
-        except ApiError:
+        except DomainError:
             raise
         except Exception:
             raise BadRequest("上传内容格式错误", code="malformed_multipart") from None
@@ -204,7 +204,7 @@ async def download(request: Request, material_id: str, variant: str) -> HTTPResp
     else:
         material = await Material.get_or_none(id=material_id, user_id=int(viewer) if viewer.isdigit() else -1)
     if material is None:
-        raise ApiError("材料不存在", code="material_not_found", status=404)
+        raise NotFound("材料不存在", code="material_not_found")
     data, mime = await service.content(material, variant)
     return raw(
         data, content_type=mime, headers={"Cache-Control": "private, max-age=300", "X-Content-Type-Options": "nosniff"}

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
+import random
 import secrets
 import signal
 import socket
@@ -32,10 +33,23 @@ TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL") or None
 RUN_ID = secrets.token_hex(4)
 
 
+# Each pytest-xdist worker takes its ports from its own range below the kernel's ephemeral
+# ports (32768+), so no two workers, and no outgoing connection, can be handed the same port
+# between a port being chosen and its server binding it.
+_XDIST_WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+_PORTS = range(20000 + 3000 * (_XDIST_WORKER % 4), 23000 + 3000 * (_XDIST_WORKER % 4))
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    for _ in range(200):
+        port = random.choice(_PORTS)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port in this worker's range")
 
 
 def base_env(**extra: str) -> dict[str, str]:
@@ -309,12 +323,14 @@ def wechat_sim(tmp_path_factory) -> Iterator[WeChatSim]:
         stderr=subprocess.STDOUT,
     )
     sim = WeChatSim(f"http://127.0.0.1:{port}", proc)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
+    deadline = time.monotonic() + 60
+    while True:
         try:
             httpx.get(sim.url + "/__sim__/stats", timeout=1)
             break
         except httpx.HTTPError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"WeChat simulator did not start (exit {proc.poll()})") from None
             time.sleep(0.1)
     yield sim
     proc.terminate()

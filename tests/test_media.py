@@ -20,7 +20,8 @@ from hypothesis import strategies as st
 from PIL import Image, ImageCms, ImageDraw, ImageFilter, ImageFont
 from pypdf import PdfWriter
 
-from core.errors import ApiError
+from core.errors import DomainError
+from core.http import status_of
 from handlers import media
 from handlers.media import (
     CorruptFile,
@@ -382,7 +383,7 @@ def test_decompression_bomb_is_refused_without_decoding():
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    assert caught.value.code == "image_too_large_pixels" and caught.value.status == 422
+    assert caught.value.code == "image_too_large_pixels" and status_of(caught.value) == 422
     assert caught.value.details == {"width": 8000, "height": 8000, "max_pixels": 40_000_000}
     assert peak < 50_000_000
     assert pillow_bytes_acquired() - pixels_before < 50_000_000
@@ -413,7 +414,7 @@ def test_truncated_jpeg_is_corrupt_not_grey():
     for cut in (len(data) // 2, len(data) - 200, len(data) - 2):
         with pytest.raises(CorruptFile) as caught:
             process(data[:cut])
-        assert caught.value.code == "corrupt_file" and caught.value.status == 422
+        assert caught.value.code == "corrupt_file" and status_of(caught.value) == 422
     progressive = jpeg_bytes(card(1200, 800), quality=90, progressive=True)
     with pytest.raises(CorruptFile):
         process(progressive[: len(progressive) * 2 // 3])
@@ -449,7 +450,7 @@ def test_unknown_bytes_are_unsupported():
         if sniff(junk) is None:
             with pytest.raises(UnsupportedFileType) as caught:
                 process(junk)
-            assert caught.value.code == "unsupported_file_type" and caught.value.status == 415
+            assert caught.value.code == "unsupported_file_type" and status_of(caught.value) == 415
     with pytest.raises(UnsupportedFileType):
         process(b"")
     with pytest.raises(UnsupportedFileType):
@@ -465,13 +466,13 @@ def test_encrypted_pdf_is_refused():
     for password in ("pw", ""):  # even one the empty password opens
         with pytest.raises(PdfEncrypted) as caught:
             process(pdf_bytes(2, password=password))
-        assert caught.value.code == "pdf_encrypted" and caught.value.status == 422
+        assert caught.value.code == "pdf_encrypted" and status_of(caught.value) == 422
 
 
 def test_too_many_pages():
     with pytest.raises(TooManyPages) as caught:
         process(pdf_bytes(60))
-    assert caught.value.code == "too_many_pages" and caught.value.status == 422
+    assert caught.value.code == "too_many_pages" and status_of(caught.value) == 422
     assert caught.value.details == {"pages": 60, "max_pages": 50}
     assert "60" in caught.value.message and "50" in caught.value.message
     assert process(pdf_bytes(50)).pages == 50
@@ -628,10 +629,15 @@ def test_errors_and_results_pickle():
         TooManyPages("PDF 页数过多", details={"pages": 60, "max_pages": 50}),
         ImageTooLarge(details={"width": 1, "height": 2, "max_pixels": 3}),
     ):
-        assert isinstance(exc, ApiError) and isinstance(exc, MediaError)
+        assert isinstance(exc, DomainError) and isinstance(exc, MediaError)
         copy = pickle.loads(pickle.dumps(exc))
         assert type(copy) is type(exc)
-        assert (copy.code, copy.message, copy.status, copy.details) == (exc.code, exc.message, exc.status, exc.details)
+        assert (copy.code, copy.message, status_of(copy), copy.details) == (
+            exc.code,
+            exc.message,
+            status_of(exc),
+            exc.details,
+        )
         assert copy.body() == exc.body()
     out = process(jpeg_bytes(card(700, 700)))
     assert pickle.loads(pickle.dumps(out)) == out

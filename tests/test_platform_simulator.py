@@ -15,7 +15,6 @@ import json
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -31,6 +30,7 @@ import pytest
 
 from bridge import signing
 from bridge.signing import SignatureRejected, Verifier, dumps_body, nonce_of, sign
+from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 APP_KEY = "zb_test_platform_app"
@@ -178,12 +178,6 @@ def receiver() -> Iterator[tuple[Receiver, str]]:
 # -- the simulator process -----------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _stop(proc: subprocess.Popen) -> None:
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
@@ -198,7 +192,7 @@ def _stop(proc: subprocess.Popen) -> None:
 def sim_url(receiver, tmp_path_factory) -> Iterator[str]:
     _, callback_url = receiver
     log_path = tmp_path_factory.mktemp("platform_sim") / "simulator.log"
-    port = _free_port()
+    port = free_port()
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.environ.get("HOME", "/tmp")}
     args = [
         sys.executable,
@@ -774,7 +768,7 @@ def test_a_callback_is_given_up_after_the_retry_window(c, rec):
 
 
 def test_unreachable_receiver_counts_connection_errors(c, rec):
-    control(c, "config", {"callback_url": f"http://127.0.0.1:{_free_port()}/cb", "retry_budget_s": 0.5})
+    control(c, "config", {"callback_url": f"http://127.0.0.1:{free_port()}/cb", "retry_budget_s": 0.5})
     case_no = new_case_no()
     control(c, "script", {"case_no": case_no, "script": "rejection"})
     assert submit(c, case_no).status_code == 200

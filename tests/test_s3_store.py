@@ -6,7 +6,6 @@ import asyncio
 import hashlib
 import os
 import secrets
-import socket
 
 import boto3
 import pytest
@@ -14,15 +13,10 @@ from botocore.config import Config
 from moto.server import ThreadedMotoServer
 
 from storage.s3 import S3FileStore
+from tests.conftest import free_port
 
 REGION = "eu-west-1"  # not us-east-1, so bucket creation sends a LocationConstraint
 PREFIX = "materials/"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _name() -> str:
@@ -31,7 +25,7 @@ def _name() -> str:
 
 @pytest.fixture(scope="module")
 def s3_server():
-    port = _free_port()
+    port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     creds = {"access_key_id": "testing" + secrets.token_hex(4), "secret_access_key": secrets.token_hex(20)}

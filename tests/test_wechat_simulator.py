@@ -9,7 +9,6 @@ import asyncio
 import base64
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.conftest import free_port
 from wechat.simulator import (
     DEFAULT_MP_APPID,
     DEFAULT_MP_SECRET,
@@ -32,14 +32,8 @@ CERT = {"cert_type": "IDENTITY_CARD", "cert_name": "张三", "cert_no": "5105021
 TEMPLATE = "tmpl_case_progress_0001"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _spawn(args: list[str], log_path: Path) -> tuple[subprocess.Popen, str]:
-    port = _free_port()
+    port = free_port()
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.environ.get("HOME", "/tmp")}
     with open(log_path, "wb") as log:
         proc = subprocess.Popen([*args, str(port)], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)

@@ -20,8 +20,6 @@ from typing import Any
 import httpx
 from redis.asyncio import Redis
 
-from core.errors import ApiError
-
 log = logging.getLogger("zhangban.wechat")
 
 TOKEN_MARGIN_S = 300  # refresh this long before WeChat's expiry
@@ -36,31 +34,17 @@ end
 return 0
 """
 
-# errcode -> (our code, HTTP status, Chinese message)
-_ERRORS: dict[int, tuple[str, int, str]] = {
-    40029: ("wechat_code_invalid", 400, "微信登录凭证无效，请重新进入小程序"),
-    40163: ("wechat_code_used", 400, "微信登录凭证已被使用，请重新进入小程序"),
-    40226: ("wechat_user_blocked", 403, "该微信账号存在风险，暂不能登录"),
-    43101: ("subscription_refused", 409, "用户未订阅该消息"),
-    43004: ("follower_unsubscribed", 409, "用户已取消关注公众号"),
-    45015: ("outside_service_window", 409, "已超过48小时客服消息时限"),
-    45009: ("wechat_quota_exceeded", 503, "微信接口调用次数已达上限，请稍后再试"),
-    40013: ("wechat_misconfigured", 502, "微信服务配置有误，请联系管理员"),
-    40125: ("wechat_misconfigured", 502, "微信服务配置有误，请联系管理员"),
-}
 
-
-class WeChatError(ApiError):
+class WeChatError(Exception):
     """WeChat answered with an errcode; `errcode`/`errmsg` keep its own words for the log."""
 
     def __init__(self, errcode: int, errmsg: str, path: str):
-        code, status, message = _ERRORS.get(errcode, ("wechat_error", 502, "微信服务暂时不可用，请稍后再试"))
-        super().__init__(message, code=code, status=status, details={"errcode": errcode})
+        super().__init__(f"{path}: errcode {errcode}: {errmsg}")
         self.errcode, self.errmsg, self.path = errcode, errmsg, path
 
 
-class WeChatUnavailable(ApiError):
-    status, code, message = 503, "wechat_unavailable", "微信服务暂时不可用，请稍后再试"
+class WeChatUnavailable(Exception):
+    """WeChat could not be reached, or kept answering busy."""
 
 
 @dataclass(frozen=True)
