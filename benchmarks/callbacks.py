@@ -28,7 +28,7 @@ request is a distinct callback as the platform sends it: a body {"case_no", "pla
 "seq", "event", "at", "data"} signed with bridge.signing (HMAC-SHA256 over method, path, a current
 timestamp, a fresh nonce and the body's SHA-256). The server verifies the signature, takes the nonce
 in Redis (SET NX: a repeated nonce is refused, so no request may be sent twice), validates the body
-and applies the event under a row lock (`handlers.delivery.apply_platform_event`): one case-event
+and applies the event under a row lock (`handlers.cases.platform_events.apply_platform_event`): one case-event
 row, the case's status, seq and row_version, and whatever the push pipeline adds (a notification and
 a queued push job). Each case gets seq 1 accepted, 2 in_review, 3 approved, 4 result_issued
 ({"kind": "electronic", "licence_no"}) and 5 closed, each a real transition. The requests are written

@@ -3,7 +3,7 @@
 The signature is checked (constant time, timestamp within 5 minutes) and the nonce is taken
 in Redis (SET NX) before the body is read; a forged, stale or replayed request is `401` and
 changes nothing. Duplicates and late events are acknowledged without effect (see
-`handlers.delivery.apply_platform_event`).
+`handlers.cases.platform_events.apply_platform_event`).
 """
 
 from __future__ import annotations
@@ -17,9 +17,10 @@ from sanic import Blueprint, Request
 from sanic.response import HTTPResponse, json
 
 from bridge.signing import SignatureRejected, nonce_of
+from container import Services
 from core.errors import BadRequest, NotFound, Unauthenticated, ValidationFailed
 from core.http import field_errors, validate
-from handlers.delivery import apply_platform_event
+from handlers.cases.platform_events import apply_platform_event
 
 log = logging.getLogger("zhangban.bridge")
 bp = Blueprint("bridge_callback")
@@ -93,14 +94,15 @@ EVENT_DATA: dict[str, type[BaseModel]] = {
 
 @bp.post("/bridge/callback")
 async def callback(request: Request) -> HTTPResponse:
-    ctx = request.app.ctx
+    services = Services.of(request)
     target = request.path + (f"?{request.query_string}" if request.query_string else "")
     try:
-        ctx.platform_verifier.verify("POST", target, request.headers, request.body)
+        services.platform_verifier.verify("POST", target, request.headers, request.body)
     except SignatureRejected as exc:
         log.warning("platform callback refused: %s", exc)
         raise Unauthenticated("签名校验失败", code="signature_invalid") from None
-    if not await ctx.redis.set(ctx.keys("bridge", "nonce", nonce_of(request.headers)), b"1", nx=True, ex=NONCE_TTL_S):
+    nonce_key = services.keys("bridge", "nonce", nonce_of(request.headers))
+    if not await services.redis.set(nonce_key, b"1", nx=True, ex=NONCE_TTL_S):
         raise Unauthenticated("请求已处理过（nonce 重复）", code="nonce_reused")
     try:
         body = validate(Callback, json_module.loads(request.body or b"null"))
@@ -115,7 +117,7 @@ async def callback(request: Request) -> HTTPResponse:
                 {("data" if k == "body" else f"data.{k}"): v for k, v in field_errors(exc).items()}
             ) from None
     result = await apply_platform_event(
-        case_no=body.case_no, seq=body.seq, event=body.event, data=body.data, at=body.at
+        case_no=body.case_no, seq=body.seq, event=body.event, data=body.data, at=body.at, kicks=services.kicks
     )
     if result == "unknown_case":
         raise NotFound("办件不存在", code="case_not_found")

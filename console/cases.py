@@ -40,7 +40,7 @@ async def material(request: Request, case_no: str, material_id: str) -> HTTPResp
     errors=(401, 403, 404),
 )
 async def pushes(request: Request, case_no: str) -> HTTPResponse:
-    from handlers.cases import pushes_for_official
+    from handlers.cases.views import pushes_for_official
 
     session = await current_session(request, unsafe=False)
     data = await pushes_for_official(

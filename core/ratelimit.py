@@ -8,16 +8,12 @@ from __future__ import annotations
 
 import math
 import time
-from typing import TYPE_CHECKING
 
 from limits import parse
 from limits.aio.storage import MemoryStorage, RedisStorage
 from limits.aio.strategies import MovingWindowRateLimiter
 
 from core.errors import TooManyRequests
-
-if TYPE_CHECKING:
-    from core.settings import Settings
 
 RULES = {
     ("login", "ip"): "30/minute",
@@ -49,14 +45,14 @@ def parse_overrides(text: str) -> dict[tuple[str, str], str]:
 class Limiter:
     """Checks and counts hits against the named rules."""
 
-    def __init__(self, settings: Settings):
-        if settings.REDIS_URL:
-            uri = settings.REDIS_URL.replace("redis://", "async+redis://", 1).replace("rediss://", "async+rediss://", 1)
-            storage = RedisStorage(uri, implementation="redispy", key_prefix=settings.REDIS_KEY_PREFIX + "rl")
+    def __init__(self, *, redis_url: str | None, key_prefix: str, overrides: str | None):
+        if redis_url:
+            uri = redis_url.replace("redis://", "async+redis://", 1).replace("rediss://", "async+rediss://", 1)
+            storage = RedisStorage(uri, implementation="redispy", key_prefix=key_prefix + "rl")
         else:
             storage = MemoryStorage()
         self._limiter = MovingWindowRateLimiter(storage)
-        rules = {**RULES, **parse_overrides(settings.RATE_LIMITS or "")}
+        rules = {**RULES, **parse_overrides(overrides or "")}
         self._items = {key: parse(rule) for key, rule in rules.items()}
 
     async def hit(self, action: str, scope: str, identifier: object) -> None:

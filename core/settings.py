@@ -18,6 +18,9 @@ from urllib.parse import urlsplit
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from core.china_time import QuietHours
+from core.ratelimit import parse_overrides
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 DATABASE_SCHEMES = {"sqlite", "postgres", "postgresql"}
@@ -158,8 +161,6 @@ class Settings(BaseSettings):
     @field_validator("PUSH_QUIET_HOURS")
     @classmethod
     def _quiet_hours(cls, value: str) -> str:
-        from handlers.push import QuietHours
-
         QuietHours.parse(value)
         return value
 
@@ -167,8 +168,6 @@ class Settings(BaseSettings):
     @classmethod
     def _rate_limits(cls, value: str | None) -> str | None:
         if value:
-            from core.ratelimit import parse_overrides
-
             parse_overrides(value)
         return value
 

@@ -18,7 +18,7 @@ import yaml
 from tortoise.exceptions import IntegrityError
 from tortoise.transactions import in_transaction
 
-from handlers.cases import STATUS_LABELS
+from handlers.cases.lifecycle import STATUS_LABELS
 from handlers.catalog import CatalogueReader
 from handlers.numbers import next_number
 from storage.crypto import FieldCipher

@@ -20,10 +20,11 @@ from tortoise.transactions import in_transaction
 
 from core.cn_ids import parse_id_number
 from core.errors import Conflict, Gone, NotFound, Unprocessable
+from core.kicks import Kicks
 from handlers.auth import IDENTITY_LEVELS, LEVEL_NAMES
-from handlers.delivery import enqueue_delivery
+from handlers.cases.outbox import enqueue_delivery
 from handlers.forms import FormDef, Problem, prefill_sources, review_form
-from handlers.materials import lock_for_case
+from handlers.materials import lock_for_case, review_attached
 from handlers.numbers import next_number
 from storage.crypto import FieldCipher
 from storage.models import (
@@ -128,7 +129,7 @@ def _get(data: dict, path: str):
     return node
 
 
-def _set(data: dict, path: str, value) -> None:
+def set_path(data: dict, path: str, value) -> None:
     parts = path.split(".")
     node = data
     for part in parts[:-1]:
@@ -225,14 +226,23 @@ def problem_body(problems: list[Problem]) -> list[dict]:
     return [{"path": p.path, "code": p.code, "message": p.message} for p in problems]
 
 
+class ReviewFailed(Unprocessable):
+    """Pre-review found problems: every one of them at once (一次性告知), in `details.problems`."""
+
+    code = "review_failed"
+
+    def __init__(self, problems: list[Problem], message: str):
+        super().__init__(message, details={"problems": problem_body(problems)})
+
+
 # -- flows -------------------------------------------------------------------------------------------
 
 
 class Drafts:
     """Draft use cases for the mini-program."""
 
-    def __init__(self, *, cipher: FieldCipher, ttl_days: int):
-        self.cipher, self.ttl = cipher, timedelta(days=ttl_days)
+    def __init__(self, *, cipher: FieldCipher, ttl_days: int, kicks: Kicks):
+        self.cipher, self.ttl, self.kicks = cipher, timedelta(days=ttl_days), kicks
 
     def data_of(self, draft: Draft) -> dict:
         return json.loads(self.cipher.decrypt(draft.data_enc, column=DATA_COLUMN))
@@ -321,7 +331,7 @@ class Drafts:
                 continue
             if value is None:
                 continue
-            _set(data, path, value)
+            set_path(data, path, value)
             sources[path] = {"source": kind, "label": PREFILL_LABELS[kind]}
         return data, sources
 
@@ -388,8 +398,6 @@ class Drafts:
 
     async def _review(self, application: Application, data: dict, user: User) -> list[Problem]:
         """Every problem: the form and slots (pure), then the attached files themselves (database)."""
-        from handlers.materials import review_attached
-
         problems = review(application, data, user)
         attached = data.get("materials") if isinstance(data.get("materials"), dict) else {}
         found = await review_attached(user.id, attached, application.materials)
@@ -417,11 +425,7 @@ class Drafts:
         data = self.data_of(draft)
         problems = await self._review(application, data, user)
         if problems:
-            raise Unprocessable(
-                f"申请材料还有{len(problems)}处需要完善，请按提示一次性修改",
-                code="review_failed",
-                details={"problems": problem_body(problems)},
-            )
+            raise ReviewFailed(problems, f"申请材料还有{len(problems)}处需要完善，请按提示一次性修改")
         try:
             async with in_transaction():
                 submission = await Submission.create(
@@ -442,6 +446,7 @@ class Drafts:
             if replay is None:
                 raise
             return replay
+        await self.kicks.relay()  # the relay's schedule would, within seconds
         return cases
 
     async def _replay(self, user: User, key: str, fingerprint: str) -> list[Case] | None:

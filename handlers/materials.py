@@ -293,7 +293,7 @@ async def official_copy(
     """
     from core.errors import ValidationFailed
     from handlers import audit
-    from handlers.cases import case_for_official
+    from handlers.cases.access import case_for_official
     from handlers.numbers import CHINA
     from storage.models import ActorType
 

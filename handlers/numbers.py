@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 from datetime import datetime
-from zoneinfo import ZoneInfo
 
 from tortoise.expressions import F
 
+from core.china_time import CHINA
 from storage.models import DailySequence
-
-CHINA = ZoneInfo("Asia/Shanghai")
 
 
 async def next_number(prefix: str) -> str:

@@ -27,14 +27,15 @@ inside them waits until they end. Urgent ones (a correction to make, a fee to pa
 from __future__ import annotations
 
 import logging
-import random
 import re
 from dataclasses import dataclass
-from datetime import UTC, datetime, time, timedelta
+from datetime import UTC, datetime, timedelta
 
+from tortoise.exceptions import IntegrityError
 from tortoise.expressions import F
 
-from handlers.numbers import CHINA
+from core.backoff import backoff
+from core.china_time import CHINA, QuietHours
 from storage.models import Case, Follower, Notification, PushAttempt, SubscriptionGrant, User
 from wechat.client import OfficialAccountAPI, WeChatClient, WeChatError, WeChatUnavailable
 
@@ -141,49 +142,6 @@ def template_data(notification: Notification, case: Case | None) -> dict:
     }
 
 
-@dataclass(frozen=True)
-class QuietHours:
-    """A daily window of China time, e.g. 22:00-08:00 (it may cross midnight)."""
-
-    start: time
-    end: time
-
-    @classmethod
-    def parse(cls, text: str) -> QuietHours | None:
-        text = (text or "").strip()
-        if not text:
-            return None
-        match = re.fullmatch(r"(\d{1,2}):(\d{2})\s*-\s*(\d{1,2}):(\d{2})", text)
-        if not match:
-            raise ValueError("expected HH:MM-HH:MM, e.g. 22:00-08:00, or empty for none")
-        h1, m1, h2, m2 = map(int, match.groups())
-        if h1 > 23 or h2 > 23 or m1 > 59 or m2 > 59:
-            raise ValueError("hours are 0-23 and minutes 0-59")
-        if (h1, m1) == (h2, m2):
-            raise ValueError("start and end are the same time")
-        return cls(time(h1, m1), time(h2, m2))
-
-    def contains(self, moment: time) -> bool:
-        if self.start < self.end:
-            return self.start <= moment < self.end
-        return moment >= self.start or moment < self.end
-
-    def resume_at(self, now: datetime) -> datetime | None:
-        """When a non-urgent push due at `now` may go: None if now, else the window's end."""
-        local = now.astimezone(CHINA)
-        if not self.contains(local.time().replace(tzinfo=None)):
-            return None
-        end = local.replace(hour=self.end.hour, minute=self.end.minute, second=0, microsecond=0)
-        if end <= local:
-            end += timedelta(days=1)
-        return end.astimezone(UTC)
-
-
-def backoff(attempts: int) -> timedelta:
-    base = min(5 * 2 ** max(attempts - 1, 0), MAX_BACKOFF_S)
-    return timedelta(seconds=base * random.uniform(0.75, 1.25))
-
-
 class _Retry(Exception):
     """A transient failure: try the whole notification again later."""
 
@@ -264,7 +222,8 @@ class Pusher:
                 log.warning("push given up", extra={"notification": notification_id, "error": str(exc)})
                 return "failed"
             await Notification.filter(id=notification_id).update(
-                push_status="pending", next_attempt_at=datetime.now(UTC) + backoff(notification.attempts)
+                push_status="pending",
+                next_attempt_at=datetime.now(UTC) + backoff(notification.attempts, base_s=5, cap_s=MAX_BACKOFF_S),
             )
             return "retry"
         await Notification.filter(id=notification_id).update(
@@ -384,8 +343,6 @@ class Pusher:
 
 async def record_grants(user: User, results: dict[str, str]) -> list[dict]:
     """Records what `wx.requestSubscribeMessage` answered: each "accept" is one more send."""
-    from tortoise.exceptions import IntegrityError
-
     out = []
     for template_id, result in results.items():
         grant = await SubscriptionGrant.get_or_none(user_id=user.id, template_id=template_id)
@@ -440,23 +397,6 @@ async def mark_read(user: User, ids: list[int] | None) -> int:
     if ids is not None:
         query = query.filter(id__in=ids)
     return await query.update(read_at=datetime.now(UTC))
-
-
-KICKS_ENABLED = True  # off in one-shot command processes, which push what they made themselves
-
-
-async def kick(ids: list[int]) -> None:
-    """Queues the push job of each notification (after its change committed). A kick lost here
-    (broker down, process killed) is not a lost push: the push sweep finds the row due."""
-    if not ids or not KICKS_ENABLED:
-        return
-    try:
-        from core.jobs import push_notification
-
-        for notification_id in ids:
-            await push_notification.kiq(notification_id)
-    except Exception:
-        log.warning("push job could not be queued; the sweep will send it", exc_info=True)
 
 
 async def attempts_of_case(case_id: int) -> list[dict]:

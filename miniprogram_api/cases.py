@@ -8,10 +8,10 @@ from pydantic import BaseModel, Field
 from sanic import Blueprint, Request
 from sanic.response import HTTPResponse, json
 
+from container import Services
 from core.http import json_body, query_args
 from core.openapi import document
-from handlers import cases
-from handlers.delivery import kick_relay
+from handlers.cases import resubmission, views, withdrawal
 from miniprogram_api.deps import citizen
 
 bp = Blueprint("mp_cases", url_prefix="/api/v1/cases")
@@ -38,19 +38,14 @@ class ResubmitIn(BaseModel):
 @citizen
 async def mine(request: Request) -> HTTPResponse:
     query = query_args(request, ListQuery)
-    rows = await cases.my_cases(user=request.ctx.user, before=query.before, limit=query.limit + 1)
-    page = rows[: query.limit]
-    return json(
-        {"items": [cases.summary(c) for c in page], "next_cursor": page[-1].id if len(rows) > query.limit else None}
-    )
+    return json(await views.list_mine(user=request.ctx.user, before=query.before, limit=query.limit))
 
 
 @bp.get("/<case_no:str>")
 @document(summary="One of my cases: timeline, next action, promised date", tag="cases", errors=(401, 404))
 @citizen
 async def read(request: Request, case_no: str) -> HTTPResponse:
-    case = await cases.my_case(user=request.ctx.user, case_no=case_no)
-    return json(await cases.detail(case))
+    return json(await views.view_mine(user=request.ctx.user, case_no=case_no))
 
 
 @bp.post("/<case_no:str>/withdraw")
@@ -58,12 +53,12 @@ async def read(request: Request, case_no: str) -> HTTPResponse:
 @citizen
 async def withdraw(request: Request, case_no: str) -> HTTPResponse:
     body = json_body(request, WithdrawIn) if request.body else WithdrawIn()
-    case = await cases.withdraw(
-        user=request.ctx.user, case_no=case_no, reason=body.reason, platform=request.app.ctx.platform
+    services = Services.of(request)
+    return json(
+        await withdrawal.withdraw(
+            user=request.ctx.user, case_no=case_no, reason=body.reason, platform=services.platform, kicks=services.kicks
+        )
     )
-    await kick_relay()
-    case = await cases.my_case(user=request.ctx.user, case_no=case.case_no)
-    return json(await cases.detail(case))
 
 
 @bp.post("/<case_no:str>/resubmit")
@@ -75,17 +70,15 @@ async def withdraw(request: Request, case_no: str) -> HTTPResponse:
 )
 @citizen
 async def resubmit(request: Request, case_no: str) -> HTTPResponse:
-    from handlers.drafts import SNAPSHOT_COLUMN
-
     body = json_body(request, ResubmitIn)
-    case = await cases.resubmit(
-        user=request.ctx.user,
-        case_no=case_no,
-        fields=body.fields,
-        materials=body.materials,
-        cipher=request.app.ctx.cipher,
-        snapshot_column=SNAPSHOT_COLUMN,
+    services = Services.of(request)
+    return json(
+        await resubmission.resubmit(
+            user=request.ctx.user,
+            case_no=case_no,
+            fields=body.fields,
+            materials=body.materials,
+            cipher=services.cipher,
+            kicks=services.kicks,
+        )
     )
-    await kick_relay()
-    case = await cases.my_case(user=request.ctx.user, case_no=case.case_no)
-    return json(await cases.detail(case))

@@ -8,10 +8,10 @@ from pydantic import BaseModel, Field
 from sanic import Blueprint, Request
 from sanic.response import HTTPResponse, json
 
+from container import Services
 from core.errors import BadRequest
 from core.http import json_body
 from core.openapi import document
-from handlers.delivery import kick_relay
 from handlers.drafts import problem_body
 from miniprogram_api.deps import citizen
 
@@ -71,7 +71,7 @@ def _view(draft, data: dict, prefill: dict | None = None) -> dict:
 @citizen
 async def create(request: Request) -> HTTPResponse:
     body = json_body(request, CreateIn)
-    draft, data, prefill, materials = await request.app.ctx.drafts.create(
+    draft, data, prefill, materials = await Services.of(request).drafts.create(
         user=request.ctx.user, service_code=body.service_code, bundle_code=body.bundle_code
     )
     return json({**_view(draft, data, prefill), "materials": materials}, status=201)
@@ -81,7 +81,7 @@ async def create(request: Request) -> HTTPResponse:
 @document(summary="My open drafts", tag="drafts", errors=(401,))
 @citizen
 async def mine(request: Request) -> HTTPResponse:
-    drafts = await request.app.ctx.drafts.mine(user=request.ctx.user)
+    drafts = await Services.of(request).drafts.mine(user=request.ctx.user)
     return json(
         {
             "items": [
@@ -103,7 +103,7 @@ async def mine(request: Request) -> HTTPResponse:
 @document(summary="One of my drafts", tag="drafts", errors=(401, 404, 410))
 @citizen
 async def read(request: Request, draft_id: str) -> HTTPResponse:
-    service = request.app.ctx.drafts
+    service = Services.of(request).drafts
     draft = await service.get(user=request.ctx.user, draft_id=draft_id)
     return json(_view(draft, service.data_of(draft)))
 
@@ -118,7 +118,7 @@ async def read(request: Request, draft_id: str) -> HTTPResponse:
 @citizen
 async def patch(request: Request, draft_id: str) -> HTTPResponse:
     body = json_body(request, PatchIn)
-    draft, data = await request.app.ctx.drafts.patch(
+    draft, data = await Services.of(request).drafts.patch(
         user=request.ctx.user, draft_id=draft_id, version=body.version, patch=body.data
     )
     return json(_view(draft, data))
@@ -128,7 +128,7 @@ async def patch(request: Request, draft_id: str) -> HTTPResponse:
 @document(summary="Pre-review: every problem at once", tag="drafts", response=ReviewOut, errors=(401, 404, 410))
 @citizen
 async def review(request: Request, draft_id: str) -> HTTPResponse:
-    problems = await request.app.ctx.drafts.review(user=request.ctx.user, draft_id=draft_id)
+    problems = await Services.of(request).drafts.review(user=request.ctx.user, draft_id=draft_id)
     return json({"ok": not problems, "problems": problem_body(problems)})
 
 
@@ -147,10 +147,9 @@ async def submit(request: Request, draft_id: str) -> HTTPResponse:
     if not _KEY.fullmatch(key):
         raise BadRequest("请在请求头 Idempotency-Key 中提供8至128位的唯一标识", code="idempotency_key_required")
     payload = json_body(request, SubmitIn).model_dump(exclude_none=True) if request.body else {}
-    cases = await request.app.ctx.drafts.submit(
+    cases = await Services.of(request).drafts.submit(
         user=request.ctx.user, draft_id=draft_id, idempotency_key=key, body=payload
     )
-    await kick_relay()
     return json(
         {
             "case_no": cases[0].case_no,

@@ -9,10 +9,12 @@ from pydantic import BaseModel, Field, field_validator
 from sanic import Blueprint, Request
 from sanic.response import HTTPResponse, json
 
+from core.errors import ValidationFailed
 from core.http import json_body, query_args
 from core.openapi import document
 from handlers import push
 from miniprogram_api.deps import citizen
+from wechat.apps import SIM_APPS
 
 bp = Blueprint("mp_inbox", url_prefix="/api/v1")
 
@@ -66,8 +68,6 @@ async def subscriptions(request: Request) -> HTTPResponse:
     if sim is not None and request.ctx.user.openid:
         # Embedded default: the in-process WeChat simulator plays WeChat, which records the
         # same consent when the citizen taps "allow" in the mini-program.
-        from wechat.apps import SIM_APPS
-
         for template_id, result in body.results.items():
             if result == "accept":
                 sim.grant_subscription(SIM_APPS["mp"][0], request.ctx.user.openid, template_id)
@@ -96,8 +96,6 @@ async def inbox(request: Request) -> HTTPResponse:
 )
 @citizen
 async def mark_read(request: Request) -> HTTPResponse:
-    from core.errors import ValidationFailed
-
     body = json_body(request, ReadIn)
     if (body.ids is None) == (body.all is None):
         raise ValidationFailed({"ids": "请给出要标记的消息编号，或以 all: true 标记全部"})

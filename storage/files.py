@@ -105,6 +105,7 @@ class FileSealer:
 def create_file_store(settings) -> FileStore:
     """The S3-compatible store when S3_BUCKET is set, else the local directory MEDIA_ROOT."""
     if settings.S3_BUCKET:
+        # Imported only when configured: boto3 takes about half a second to import.
         from storage.s3 import S3FileStore
 
         return S3FileStore(

@@ -7,9 +7,17 @@ through `key()`.
 
 from __future__ import annotations
 
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import fakeredis
 import redis.asyncio as aioredis
+from redis.exceptions import LockError
 
 from core.settings import Settings
+
+log = logging.getLogger("zhangban.redis")
 
 _fake_server = None
 
@@ -24,8 +32,6 @@ def create_redis(settings: Settings) -> aioredis.Redis:
             socket_timeout=5,
             health_check_interval=30,
         )
-    import fakeredis
-
     global _fake_server
     if _fake_server is None:
         _fake_server = fakeredis.FakeServer()
@@ -40,3 +46,24 @@ class Keys:
 
     def __call__(self, *parts: object) -> str:
         return self.prefix + ":".join(str(p) for p in parts)
+
+
+@asynccontextmanager
+async def held_lock(
+    redis: aioredis.Redis, key: str, *, timeout: float, blocking_timeout: float = 0
+) -> AsyncIterator[bool]:
+    """Holds a Redis lock for the block: yields True if taken, False if another holder has it.
+
+    The lock expires after `timeout` seconds, so a holder killed mid-way blocks no one for
+    longer; a release that finds it already expired is logged, not raised."""
+    lock = redis.lock(key, timeout=timeout, blocking_timeout=blocking_timeout)
+    if not await lock.acquire():
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        try:
+            await lock.release()
+        except LockError:
+            log.warning("lock expired before release", extra={"key": key})

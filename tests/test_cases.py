@@ -5,7 +5,8 @@ from __future__ import annotations
 import uuid
 from datetime import date
 
-from handlers.cases import TRANSITIONS, add_working_days
+from core.china_time import add_working_days
+from handlers.cases.lifecycle import TRANSITIONS
 from storage.models import CaseStatus
 from tests.test_drafts import RENEWAL, new_draft, photo_id, renewal_answers
 from tests.test_identity import auth, id_number, login, to_l3

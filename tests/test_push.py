@@ -16,8 +16,9 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import pytest
 
+from core.china_time import QuietHours
 from handlers.numbers import CHINA
-from handlers.push import PHRASES, QuietHours, body_of, clip, template_data
+from handlers.push import PHRASES, body_of, clip, template_data
 from tests.conftest import (
     MP_TEMPLATE,
     OA_TEMPLATE,

@@ -7,6 +7,8 @@ clients the same way.
 from __future__ import annotations
 
 from core.settings import Settings
+from storage.redis import Keys
+from wechat.client import WeChatClient
 
 WECHAT_SIM_PREFIX = "/_sim/wechat"
 # The simulator's own apps, used when a WeChat channel is left unset (embedded default).
@@ -30,11 +32,8 @@ def progress_template(settings: Settings, which: str) -> str | None:
     return settings.PUSH_MP_TEMPLATE_ID if which == "mp" else settings.PUSH_OA_TEMPLATE_ID
 
 
-def wechat_client(settings: Settings, which: str, *, redis, http):
+def wechat_client(settings: Settings, which: str, *, redis, http) -> WeChatClient:
     """The WeChat client for the mini-program ("mp") or official account ("oa")."""
-    from storage.redis import Keys
-    from wechat.client import WeChatClient
-
     if settings.simulated(_CHANNELS[which]):
         appid, secret = SIM_APPS[which]
         base_url = settings.local_base_url + WECHAT_SIM_PREFIX

@@ -13,12 +13,14 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import random
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 from redis.asyncio import Redis
+
+from core.backoff import backoff_s
+from storage.redis import held_lock
 
 log = logging.getLogger("zhangban.wechat")
 
@@ -79,7 +81,6 @@ class WeChatClient:
 
     async def _request(self, method: str, path: str, **kwargs) -> dict[str, Any]:
         """One WeChat call with retries for busy, timeouts and 5xx; returns the JSON body."""
-        delay = self._backoff_s
         for attempt in range(1, RETRIES + 1):
             try:
                 response = await self._http.request(method, self.base_url + path, **kwargs)
@@ -94,8 +95,7 @@ class WeChatClient:
                 errcode = body.get("errcode", 0) if isinstance(body, dict) else 0
                 if errcode != BUSY_ERRCODE or attempt == RETRIES:
                     return body
-            await asyncio.sleep(delay * (1 + random.random() / 2))
-            delay *= 2
+            await asyncio.sleep(backoff_s(attempt, base_s=self._backoff_s, cap_s=60, jitter=0.25))
         raise AssertionError("unreachable")
 
     # -- access tokens -------------------------------------------------------------------
@@ -109,19 +109,13 @@ class WeChatClient:
             cached = await self._redis.get(self._token_key)
             if cached:
                 return cached.decode()
-            lock = self._redis.lock(self._lock_key, timeout=15, blocking_timeout=20)
-            if not await lock.acquire():
-                raise WeChatUnavailable()
-            try:
+            async with held_lock(self._redis, self._lock_key, timeout=15, blocking_timeout=20) as held:
+                if not held:
+                    raise WeChatUnavailable()
                 cached = await self._redis.get(self._token_key)  # another process may have won
                 if cached:
                     return cached.decode()
                 return await self._fetch_token()
-            finally:
-                try:
-                    await lock.release()
-                except Exception:  # lock expired under us; the token is stored either way
-                    log.warning("wechat token lock expired before release")
 
     async def _fetch_token(self) -> str:
         body = await self._request(

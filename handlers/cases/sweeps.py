@@ -13,10 +13,11 @@ from tortoise.expressions import Q
 from tortoise.transactions import in_transaction
 
 from bridge.client import PlatformClient, PlatformError
-from handlers.cases import promised_date
-from handlers.delivery import apply_platform_event
-from handlers.numbers import CHINA
-from handlers.push import kick, notify
+from core.china_time import CHINA
+from core.kicks import Kicks
+from handlers.cases.lifecycle import promised_date
+from handlers.cases.platform_events import apply_platform_event
+from handlers.push import notify
 from storage.models import Case, CaseStatus
 
 log = logging.getLogger("zhangban.sweeps")
@@ -37,8 +38,8 @@ STATUS_EVENT = {
 }
 
 
-async def query_silent_cases(platform: PlatformClient, *, silence: timedelta, limit: int = 200) -> int:
-    """Looks up, at the platform, cases without news for `silence`; applies what was missed.
+async def query_silent_cases(*, platform: PlatformClient, silence: timedelta, kicks: Kicks, limit: int = 200) -> int:
+    """How many cases silent for `silence` had moved on at the platform; what was missed is applied.
 
     A case the platform moved on (a higher seq) gets the missed step as if its callback had
     come, so the citizen is told; one that has not moved is only marked as heard from."""
@@ -61,7 +62,10 @@ async def query_silent_cases(platform: PlatformClient, *, silence: timedelta, li
         if isinstance(seq, int) and event and seq > case.platform_seq:
             data = {"reason": "请在小程序查看或联系承办部门了解补正要求"} if event == "correction_requested" else {}
             data["source"] = "status_query"
-            if await apply_platform_event(case_no=case.case_no, seq=seq, event=event, data=data, at=None) == "applied":
+            if (
+                await apply_platform_event(case_no=case.case_no, seq=seq, event=event, data=data, at=None, kicks=kicks)
+                == "applied"
+            ):
                 moved += 1
                 log.warning("missed platform callback recovered by status query", extra={"case_no": case.case_no})
                 continue
@@ -69,8 +73,8 @@ async def query_silent_cases(platform: PlatformClient, *, silence: timedelta, li
     return moved
 
 
-async def mark_overdue(*, now: datetime | None = None, limit: int = 1000) -> int:
-    """Marks open cases whose promised date has passed, and tells their citizens once."""
+async def mark_overdue(*, kicks: Kicks, now: datetime | None = None, limit: int = 1000) -> int:
+    """How many open cases passed their promised date now; each is marked and its citizen told once."""
     now = now or datetime.now(UTC)
     today = now.astimezone(CHINA).date()
     marked = []
@@ -85,5 +89,5 @@ async def mark_overdue(*, now: datetime | None = None, limit: int = 1000) -> int
                 continue
             notification = await notify(case, kind="overdue", dedup_key=f"overdue:{case.id}")
         marked.append(notification.id)
-    await kick(marked)
+    await kicks.push(marked)
     return len(marked)

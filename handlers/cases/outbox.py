@@ -1,72 +1,33 @@
-"""Handing cases to the core platform through the transactional outbox, and what comes back.
+"""Handing cases to the core platform through the transactional outbox.
 
 Submission writes the case and its `deliver_case` outbox row in one transaction. The relay
 claims due rows (a lease, so a crashed worker's row returns after LEASE), calls the platform,
 and on failure schedules the next attempt with exponential backoff and jitter, without limit:
 an outage of any length loses nothing, and the platform deduplicates by our case number.
-
-Platform callbacks carry a per-case sequence number. An event at or below the case's last
-sequence is a duplicate or a late arrival and changes nothing; a newer one moves the case,
-recording any steps the platform skipped over, so a case never moves backwards.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import random
-from collections import deque
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
 from tortoise.transactions import in_transaction
 
 from bridge.client import PlatformClient, PlatformError
-from handlers.cases import TRANSITIONS
-from handlers.push import kick, notify
+from core.backoff import backoff
+from core.kicks import Kicks
+from handlers.push import notify
 from storage.crypto import FieldCipher
 from storage.models import ActorType, Case, CaseEvent, CaseStatus, Outbox
 
-log = logging.getLogger("zhangban.delivery")
+log = logging.getLogger("zhangban.outbox")
 S = CaseStatus
 LEASE = timedelta(minutes=5)
 MAX_BACKOFF_S = 600
-
-EVENT_STATUS: dict[str, CaseStatus | None] = {
-    "accepted": S.ACCEPTED,
-    "in_review": S.IN_REVIEW,
-    "correction_requested": S.CORRECTION_REQUESTED,
-    "fee_assessed": None,
-    "approved": S.APPROVED,
-    "rejected": S.REJECTED,
-    "result_issued": S.RESULT_ISSUED,
-    "closed": S.CLOSED,
-}
-EVENT_NOTES = {
-    "accepted": "审批部门已受理",
-    "in_review": "审批部门审核中",
-    "correction_requested": "需要补正",
-    "approved": "审批通过",
-    "rejected": "未予通过",
-    "result_issued": "办理结果已出具",
-    "closed": "已办结",
-}
-
-
-def backoff(attempts: int) -> timedelta:
-    """Exponential backoff with ±25% jitter, capped at 10 minutes."""
-    base = min(2 ** max(attempts - 1, 0), MAX_BACKOFF_S)
-    return timedelta(seconds=base * random.uniform(0.75, 1.25))
-
-
-async def kick_relay() -> None:
-    """Asks a worker to relay the outbox now (call after the commit); the relay's schedule
-    would, within seconds, so a broker that is down fails nothing."""
-    try:
-        from core.jobs import relay_outbox
-
-        await relay_outbox.kiq()
-    except Exception:
-        log.warning("could not kick the outbox relay; the schedule will")
+# Material ids -> signed links the platform can fetch them by.
+MaterialLinks = Callable[[list[str]], Awaitable[list[dict]]]
 
 
 async def enqueue_delivery(case: Case) -> Outbox:
@@ -77,8 +38,17 @@ async def enqueue_delivery(case: Case) -> Outbox:
 class Relay:
     """Delivers due outbox rows to the platform."""
 
-    def __init__(self, *, platform: PlatformClient, cipher: FieldCipher, material_links, lease: timedelta = LEASE):
+    def __init__(
+        self,
+        *,
+        platform: PlatformClient,
+        cipher: FieldCipher,
+        material_links: MaterialLinks,
+        kicks: Kicks,
+        lease: timedelta = LEASE,
+    ):
         self.platform, self.cipher, self.material_links, self.lease = platform, cipher, material_links, lease
+        self.kicks = kicks
 
     async def run_due(self, *, limit: int = 50) -> int:
         """Delivers every due row (at most `limit`); returns how many were done."""
@@ -109,7 +79,7 @@ class Relay:
                 status=status,
                 attempts=attempts,
                 last_error=str(exc)[:500],
-                next_attempt_at=datetime.now(UTC) + backoff(attempts),
+                next_attempt_at=datetime.now(UTC) + backoff(attempts, base_s=1, cap_s=MAX_BACKOFF_S),
             )
             log.warning(
                 "platform delivery failed",
@@ -168,7 +138,7 @@ class Relay:
                 )
                 notification = await notify(fresh, kind=S.DELIVERED.value, dedup_key=f"event:{event.id}")
         if notification is not None:
-            await kick([notification.id])
+            await self.kicks.push([notification.id])
 
     async def _withdraw(self, row: Outbox) -> None:
         """Tells the platform about a withdrawal made before the case left (it may have left
@@ -188,89 +158,3 @@ class Relay:
         ]
         fields = json.loads(self.cipher.decrypt(bytes.fromhex(row.payload["fields_enc"]), column="outbox.payload"))
         await self.platform.resubmit_case(row.case.case_no, {"fields": fields, "materials": materials})
-
-
-_EVENT_COLUMNS = ("id", "case_no", "status", "platform_seq", "row_version", "user_id", "service_code", "service_name")
-
-
-def path_to(start: CaseStatus, goal: CaseStatus) -> list[CaseStatus] | None:
-    """The shortest chain of allowed steps from `start` to `goal` (excluding start), or None.
-
-    A step skipped over is recorded as inferred ("补记"), so a rejection or a withdrawal is
-    never inferred: the chain passes through them only as its goal."""
-    if start == goal:
-        return []
-    queue, parent = deque([start]), {start: None}
-    while queue:
-        node = queue.popleft()
-        for nxt in sorted(TRANSITIONS[node], key=lambda s: s.value):
-            if nxt in parent or (nxt in (S.WITHDRAWN, S.REJECTED) and nxt != goal):
-                continue
-            parent[nxt] = node
-            if nxt == goal:
-                chain = [nxt]
-                while parent[chain[-1]] != start:
-                    chain.append(parent[chain[-1]])
-                return chain[::-1]
-            queue.append(nxt)
-    return None
-
-
-async def apply_platform_event(*, case_no: str, seq: int, event: str, data: dict, at: str | None) -> str:
-    """Applies one platform callback: 'applied', 'duplicate' (old seq) or 'ignored' (cannot apply).
-
-    The change, its case events and the citizen's notification commit together; the push job
-    is kicked after the commit (the push sweep picks up a kick that was lost)."""
-    target = EVENT_STATUS[event]
-    notification = None
-    async with in_transaction():
-        # Only what the change needs: not the sealed form snapshot, which can be kilobytes.
-        case = await Case.select_for_update().filter(case_no=case_no).only(*_EVENT_COLUMNS).first()
-        if case is None:
-            return "unknown_case"
-        if seq <= case.platform_seq:
-            return "duplicate"
-        updates: dict = {"platform_seq": seq, "platform_heard_at": datetime.now(UTC)}
-        result = "applied"
-        if target is None:  # fee assessed: no status change
-            amount = int(data["amount_fen"])
-            updates["fee_fen"] = amount
-            record = await CaseEvent.create(
-                case=case,
-                actor_type=ActorType.PLATFORM,
-                from_status=case.status.value,
-                to_status=case.status.value,
-                note=f"应缴费用 {amount / 100:.2f} 元",
-                data={"seq": seq, "event": event, **data},
-            )
-            notification = await notify(case, kind=event, dedup_key=f"event:{record.id}", data=data)
-        else:
-            chain = path_to(case.status, target)
-            if not chain:
-                result = "ignored"  # e.g. a late event for a state already left, or a withdrawn case
-            else:
-                previous = case.status
-                for step in chain:
-                    skipped = step != target
-                    note = EVENT_NOTES.get(step.value, "")
-                    if skipped:
-                        note += "（补记）"
-                    elif data.get("reason"):
-                        note += f"：{str(data['reason'])[:200]}"
-                    record = await CaseEvent.create(
-                        case=case,
-                        actor_type=ActorType.PLATFORM,
-                        from_status=previous.value,
-                        to_status=step.value,
-                        note=note,
-                        data={"seq": seq, "event": event, "at": at, **({} if skipped else data)},
-                    )
-                    previous = step
-                # One notification for the change, about where the case is now: the steps the
-                # platform skipped over are history, not news.
-                notification = await notify(case, kind=target.value, dedup_key=f"event:{record.id}", data=data)
-                updates.update(status=target, row_version=case.row_version + len(chain))
-        await Case.filter(id=case.id).update(**updates)
-    if notification is not None:
-        await kick([notification.id])
-    return result

@@ -1,0 +1,188 @@
+"""The Sanic app: every blueprint, listener and convention, over one service container.
+
+Imported by `python server.py serve` once the settings are installed (the job broker is built
+from them when `jobs.broker` is first imported).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from functools import partial
+
+import ujson
+from sanic import Sanic
+from sanic_ext import Extend, openapi
+
+from bot import callback as oa_callback
+from bot.crypto import OACrypto
+from bridge import callback as platform_callback
+from bridge.simulator import PlatformState, platform_blueprint
+from console import auth as console_auth
+from console import cases as console_cases
+from console import citizens as console_citizens
+from container import SIM_PLATFORM_KEY, SIM_PLATFORM_PREFIX, SIM_PLATFORM_SECRET, Services
+from core import http
+from core.logs import logging_config
+from core.settings import Settings, install
+from jobs.kicks import BrokerKicks
+from jobs.worker import broker, run_embedded_scheduler
+from miniprogram_api import auth as mp_auth
+from miniprogram_api import cases as mp_cases
+from miniprogram_api import drafts as mp_drafts
+from miniprogram_api import identity as mp_identity
+from miniprogram_api import inbox as mp_inbox
+from miniprogram_api import materials as mp_materials
+from miniprogram_api import services as mp_services
+from ops import health
+from storage.db import close_db, init_db
+from storage.redis import Keys
+from wechat.apps import SIM_APPS, WECHAT_SIM_PREFIX
+from wechat.simulator import SimState, simulator_blueprint
+
+log = logging.getLogger("zhangban")
+
+
+def create_app(settings: Settings) -> Sanic:
+    """The Sanic app for `settings`, with every blueprint, listener and convention installed."""
+    install(settings)
+    app = Sanic(
+        "zhangban",
+        log_config=logging_config(settings.LOG_LEVEL),
+        dumps=partial(ujson.dumps, ensure_ascii=False, escape_forward_slashes=False),
+    )
+    app.config.update(
+        {
+            "MOTD": False,
+            "REQUEST_MAX_SIZE": settings.REQUEST_MAX_SIZE,
+            "REQUEST_TIMEOUT": settings.REQUEST_TIMEOUT,
+            "RESPONSE_TIMEOUT": settings.RESPONSE_TIMEOUT,
+            "GRACEFUL_SHUTDOWN_TIMEOUT": settings.GRACEFUL_SHUTDOWN_TIMEOUT,
+            "KEEP_ALIVE_TIMEOUT": 15,
+            "FALLBACK_ERROR_FORMAT": "json",
+            "OAS_UI_DEFAULT": "redoc",
+            "OAS_URL_PREFIX": "/docs",
+            "OAS_URI_TO_JSON": "/openapi.json",
+            "CORS": False,
+            "HEALTH": False,
+        }
+    )
+    app.config.API_TITLE = "掌办 Zhangban API"
+    app.config.API_VERSION = "1.0"
+    app.config.API_DESCRIPTION = (
+        "Backend of the city's palm-handling government service. Errors are "
+        '`{"code", "message", "details"}`; every response carries `X-Request-ID`.'
+    )
+    Extend(app)
+    app.ctx.settings = settings
+    app.ctx.keys = Keys(settings.REDIS_KEY_PREFIX)
+
+    http.install(app)
+    for bp in BLUEPRINTS:
+        app.blueprint(bp)
+    _mount_simulators(app, settings)
+
+    @app.before_server_start
+    async def _open(app) -> None:
+        await init_db(settings)
+        services = Services(settings, kicks=BrokerKicks())
+        await services.start()
+        app.ctx.services = services
+        _legacy_ctx(app, services)
+        app.ctx.oa_crypto = oa_crypto(settings)
+        app.ctx.bot_tasks = set()
+        # The in-memory broker runs jobs in this process, with these same services.
+        broker.state.services = services
+        try:
+            await broker.startup()
+        except Exception:  # Redis down: serve anyway, /readyz says so, workers declare the group
+            log.exception("task broker could not start")
+
+    @app.after_server_start
+    async def _start_background(app) -> None:
+        app.ctx.scheduler_task = None
+        if settings.TASK_BROKER == "memory":
+            app.ctx.scheduler_task = asyncio.get_running_loop().create_task(run_embedded_scheduler())
+        log.info("serving", extra={"url": f"http://{settings.HOST}:{settings.PORT}", "embedded": settings.embedded})
+
+    @app.before_server_stop
+    async def _stop_background(app) -> None:
+        task = app.ctx.scheduler_task
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        # Bot answers still being worked out or on their way to WeChat (a finished answer may
+        # start its late delivery, so look again until none is left or 5 s have passed).
+        deadline = asyncio.get_running_loop().time() + 5
+        while app.ctx.bot_tasks and (left := deadline - asyncio.get_running_loop().time()) > 0:
+            await asyncio.wait(list(app.ctx.bot_tasks), timeout=left)
+
+    @app.after_server_stop
+    async def _close(app) -> None:
+        try:
+            await broker.shutdown()
+        finally:
+            await app.ctx.services.close()
+            await close_db()
+
+    return app
+
+
+def _legacy_ctx(app: Sanic, services: Services) -> None:
+    # Transitional: routes not yet moved to `Services.of(request)` read these names.
+    for name in (
+        "redis", "http", "cipher", "tokens", "limiter", "wechat_mp", "catalogue", "oa", "platform",
+        "platform_verifier", "bot", "drafts", "file_store", "materials",
+    ):  # fmt: skip
+        setattr(app.ctx, name, getattr(services, name))
+    app.ctx.media_pipeline = services.pipeline
+
+
+def _mount_simulators(app: Sanic, settings: Settings) -> None:
+    """Mounts the WeChat and platform simulators for each channel left unset (embedded default)."""
+    if settings.simulated("WeChat mini-program") or settings.simulated("WeChat official account"):
+        app.ctx.wechat_sim = SimState()
+        sim_bp = simulator_blueprint(app.ctx.wechat_sim, url_prefix=WECHAT_SIM_PREFIX)
+        openapi.exclude(bp=sim_bp)  # a stand-in for WeChat, not part of our API
+        app.blueprint(sim_bp)
+    if settings.simulated("core platform"):
+        # Callbacks every few seconds, so a citizen's case visibly progresses within a minute.
+        app.ctx.platform_sim = PlatformState(
+            SIM_PLATFORM_KEY,
+            SIM_PLATFORM_SECRET,
+            callback_url=settings.local_base_url + "/bridge/callback",
+            default_script="happy",
+            step_delay_s=8.0,
+        )
+        platform_bp = platform_blueprint(app.ctx.platform_sim, url_prefix=SIM_PLATFORM_PREFIX)
+        openapi.exclude(bp=platform_bp)
+        app.blueprint(platform_bp)
+
+
+BLUEPRINTS = [
+    health.bp,
+    console_auth.bp,
+    console_citizens.bp,
+    console_cases.bp,
+    mp_auth.bp,
+    mp_identity.bp,
+    mp_services.bp,
+    mp_drafts.bp,
+    mp_cases.bp,
+    mp_inbox.bp,
+    oa_callback.bp,
+    platform_callback.bp,
+    mp_materials.bp,
+    mp_materials.files_bp,
+]
+
+# The simulated official account's callback credentials (embedded default only).
+SIM_OA_TOKEN = "zhangban_sim_oa_token"
+SIM_OA_AES_KEY = "emhhbmdiYW4tc2ltdWxhdGVkLW9hLWFlcy1rZXkhISE"
+
+
+def oa_crypto(settings: Settings) -> OACrypto:
+    """The official-account callback crypto: configured, or the simulated account's."""
+    if settings.simulated("WeChat official account"):
+        return OACrypto(SIM_OA_TOKEN, SIM_OA_AES_KEY, SIM_APPS["oa"][0])
+    return OACrypto(settings.WECHAT_OA_TOKEN, settings.WECHAT_OA_AES_KEY, settings.WECHAT_OA_APPID)

@@ -1,0 +1,190 @@
+"""The one place that wires services: built once from settings, shared by the app, the job
+workers and the CLI.
+
+    services = Services(settings, kicks=kicks)
+    ... services.drafts.submit(...), services.relay.run_due(), services.pusher.run_one(id) ...
+    await services.close()
+
+Connections (Redis, HTTP) open at construction; every use case object is built on first use
+(`cached_property`), so a job worker never starts the upload pipeline nor loads the FAQ, and
+the API server never builds a pusher it does not need. `Services` knows no transport and no
+job broker: the caller hands it the `Kicks` that reach its workers.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+from functools import cached_property
+
+import httpx
+from redis.asyncio import Redis
+
+from bridge.client import PlatformClient
+from bridge.signing import Verifier
+from core.china_time import QuietHours
+from core.kicks import Kicks
+from core.ratelimit import Limiter
+from core.settings import Settings
+from handlers.auth import TokenStore
+from handlers.bot import FAQ, Bot, load_halls
+from handlers.cases.outbox import Relay
+from handlers.catalog import CatalogueReader
+from handlers.drafts import Drafts
+from handlers.materials import Materials, Pipeline, platform_links
+from handlers.push import Pusher
+from storage.crypto import FieldCipher
+from storage.files import FileSealer, FileStore, create_file_store
+from storage.redis import Keys, create_redis
+from wechat.apps import mp_appid, progress_template, wechat_client
+from wechat.client import OfficialAccountAPI, WeChatClient
+
+log = logging.getLogger("zhangban.services")
+
+# The in-process core-platform simulator of the embedded default, and its credentials.
+SIM_PLATFORM_KEY = "zhangban-sim"
+SIM_PLATFORM_SECRET = "zhangban-sim-platform-secret-0123456789"
+SIM_PLATFORM_PREFIX = "/_sim/platform"
+
+
+def platform_endpoint(settings: Settings) -> tuple[str, str, str]:
+    """(base URL, app key, secret) of the core platform, or of the in-process simulator."""
+    if settings.simulated("core platform"):
+        return settings.local_base_url + SIM_PLATFORM_PREFIX, SIM_PLATFORM_KEY, SIM_PLATFORM_SECRET
+    return settings.PLATFORM_BASE_URL, settings.PLATFORM_APP_KEY, settings.PLATFORM_SECRET
+
+
+class Services:
+    """Every service of one process, built from its settings."""
+
+    def __init__(self, settings: Settings, *, kicks: Kicks):
+        self.settings = settings
+        self.kicks = kicks
+        self.keys = Keys(settings.REDIS_KEY_PREFIX)
+        self.redis: Redis = create_redis(settings)
+        self.http = httpx.AsyncClient(
+            timeout=httpx.Timeout(10.0, connect=3.0), limits=httpx.Limits(max_connections=100)
+        )
+        self.cipher = FieldCipher(settings.field_encryption_key(), settings.field_encryption_old_keys())
+
+    @staticmethod
+    def of(request) -> Services:
+        """The services of the app serving `request` (a Sanic request)."""
+        return request.app.ctx.services
+
+    async def start(self) -> None:
+        """Prepares what needs a round trip before the first request (the S3 bucket)."""
+        ensure_bucket = getattr(self.file_store, "ensure_bucket", None)
+        if ensure_bucket is not None:
+            await ensure_bucket()
+
+    async def close(self) -> None:
+        """Closes every connection and pool this process opened."""
+        await self.http.aclose()
+        if "pipeline" in self.__dict__:
+            self.pipeline.shutdown()
+        if "file_store" in self.__dict__ and hasattr(self.file_store, "close"):
+            await self.file_store.close()
+        await self.redis.aclose()
+
+    # -- citizens and officials ------------------------------------------------------------
+
+    @cached_property
+    def tokens(self) -> TokenStore:
+        return TokenStore(redis=self.redis, keys=self.keys, access_ttl_s=self.settings.ACCESS_TOKEN_TTL)
+
+    @cached_property
+    def limiter(self) -> Limiter:
+        s = self.settings
+        return Limiter(redis_url=s.REDIS_URL, key_prefix=s.REDIS_KEY_PREFIX, overrides=s.RATE_LIMITS)
+
+    @cached_property
+    def catalogue(self) -> CatalogueReader:
+        return CatalogueReader(redis=self.redis, keys=self.keys)
+
+    @cached_property
+    def drafts(self) -> Drafts:
+        return Drafts(cipher=self.cipher, ttl_days=self.settings.DRAFT_TTL_DAYS, kicks=self.kicks)
+
+    @cached_property
+    def bot(self) -> Bot:
+        return Bot(
+            catalogue=self.catalogue,
+            cipher=self.cipher,
+            halls=load_halls(),
+            mp_appid=mp_appid(self.settings),
+            faq=FAQ.load(),
+        )
+
+    # -- materials ---------------------------------------------------------------------------
+
+    @cached_property
+    def pipeline(self) -> Pipeline:
+        return Pipeline()
+
+    @cached_property
+    def file_store(self) -> FileStore:
+        return create_file_store(self.settings)
+
+    @cached_property
+    def materials(self) -> Materials:
+        s = self.settings
+        return Materials(
+            store=self.file_store,
+            sealer=FileSealer(s.field_encryption_key(), s.field_encryption_old_keys()),
+            pipeline=self.pipeline,
+            signing_key=s.secret_key().encode(),
+            base_url=s.public_base_url,
+        )
+
+    # -- WeChat ------------------------------------------------------------------------------
+
+    @cached_property
+    def wechat_mp(self) -> WeChatClient:
+        return wechat_client(self.settings, "mp", redis=self.redis, http=self.http)
+
+    @cached_property
+    def oa(self) -> OfficialAccountAPI:
+        return OfficialAccountAPI(wechat_client(self.settings, "oa", redis=self.redis, http=self.http))
+
+    @cached_property
+    def pusher(self) -> Pusher:
+        s = self.settings
+        return Pusher(
+            mp=self.wechat_mp,
+            oa=self.oa,
+            mp_appid=mp_appid(s),
+            mp_template_id=progress_template(s, "mp"),
+            oa_template_id=progress_template(s, "oa"),
+            quiet=QuietHours.parse(s.PUSH_QUIET_HOURS),
+            lease_s=s.PUSH_LEASE_S,
+            max_attempts=s.PUSH_MAX_ATTEMPTS,
+            miniprogram_state="developer" if s.embedded else "formal",
+        )
+
+    # -- the core platform -----------------------------------------------------------------
+
+    @cached_property
+    def platform(self) -> PlatformClient:
+        base_url, app_key, secret = platform_endpoint(self.settings)
+        return PlatformClient(base_url=base_url, app_key=app_key, secret=secret, http=self.http)
+
+    @cached_property
+    def platform_verifier(self) -> Verifier:
+        _, app_key, secret = platform_endpoint(self.settings)
+        return Verifier(app_key, secret)
+
+    @cached_property
+    def relay(self) -> Relay:
+        s = self.settings
+        return Relay(
+            platform=self.platform,
+            cipher=self.cipher,
+            material_links=platform_links(signing_key=s.secret_key().encode(), base_url=s.public_base_url),
+            kicks=self.kicks,
+            lease=timedelta(seconds=s.OUTBOX_STUCK_S),
+        )
+
+    @property
+    def platform_silence(self) -> timedelta:
+        return timedelta(seconds=self.settings.PLATFORM_SILENCE_S)
