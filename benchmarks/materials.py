@@ -202,7 +202,7 @@ Output = tuple[bytes, bytes, int, int]  # main JPEG, thumbnail JPEG, width, heig
 
 
 def run_fast(data: bytes) -> Output:
-    from handlers import media
+    from handlers.materials import pipeline as media
 
     p = media.process(data, max_edge=MAX_EDGE, thumb_edge=THUMB_EDGE)
     return p.data, p.thumbnail, p.width, p.height
@@ -333,7 +333,7 @@ def memory_child(pipeline: str, path: str) -> None:
     _import_app()
     from PIL import Image, ImageOps  # noqa: F401
 
-    from handlers import media  # noqa: F401  (both pipelines start from the same imports)
+    from handlers.materials import pipeline as media  # noqa: F401  (both pipelines start from the same imports)
 
     def hwm_kb() -> int:  # the kernel's peak RSS of this address space, a cross-check
         for line in Path("/proc/self/status").read_text().splitlines():
@@ -419,7 +419,7 @@ def stage_times(images: list[bytes]) -> dict[str, dict[str, float]]:
     for media.process): explains the speed-up factor."""
     from PIL import Image, ImageOps
 
-    from handlers import media
+    from handlers.materials import pipeline as media
 
     fast: dict[str, list[float]] = {}
     naive: dict[str, list[float]] = {}
