@@ -31,7 +31,8 @@ from handlers.bot import FAQ, Bot, load_halls
 from handlers.cases.outbox import Relay
 from handlers.catalog import CatalogueReader
 from handlers.drafts import Drafts
-from handlers.materials import Materials, Pipeline, platform_links
+from handlers.materials.links import platform_links
+from handlers.materials.service import Materials, Pipeline
 from handlers.push import Pusher
 from storage.crypto import FieldCipher
 from storage.files import FileSealer, FileStore, create_file_store

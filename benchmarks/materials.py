@@ -1,4 +1,4 @@
-"""Materials benchmark: the image pipeline (`handlers.media.process`) against a naive Pillow
+"""Materials benchmark: the image pipeline (`handlers.materials.pipeline.process`) against a naive Pillow
 pipeline, and `POST /api/v1/materials` end to end through the real server.
 
     .venv/bin/python benchmarks/materials.py [--images 30] [--upload-duration 15] [--concurrency 6]
@@ -202,7 +202,7 @@ Output = tuple[bytes, bytes, int, int]  # main JPEG, thumbnail JPEG, width, heig
 
 
 def run_fast(data: bytes) -> Output:
-    from handlers import media
+    from handlers.materials import pipeline as media
 
     p = media.process(data, max_edge=MAX_EDGE, thumb_edge=THUMB_EDGE)
     return p.data, p.thumbnail, p.width, p.height
@@ -333,7 +333,7 @@ def memory_child(pipeline: str, path: str) -> None:
     _import_app()
     from PIL import Image, ImageOps  # noqa: F401
 
-    from handlers import media  # noqa: F401  (both pipelines start from the same imports)
+    from handlers.materials import pipeline as media  # noqa: F401  (both pipelines start from the same imports)
 
     def hwm_kb() -> int:  # the kernel's peak RSS of this address space, a cross-check
         for line in Path("/proc/self/status").read_text().splitlines():
@@ -419,7 +419,7 @@ def stage_times(images: list[bytes]) -> dict[str, dict[str, float]]:
     for media.process): explains the speed-up factor."""
     from PIL import Image, ImageOps
 
-    from handlers import media
+    from handlers.materials import pipeline as media
 
     fast: dict[str, list[float]] = {}
     naive: dict[str, list[float]] = {}
@@ -982,7 +982,7 @@ def section(
         + (f" `{' '.join(sys.argv[1:])}`" if sys.argv[1:] else "")
         + ".",
         "",
-        "### Pipeline: 12-megapixel phone photo, `handlers.media.process` vs naive Pillow",
+        "### Pipeline: 12-megapixel phone photo, `handlers.materials.pipeline.process` vs naive Pillow",
         "",
         *pipeline_tables(report),
         "",
@@ -1021,7 +1021,7 @@ def section(
         f"- Peak memory: a fresh child process per measurement (`benchmarks/materials.py --memory-child`), "
         "started through `sh -c` (Linux carries the peak RSS of the process calling execve into the new "
         "program's `ru_maxrss`; `sh` keeps this script's own peak out of it), "
-        "which imports `handlers.media` and Pillow and reads the first image's bytes, then takes "
+        "which imports `handlers.materials.pipeline` and Pillow and reads the first image's bytes, then takes "
         "`resource.getrusage(RUSAGE_SELF).ru_maxrss`, handles that one image and takes it again; the column is "
         f"the increase, median of {args.memory_runs} children per pipeline"
         + "".join(f"; {name}: {memory_runs(runs)}" for name, runs in report.memory.items())

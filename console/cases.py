@@ -8,7 +8,7 @@ from sanic.response import HTTPResponse, json, raw
 from console.auth import current_session
 from core.http import request_id
 from core.openapi import document
-from handlers.materials import official_copy
+from handlers.materials.service import official_copy
 
 bp = Blueprint("console_cases", url_prefix="/console/api/cases")
 

@@ -24,7 +24,7 @@ from core.kicks import Kicks
 from handlers.auth import IDENTITY_LEVELS, LEVEL_NAMES
 from handlers.cases.outbox import enqueue_delivery
 from handlers.forms import FormDef, Problem, prefill_sources, review_form
-from handlers.materials import lock_for_case, review_attached
+from handlers.materials.service import lock_for_case, review_attached
 from handlers.numbers import next_number
 from storage.crypto import FieldCipher
 from storage.models import (

@@ -11,13 +11,11 @@ from python_multipart.multipart import parse_options_header
 from sanic import Blueprint, Request
 from sanic.response import HTTPResponse, json, raw
 
-from core.errors import BadRequest, DomainError, NotFound, PayloadTooLarge, UnsupportedMediaType, ValidationFailed
+from core.errors import BadRequest, DomainError, PayloadTooLarge, UnsupportedMediaType, ValidationFailed
 from core.http import json_body
 from core.openapi import document
-from handlers import media
-from handlers.materials import PLATFORM_VIEWER, UPLOAD_LIMIT, limit_for, view
+from handlers.materials.service import UPLOAD_LIMIT, limit_for, view
 from miniprogram_api.deps import citizen
-from storage.models import Material
 
 bp = Blueprint("mp_materials", url_prefix="/api/v1")
 files_bp = Blueprint("files", url_prefix="/files")
@@ -70,9 +68,9 @@ async def _read_upload(request: Request) -> tuple[str, bytes, date | None]:
     def on_part_data(data, start, end):
         buffer = current["data"]
         buffer += data[start:end]
-        if len(buffer) >= 16 and "mime" not in current:
-            current["mime"] = media.sniff(bytes(buffer[:64]))
-            state["limit"] = limit_for(current["mime"])
+        if len(buffer) >= 16 and "sniffed" not in current:
+            current["sniffed"] = True
+            state["limit"] = limit_for(bytes(buffer[:64]))
         if len(buffer) > state["limit"]:
             raise PayloadTooLarge("文件过大，图片不超过10MB，PDF不超过20MB", code="file_too_large")
 
@@ -195,17 +193,14 @@ async def attach(request: Request, draft_id: str, slot: str) -> HTTPResponse:
 
 @files_bp.get("/<material_id:str>/<variant:file|thumb>")
 async def download(request: Request, material_id: str, variant: str) -> HTTPResponse:
-    service = request.app.ctx.materials
     args = request.args
-    service.check_signature(material_id, variant, args.get("v", ""), args.get("e", ""), args.get("s", ""))
-    viewer = args.get("v", "")
-    if viewer == PLATFORM_VIEWER:  # the core platform fetching a case's materials
-        material = await Material.get_or_none(id=material_id)
-    else:
-        material = await Material.get_or_none(id=material_id, user_id=int(viewer) if viewer.isdigit() else -1)
-    if material is None:
-        raise NotFound("材料不存在", code="material_not_found")
-    data, mime = await service.content(material, variant)
+    data, mime = await request.app.ctx.materials.download(
+        material_id=material_id,
+        variant=variant,
+        viewer=args.get("v", ""),
+        expires=args.get("e", ""),
+        signature=args.get("s", ""),
+    )
     return raw(
         data, content_type=mime, headers={"Cache-Control": "private, max-age=300", "X-Content-Type-Options": "nosniff"}
     )

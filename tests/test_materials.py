@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -11,6 +12,9 @@ import httpx
 import pytest
 from PIL import Image
 
+from core.errors import Forbidden, NotFound
+from handlers.materials.links import PLATFORM_VIEWER, file_url, verify
+from handlers.materials.service import IMAGE_LIMIT, PDF_LIMIT, limit_for
 from tests.test_drafts import RENEWAL, new_draft, renewal_answers
 from tests.test_identity import auth, id_number, login, to_l3
 
@@ -346,3 +350,48 @@ def test_validity_dates_in_the_library(server, owner):
     library = httpx.get(server.url + "/api/v1/materials", headers=auth(owner)).json()["kinds"]
     id_cards = next(k for k in library if k["kind"] == "id_card")["items"]
     assert id_cards[0]["expired"] is True
+
+
+# -- without a server -------------------------------------------------------------------------
+
+KEY = b"k" * 32
+
+
+def signed(*, viewer: str = "7", expires: int, base_url: str = "https://zb.example/") -> dict:
+    """The verify() arguments a fresh /files link to material m1 carries."""
+    url = file_url(signing_key=KEY, base_url=base_url, material_id="m1", variant="file", viewer=viewer, expires=expires)
+    path, query = url.split("?", 1)
+    assert path == "https://zb.example/files/m1/file"
+    args = dict(pair.split("=", 1) for pair in query.split("&"))
+    return {"material_id": "m1", "variant": "file", "viewer": args["v"], "expires": args["e"], "signature": args["s"]}
+
+
+def test_a_link_holds_only_for_its_file_viewer_and_time():
+    soon = int(time.time()) + 60
+    good = signed(expires=soon)
+    verify(signing_key=KEY, **good)
+    verify(signing_key=KEY, **signed(viewer=PLATFORM_VIEWER, expires=soon, base_url="https://zb.example"))
+    tampered = (
+        {"viewer": "8"},
+        {"material_id": "m2"},
+        {"variant": "thumb"},
+        {"expires": str(soon + 1)},
+        {"signature": ""},
+    )
+    for changed in tampered:
+        with pytest.raises(Forbidden) as refused:
+            verify(signing_key=KEY, **{**good, **changed})
+        assert refused.value.code == "link_expired"
+    with pytest.raises(Forbidden):
+        verify(signing_key=b"other" * 8, **good)
+    with pytest.raises(Forbidden):
+        verify(signing_key=KEY, **signed(expires=soon - 120))
+    with pytest.raises(NotFound) as invalid:
+        verify(signing_key=KEY, **{**good, "expires": "soon"})
+    assert invalid.value.code == "link_invalid"
+
+
+def test_the_size_limit_follows_the_sniffed_type():
+    assert limit_for(pdf(1)[:64]) == PDF_LIMIT
+    assert limit_for(jpeg(32, 32)[:64]) == IMAGE_LIMIT
+    assert limit_for(b"MZ" + b"\x00" * 62) == IMAGE_LIMIT  # unknown: the smaller limit until the pipeline refuses it

@@ -1,4 +1,4 @@
-"""The media pipeline (handlers/media.py) on files made here with Pillow, pillow-heif and pypdf.
+"""The media pipeline (handlers/materials/pipeline.py) on files made here with Pillow, pillow-heif and pypdf.
 
 Pure functions, no servers: these tests need none of the fixtures in conftest.py.
 """
@@ -22,8 +22,8 @@ from pypdf import PdfWriter
 
 from core.errors import DomainError
 from core.http import status_of
-from handlers import media
-from handlers.media import (
+from handlers.materials import pipeline
+from handlers.materials.pipeline import (
     CorruptFile,
     ImageTooLarge,
     MediaError,
@@ -294,17 +294,17 @@ def test_heic_with_orientation_is_upright_once():
 
 
 def test_draft_scale_picks_the_largest_reduction_that_covers_max_edge():
-    assert media.draft_scale((4000, 3000), 2000) == 2
-    assert media.draft_scale((3000, 4000), 2000) == 2  # portrait: same long edge
-    assert media.draft_scale((4032, 3024), 1000) == 4
-    assert media.draft_scale((4001, 3001), 2000) == 2  # 2001 px still covers 2000
-    assert media.draft_scale((3999, 3000), 2000) == 2  # libjpeg rounds up: 2000
-    assert media.draft_scale((3998, 3000), 2000) == 1  # 1999 would not cover 2000
-    assert media.draft_scale((16000, 12000), 2000) == 8
-    assert media.draft_scale((1500, 1000), 2000) == 1
+    assert pipeline.draft_scale((4000, 3000), 2000) == 2
+    assert pipeline.draft_scale((3000, 4000), 2000) == 2  # portrait: same long edge
+    assert pipeline.draft_scale((4032, 3024), 1000) == 4
+    assert pipeline.draft_scale((4001, 3001), 2000) == 2  # 2001 px still covers 2000
+    assert pipeline.draft_scale((3999, 3000), 2000) == 2  # libjpeg rounds up: 2000
+    assert pipeline.draft_scale((3998, 3000), 2000) == 1  # 1999 would not cover 2000
+    assert pipeline.draft_scale((16000, 12000), 2000) == 8
+    assert pipeline.draft_scale((1500, 1000), 2000) == 1
     for size in [(4000, 3000), (4032, 3024), (6000, 4000), (2001, 10), (8191, 8191)]:
         for edge in (320, 1000, 2000):
-            s = media.draft_scale(size, edge)
+            s = pipeline.draft_scale(size, edge)
             assert -(-max(size) // s) >= edge or s == 1
 
 
@@ -312,7 +312,7 @@ def test_draft_is_used_before_decoding():
     data = jpeg_bytes(card(4000, 3000), quality=90)
     with Image.open(io.BytesIO(data)) as im:
         assert im.size == (4000, 3000)
-        result = media.apply_draft(im, 2000)
+        result = pipeline.apply_draft(im, 2000)
         assert result is not None, "draft() must be configured"
         mode, box = result
         assert mode == "RGB" and box == (0, 0, 2000.0, 1500.0)
@@ -320,18 +320,18 @@ def test_draft_is_used_before_decoding():
         im.load()
         assert im.size == (2000, 1500)
     with Image.open(io.BytesIO(encode(card(4000, 3000), "PNG"))) as im:
-        assert media.apply_draft(im, 2000) is None  # only JPEG has DCT scaling
+        assert pipeline.apply_draft(im, 2000) is None  # only JPEG has DCT scaling
 
 
 def test_large_jpeg_is_decoded_reduced_and_resized(monkeypatch):
     seen = []
-    real = media._resize_to
+    real = pipeline._resize_to
 
     def spy(im, max_edge):
         seen.append(im.size)
         return real(im, max_edge)
 
-    monkeypatch.setattr(media, "_resize_to", spy)
+    monkeypatch.setattr(pipeline, "_resize_to", spy)
     out = process(jpeg_bytes(card(4000, 3000), quality=90))
     assert seen == [(2000, 1500)], "decoded at 1/2 scale by draft(), not at full size"
     assert (out.width, out.height) == (2000, 1500)
@@ -541,9 +541,9 @@ def test_blur_calibration():
     assert codes(blurred_out) == ["blurry"]
     assert blurred_out.warnings[0]["message"] == "照片较模糊，建议重新拍摄"
 
-    s = media.quality_measures(open_out(sharp_out.data))["edge_variance"]
-    b = media.quality_measures(open_out(blurred_out.data))["edge_variance"]
-    assert s > 10 * media.BLUR_VARIANCE and b < media.BLUR_VARIANCE / 2
+    s = pipeline.quality_measures(open_out(sharp_out.data))["edge_variance"]
+    b = pipeline.quality_measures(open_out(blurred_out.data))["edge_variance"]
+    assert s > 10 * pipeline.BLUR_VARIANCE and b < pipeline.BLUR_VARIANCE / 2
 
     # the same at phone resolution (blur scaled with the picture)
     big = card(4000, 2520)
@@ -610,12 +610,12 @@ def test_watermark_keeps_orientation_and_refuses_junk():
 
 
 def test_cjk_font_lookup():
-    path = media.cjk_font_path()
+    path = pipeline.cjk_font_path()
     if path is not None:
-        font = media._font(path, 40)
+        font = pipeline._font(path, 40)
         assert font.getbbox("仅供")[2] > 40
     # an explicit font that does not exist falls back to Pillow's bundled font
-    assert media._font("/nonexistent/font.ttc", 40) is not None
+    assert pipeline._font("/nonexistent/font.ttc", 40) is not None
 
 
 # -- errors and results cross a process pool --------------------------------------------------

@@ -1,8 +1,9 @@
-"""Materials: upload through the processing pipeline, sealed storage, reuse across drafts,
-signed viewing links, and deletion that never touches what a submitted case relies on.
+"""Material use cases: upload through the processing pipeline, sealed storage, reuse across drafts,
+viewing and download through signed links, deletion that never touches what a submitted case relies
+on, and officials' watermarked, audited copies.
 
 CPU work (decoding, resizing, PDF checks) runs in a small thread pool; when the pool and its
-short queue are full, uploads are refused with `503 busy` and `Retry-After` instead of piling
+short queue are full, uploads are refused with `Busy` (and a Retry-After) instead of piling
 up. A material is written file-first, row-last: a crash in between leaves an orphan object,
 never a row pointing at nothing.
 """
@@ -10,25 +11,25 @@ never a row pointing at nothing.
 from __future__ import annotations
 
 import asyncio
-import base64
 import hashlib
-import hmac
 import secrets
-import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 
 from tortoise.exceptions import IntegrityError
 
-from core.errors import Busy, Conflict, Forbidden, NotFound, Unprocessable
-from handlers import media
+from core.errors import Busy, Conflict, NotFound, Unprocessable, ValidationFailed
+from handlers import audit
+from handlers.cases.access import case_for_official
+from handlers.materials.links import PLATFORM_VIEWER, citizen_links, verify
+from handlers.materials.pipeline import PDF, Processed, process, sniff, watermark
+from handlers.numbers import CHINA
 from storage.files import FileSealer, FileStore
-from storage.models import Draft, Material, User
+from storage.models import ActorType, Draft, Material, User
 
 IMAGE_LIMIT = 10 * 1024 * 1024
 PDF_LIMIT = 20 * 1024 * 1024
 UPLOAD_LIMIT = PDF_LIMIT  # the largest any kind may be; the per-type limit applies once sniffed
-URL_TTL_S = 300
 KIND_MIMES = {
     "jpg": {"image/jpeg"},
     "png": {"image/jpeg"},
@@ -38,8 +39,9 @@ KIND_MIMES = {
 }
 
 
-def limit_for(mime: str | None) -> int:
-    return PDF_LIMIT if mime == "application/pdf" else IMAGE_LIMIT
+def limit_for(head: bytes) -> int:
+    """The size limit of an upload whose first bytes are head: a PDF may be larger than a photo."""
+    return PDF_LIMIT if sniff(head) == PDF else IMAGE_LIMIT
 
 
 class Pipeline:
@@ -50,12 +52,12 @@ class Pipeline:
         self._capacity = workers + queue
         self._in_flight = 0
 
-    async def process(self, data: bytes) -> media.Processed:
+    async def process(self, data: bytes) -> Processed:
         if self._in_flight >= self._capacity:
             raise Busy("上传的人较多，请稍后重试", code="busy", retry_after=2)
         self._in_flight += 1
         try:
-            return await asyncio.get_running_loop().run_in_executor(self._pool, media.process, data)
+            return await asyncio.get_running_loop().run_in_executor(self._pool, process, data)
         finally:
             self._in_flight -= 1
 
@@ -64,6 +66,7 @@ class Pipeline:
 
 
 def view(material: Material, *, urls: dict | None = None) -> dict:
+    """The citizen's view of a material, with its signed links when given."""
     body = {
         "id": material.id,
         "kind": material.kind,
@@ -138,6 +141,7 @@ class Materials:
         return grouped
 
     async def get(self, *, user: User, material_id: str) -> Material:
+        """The citizen's own material; NotFound for anyone else's."""
         material = await Material.get_or_none(id=material_id, user_id=user.id)
         if material is None:
             raise NotFound("材料不存在", code="material_not_found")
@@ -179,31 +183,32 @@ class Materials:
 
     # -- viewing ------------------------------------------------------------------------
 
-    def _signature(self, material_id: str, variant: str, viewer: str, expires: int) -> str:
-        return link_signature(self._signing_key, material_id, variant, viewer, expires)
-
     def signed_urls(self, material: Material, *, viewer: str) -> dict:
         """Short-lived links for the file and thumbnail, bound to the viewer."""
-        expires = int(time.time()) + URL_TTL_S
+        return citizen_links(signing_key=self._signing_key, base_url=self.base_url, material=material, viewer=viewer)
 
-        def url(variant: str) -> str:
-            sig = self._signature(material.id, variant, viewer, expires)
-            return f"{self.base_url}/files/{material.id}/{variant}?v={viewer}&e={expires}&s={sig}"
-
-        out = {"file_url": url("file"), "url_expires_at": expires}
-        out["thumbnail_url"] = url("thumb") if material.thumb_object_name else None
-        return out
-
-    def check_signature(self, material_id: str, variant: str, viewer: str, expires: str, sig: str) -> None:
-        try:
-            expires_at = int(expires)
-        except ValueError:
-            raise NotFound("链接无效", code="link_invalid") from None
-        expected = self._signature(material_id, variant, viewer, expires_at)
-        if not hmac.compare_digest(expected, sig or "") or expires_at < time.time():
-            raise Forbidden("链接已失效，请刷新后重试", code="link_expired")
+    async def download(
+        self, *, material_id: str, variant: str, viewer: str, expires: str, signature: str
+    ) -> tuple[bytes, str]:
+        """(bytes, mime) of what a signed link points at, once the link and the viewer's right to it hold."""
+        verify(
+            signing_key=self._signing_key,
+            material_id=material_id,
+            variant=variant,
+            viewer=viewer,
+            expires=expires,
+            signature=signature,
+        )
+        if viewer == PLATFORM_VIEWER:  # the core platform fetching a case's materials
+            material = await Material.get_or_none(id=material_id)
+        else:
+            material = await Material.get_or_none(id=material_id, user_id=int(viewer) if viewer.isdigit() else -1)
+        if material is None:
+            raise NotFound("材料不存在", code="material_not_found")
+        return await self.content(material, variant)
 
     async def content(self, material: Material, variant: str) -> tuple[bytes, str]:
+        """(bytes, mime) of a material's file or thumbnail, opened from sealed storage."""
         if variant == "thumb":
             if not material.thumb_object_name:
                 raise NotFound("该材料没有缩略图", code="thumbnail_not_found")
@@ -211,40 +216,6 @@ class Materials:
             return await asyncio.to_thread(self.sealer.open, sealed, material.thumb_key), "image/jpeg"
         sealed = await self.store.get(material.object_name)
         return await asyncio.to_thread(self.sealer.open, sealed, material.file_key), material.mime
-
-
-def link_signature(key: bytes, material_id: str, variant: str, viewer: str, expires: int) -> str:
-    mac = hmac.new(key, f"{material_id}|{variant}|{viewer}|{expires}".encode(), hashlib.sha256)
-    return base64.urlsafe_b64encode(mac.digest()[:18]).decode()
-
-
-PLATFORM_VIEWER = "platform"
-PLATFORM_LINK_TTL_S = 24 * 3600
-
-
-def platform_links(*, signing_key: bytes, base_url: str):
-    """A function giving the platform signed, expiring download links for material ids."""
-
-    async def links(ids: list[str]) -> list[dict]:
-        rows = {m.id: m for m in await Material.filter(id__in=[i for i in ids if isinstance(i, str)])}
-        expires = int(time.time()) + PLATFORM_LINK_TTL_S
-        out = []
-        for material_id in ids:
-            material = rows.get(material_id)
-            if material is None:
-                continue
-            sig = link_signature(signing_key, material.id, "file", PLATFORM_VIEWER, expires)
-            out.append(
-                {
-                    "url": f"{base_url.rstrip('/')}/files/{material.id}/file?v={PLATFORM_VIEWER}&e={expires}&s={sig}",
-                    "sha256": material.sha256,
-                    "mime": material.mime,
-                    "expires_at": expires,
-                }
-            )
-        return out
-
-    return links
 
 
 async def review_attached(user_id: int, attached: dict, materials: list[dict]) -> list[tuple[str, str, str]]:
@@ -291,11 +262,6 @@ async def official_copy(
     original stays clean; the watermark "仅用于〔事项〕办理，他用无效" and the date are drawn on
     this copy only.
     """
-    from core.errors import ValidationFailed
-    from handlers import audit
-    from handlers.cases.access import case_for_official
-    from handlers.numbers import CHINA
-    from storage.models import ActorType
 
     reason = (reason or "").strip()
     if not 4 <= len(reason) <= 200:
@@ -318,5 +284,5 @@ async def official_copy(
     data, mime = await materials.content(material, "file")
     if mime == "image/jpeg":
         stamp = f"仅用于〔{case.service_name}〕办理，他用无效 {datetime.now(CHINA):%Y-%m-%d}"
-        data = await asyncio.get_running_loop().run_in_executor(None, media.watermark, data, stamp)
+        data = await asyncio.get_running_loop().run_in_executor(None, watermark, data, stamp)
     return data, mime
