@@ -1015,6 +1015,7 @@ def _app_of(args: argparse.Namespace) -> Sanic:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Serves the simulator standalone until stopped: `python -m bridge.simulator --port 8702 ...`."""
     simserver.main(
         argv,
         prog="python -m bridge.simulator",

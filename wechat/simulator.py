@@ -1237,6 +1237,7 @@ def create_simulator_app(state: SimState | None = None) -> Sanic:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Serves the simulator standalone until stopped: `python -m wechat.simulator [--host H] [--port 8701]`."""
     simserver.main(
         argv,
         prog="python -m wechat.simulator",
