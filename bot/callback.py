@@ -6,8 +6,8 @@ Order of work for a POST, each step refusing before the next reads anything:
 3. parsing with defusedxml (no DTDs or entities) → 400;
 4. de-duplication in Redis (SET NX, 60 s): WeChat retries a message up to three times when it
    gets no answer in 5 s; a retry gets the first request's reply, never a second action;
-5. the answer, under a deadline (~4 s): if it is late the callback answers `success` and the
-   answer follows as a customer-service message.
+5. the answer (`handlers.bot.answer`), under a deadline (~4 s): if it is late the callback answers
+   `success` and the answer follows as a customer-service message.
 Replies go back encrypted when the request came encrypted.
 """
 
@@ -23,16 +23,13 @@ from sanic.response import HTTPResponse, text
 from bot.crypto import CallbackRejected, OACrypto
 from bot.messages import BadMessage, Message, dedup_key, parse, text_reply
 from core.errors import BadRequest, Forbidden, PayloadTooLarge
-from handlers.bot import Bot
-from wechat.client import WeChatError, WeChatUnavailable
+from handlers.bot import UnionidChecks, answer, send_late_answer
 
 log = logging.getLogger("zhangban.bot")
 bp = Blueprint("wechat_oa")
 
 BODY_LIMIT = 64 * 1024
 SEEN_TTL_S = 60  # WeChat retries over about 15 s; keep the guard well beyond that
-IMAGE_HINT = "图片请在掌办小程序的申请页面上传，公众号暂不接收材料图片。"
-VOICE_HINT = "抱歉，没有听清您的语音，请用文字再说一遍。"
 
 
 def _crypto(request: Request) -> OACrypto:
@@ -104,7 +101,8 @@ async def _reply_once(request: Request, message: Message) -> str:
 
 async def _answer_within(request: Request, message: Message, key: str, deadline: float) -> str:
     ctx = request.app.ctx
-    work = asyncio.ensure_future(answer(ctx.bot, ctx.oa, message, key, checked=_UnionidChecks(ctx.redis, ctx.keys)))
+    checks = UnionidChecks(redis=ctx.redis, keys=ctx.keys)
+    work = asyncio.ensure_future(answer(bot=ctx.bot, oa=ctx.oa, message=message, dedup_key=key, checks=checks))
     # Tracked until done: if WeChat hangs up and Sanic cancels this handler, the shielded work
     # goes on, and a graceful stop waits for it instead of closing the pools under it.
     ctx.bot_tasks.add(work)
@@ -125,78 +123,6 @@ def _send_late(ctx, openid: str, task: asyncio.Task) -> None:
         if not task.cancelled() and task.exception() is not None:
             log.error("late bot answer failed", exc_info=task.exception())
         return
-    sending = asyncio.ensure_future(_deliver(ctx, openid, task.result()))
+    sending = asyncio.ensure_future(send_late_answer(oa=ctx.oa, openid=openid, content=task.result()))
     ctx.bot_tasks.add(sending)
     sending.add_done_callback(ctx.bot_tasks.discard)
-
-
-async def _deliver(ctx, openid: str, content: str) -> None:
-    try:
-        await ctx.oa.send_text(openid, content)
-    except WeChatError as exc:
-        if exc.errcode == 45015:  # outside the 48-hour window: WeChat will not deliver it
-            log.warning("late answer not sent: follower outside the 48-hour window")
-        else:
-            log.error("late answer not sent: errcode %s", exc.errcode)
-    except WeChatUnavailable:
-        log.error("late answer not sent: WeChat unavailable")
-
-
-class _UnionidChecks:
-    """Remembers (in Redis, for an hour) that a follower's unionid was looked up, found or not,
-    so a follower whose account has no unionid costs WeChat one call an hour, not one a message."""
-
-    TTL_S = 3600
-
-    def __init__(self, redis, keys):
-        self.redis, self.keys = redis, keys
-
-    async def forget(self, openid: str) -> None:
-        await self.redis.delete(self.keys("bot", "unionid-checked", openid))
-
-    async def should_look_up(self, openid: str) -> bool:
-        return bool(await self.redis.set(self.keys("bot", "unionid-checked", openid), b"1", nx=True, ex=self.TTL_S))
-
-
-async def answer(bot: Bot, oa, message: Message, key: str, *, checked: _UnionidChecks | None = None) -> str | None:
-    """The text to answer `message` with, or None for no reply."""
-    if message.msg_type == "event":
-        event = message.event or ""
-        if event == "unsubscribe":
-            await bot.follower(message.from_user, subscribed=False)
-            return None
-        if event == "subscribe" and checked is not None:
-            await checked.forget(message.from_user)  # a (re)subscribe always looks the unionid up
-        follower = await _follower(
-            bot, oa, message.from_user, checked, subscribed=True if event in {"subscribe", "scan"} else None
-        )
-        if event == "subscribe":
-            return bot.welcome()
-        if event == "click":
-            return await bot.answer_click(follower, message.event_key or "")
-        return None  # location reports, menu views: nothing to say
-    follower = await _follower(bot, oa, message.from_user, checked)
-    if message.msg_type == "text":
-        return await bot.answer_text(follower, message.content or "", key)
-    if message.msg_type == "voice":
-        if message.recognition:
-            return await bot.answer_text(follower, message.recognition, key)
-        return VOICE_HINT
-    if message.msg_type in {"image", "video", "shortvideo"}:
-        return IMAGE_HINT
-    if message.msg_type == "location" and message.location:
-        lat, lng = message.location[0], message.location[1]
-        return bot.halls_answer(float(lat), float(lng))
-    return bot.welcome()
-
-
-async def _follower(bot: Bot, oa, openid: str, checked: _UnionidChecks | None, *, subscribed: bool | None = None):
-    follower = await bot.follower(openid, subscribed=subscribed)
-    if follower.unionid is None and (checked is None or await checked.should_look_up(openid)):
-        try:  # the unionid links the follower to their mini-program account
-            info = await asyncio.wait_for(oa.user_info(openid), 2.0)
-            if info.get("unionid"):
-                follower = await bot.follower(openid, unionid=info["unionid"])
-        except (TimeoutError, WeChatError, WeChatUnavailable):
-            log.info("follower unionid not available yet")
-    return follower

@@ -97,9 +97,7 @@ from typing import Any
 
 import httpx
 from sanic import Blueprint, Request, Sanic
-from sanic.exceptions import SanicException
 from sanic.response import HTTPResponse
-from sanic.response import json as _sanic_json
 
 from bridge.signing import (
     NONCE_REPLAYED,
@@ -111,6 +109,8 @@ from bridge.signing import (
     sign,
     target_of_url,
 )
+from core import simserver
+from core.simserver import SimError, json_response
 
 log = logging.getLogger("zhangban.platform_sim")
 
@@ -193,15 +193,8 @@ _NONCE_MEMORY_FACTOR = 2  # remember nonces for twice the skew window
 # -- errors --------------------------------------------------------------------------------
 
 
-class ApiFailure(Exception):
-    """An answer other than 200: `{"code", "message", "details"}` with `status`."""
-
-    def __init__(self, status: int, code: str, message: str, details: dict[str, Any] | None = None):
-        self.status, self.code, self.message, self.details = status, code, message, details or {}
-        super().__init__(f"{status} {code}: {message}")
-
-    def body(self) -> dict[str, Any]:
-        return {"code": self.code, "message": self.message, "details": self.details}
+class ApiFailure(SimError):
+    """A platform answer other than 200: `{"code", "message", "details"}` with `status`."""
 
 
 def _not_found(case_no: str) -> ApiFailure:
@@ -750,28 +743,6 @@ def _wants_mail(form: Any) -> bool:
 # -- HTTP ----------------------------------------------------------------------------------
 
 
-def _dumps(obj: Any) -> str:
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
-
-
-def _json(body: Any, status: int = 200) -> HTTPResponse:
-    return _sanic_json(body, status=status, dumps=_dumps)
-
-
-def _json_body(request: Request, *, empty_ok: bool) -> dict[str, Any]:
-    if not request.body:
-        if empty_ok:
-            return {}
-        raise ApiFailure(400, "malformed_json", "请求内容不能为空")
-    try:
-        data = json.loads(request.body)
-    except (ValueError, UnicodeDecodeError):
-        raise ApiFailure(400, "malformed_json", "请求内容不是有效的 JSON") from None
-    if not isinstance(data, dict):
-        raise ApiFailure(400, "malformed_json", "请求内容应为 JSON 对象")
-    return data
-
-
 def _number(body: dict, name: str, errors: dict[str, str], *, low: float, high: float) -> float | None:
     if name not in body:
         return None
@@ -792,11 +763,6 @@ def _text(body: dict, name: str, errors: dict[str, str], *, required: bool = Fal
         errors[name] = f"应为不超过 {max_len} 个字符的文本"
         return None
     return value
-
-
-def _done(errors: dict[str, str]) -> None:
-    if errors:
-        raise ApiFailure(422, "validation_failed", "提交的内容有误", {"fields": errors})
 
 
 Handler = Callable[..., Any]
@@ -837,17 +803,17 @@ def platform_blueprint(state: PlatformState, url_prefix: str = "") -> Blueprint:
                     result = handler(request, **params)
                     if inspect.isawaitable(result):
                         result = await result
-                except ApiFailure as failure:
-                    return _json(failure.body(), status=failure.status)
+                except SimError as failure:
+                    return json_response(failure.body(), status=failure.status)
                 except Exception:
                     log.exception("platform simulator error on %s", route)
-                    return _json({"code": "internal_error", "message": "模拟器内部错误", "details": {}}, status=500)
+                    return simserver.internal_error()
                 after: Callable[[], Any] | None = None
                 if isinstance(result, tuple):
                     result, after = result
                 if after is None:
-                    return _json(result)
-                await request.respond(_json(result))
+                    return json_response(result)
+                await request.respond(json_response(result))
                 after()
                 return None
 
@@ -859,20 +825,8 @@ def platform_blueprint(state: PlatformState, url_prefix: str = "") -> Blueprint:
 
     def control(path: str, methods: tuple[str, ...] = ("POST",)):
         def register(handler: Handler) -> None:
-            async def endpoint(request: Request) -> HTTPResponse:
-                try:
-                    result = handler(request)
-                    if inspect.isawaitable(result):
-                        result = await result
-                except ApiFailure as failure:
-                    return _json(failure.body(), status=failure.status)
-                except Exception:
-                    log.exception("platform simulator control error on %s", path)
-                    return _json({"code": "internal_error", "message": "模拟器内部错误", "details": {}}, status=500)
-                return _json(result)
-
             name = "sim" + path.removeprefix("/__sim__").replace("/", "_")
-            bp.add_route(endpoint, path, methods=list(methods), name=name)
+            bp.add_route(simserver.control_route(handler, log=log, path=path), path, methods=list(methods), name=name)
 
         return register
 
@@ -880,7 +834,7 @@ def platform_blueprint(state: PlatformState, url_prefix: str = "") -> Blueprint:
 
     @api(CASES, "POST")
     def _submit(request: Request):
-        case, new = state.receive(_json_body(request, empty_ok=False))
+        case, new = state.receive(simserver.json_object(request, empty_ok=False))
         answer = {"platform_case_id": case.platform_case_id, "received": True}
         if not new:
             return answer
@@ -888,13 +842,13 @@ def platform_blueprint(state: PlatformState, url_prefix: str = "") -> Blueprint:
 
     @api(WITHDRAW, "POST")
     def _withdraw(request: Request, case_no: str):
-        body = _json_body(request, empty_ok=True)
+        body = simserver.json_object(request)
         reason = body.get("reason")
         return state.withdraw(case_no, reason if isinstance(reason, str) else None)
 
     @api(RESUBMIT, "POST")
     def _resubmit(request: Request, case_no: str):
-        answer, go_on = state.resubmit(case_no, _json_body(request, empty_ok=False))
+        answer, go_on = state.resubmit(case_no, simserver.json_object(request, empty_ok=False))
         if not go_on:
             return answer
         case = state.case(case_no)
@@ -908,7 +862,7 @@ def platform_blueprint(state: PlatformState, url_prefix: str = "") -> Blueprint:
 
     @control("/__sim__/script")
     def _script(request: Request) -> dict:
-        body = _json_body(request, empty_ok=False)
+        body = simserver.json_object(request, empty_ok=False)
         errors: dict[str, str] = {}
         script = _text(body, "script", errors, required=True, max_len=32)
         if script is not None and script not in SCRIPTS:
@@ -924,13 +878,13 @@ def platform_blueprint(state: PlatformState, url_prefix: str = "") -> Blueprint:
             errors["result_kind"] = "应为 electronic 或 mail"
         if case_no is None and (data is not None or result_kind is not None):
             errors["case_no"] = "指定 data 或 result_kind 时必须指定办件"
-        _done(errors)
+        simserver.check_fields(errors)
         state.choose_script(script, case_no, data=data, result_kind=result_kind)
         return {"case_no": case_no, "script": script, "default_script": state.default_script}
 
     @control("/__sim__/config")
     def _config(request: Request) -> dict:
-        body = _json_body(request, empty_ok=True)
+        body = simserver.json_object(request)
         errors: dict[str, str] = {}
         values: dict[str, Any] = {}
         if "callback_url" in body:
@@ -958,12 +912,12 @@ def platform_blueprint(state: PlatformState, url_prefix: str = "") -> Blueprint:
         }
         for name in sorted(unknown):
             errors[name] = "不是可配置的项"
-        _done(errors)
+        simserver.check_fields(errors)
         return state.configure(**values)
 
     @control("/__sim__/fail")
     def _fail(request: Request) -> dict:
-        body = _json_body(request, empty_ok=False)
+        body = simserver.json_object(request, empty_ok=False)
         errors: dict[str, str] = {}
         path = _text(body, "path", errors, max_len=256)
         if path is not None:
@@ -989,7 +943,7 @@ def platform_blueprint(state: PlatformState, url_prefix: str = "") -> Blueprint:
             errors.setdefault("path", "指定 http_status 或 times 时必须指定接口")
         if path is None and down is None and delay_s is None and not errors:
             errors["path"] = "应指定 path、down 或 delay_s"
-        _done(errors)
+        simserver.check_fields(errors)
         if down is not None:
             state.down = down
         if path is not None:
@@ -1020,43 +974,15 @@ def platform_blueprint(state: PlatformState, url_prefix: str = "") -> Blueprint:
 
 # -- standalone app ------------------------------------------------------------------------
 
-_STATUS_CODES = {
-    400: "bad_request",
-    404: "not_found",
-    405: "method_not_allowed",
-    408: "request_timeout",
-    413: "payload_too_large",
-}
-
 
 def create_platform_app(state: PlatformState | None = None) -> Sanic:
     """A standalone Sanic app serving the simulator at the root, answering JSON for every error."""
-    try:  # a second simulator app in one process replaces the first
-        Sanic.unregister_app(Sanic.get_app("platform_sim"))
-    except SanicException:
-        pass
-    app = Sanic("platform_sim", dumps=_dumps)
-    app.config.update({"MOTD": False, "AUTO_EXTEND": False, "FALLBACK_ERROR_FORMAT": "json", "KEEP_ALIVE_TIMEOUT": 15})
-    app.ctx.state = state or PlatformState()
-    app.blueprint(platform_blueprint(app.ctx.state))
-
-    @app.exception(Exception)
-    async def _error(request: Request, exc: Exception) -> HTTPResponse:
-        status = getattr(exc, "status_code", 500) if isinstance(exc, SanicException) else 500
-        status = status if isinstance(status, int) and 400 <= status < 600 else 500
-        if status >= 500:
-            log.error("platform simulator error on %s %s", request.method, request.path, exc_info=exc)
-            return _json({"code": "internal_error", "message": "模拟器内部错误", "details": {}}, status=500)
-        code = _STATUS_CODES.get(status, "bad_request")
-        return _json({"code": code, "message": str(exc) or code, "details": {}}, status=status)
-
-    return app
+    state = state or PlatformState()
+    return simserver.create_app("platform_sim", platform_blueprint(state), state=state, log=log)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m bridge.simulator", description=__doc__.splitlines()[0])
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8702)
+def _options(parser: argparse.ArgumentParser) -> None:
+    """Adds the platform's own options: keys, callback target, script and timings."""
     parser.add_argument("--app-key", default=DEFAULT_APP_KEY, help="the key Zhangban signs its calls with")
     parser.add_argument("--secret", default=DEFAULT_SECRET, help="the secret Zhangban signs its calls with")
     parser.add_argument("--callback-url", default=None, help="where status callbacks are POSTed")
@@ -1071,7 +997,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--retry-budget", type=float, default=DEFAULT_RETRY_BUDGET_S, help="seconds a callback delivery is retried"
     )
-    args = parser.parse_args(argv)
+
+
+def _app_of(args: argparse.Namespace) -> Sanic:
+    """The standalone app over a fresh state configured from the command line."""
     state = PlatformState(
         args.app_key,
         args.secret,
@@ -1082,8 +1011,19 @@ def main(argv: list[str] | None = None) -> None:
         step_delay_s=args.step_delay,
         retry_budget_s=args.retry_budget,
     )
-    app = create_platform_app(state)
-    app.run(host=args.host, port=args.port, single_process=True, access_log=False, motd=False)
+    return create_platform_app(state)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Serves the simulator standalone until stopped: `python -m bridge.simulator --port 8702 ...`."""
+    simserver.main(
+        argv,
+        prog="python -m bridge.simulator",
+        description=__doc__.splitlines()[0],
+        port=8702,
+        build=_app_of,
+        options=_options,
+    )
 
 
 if __name__ == "__main__":

@@ -5,9 +5,10 @@ from __future__ import annotations
 from sanic import Blueprint, Request
 from sanic.response import HTTPResponse, json, raw
 
-from console.auth import current_session
+from console.deps import client_ip, official
 from core.http import request_id
 from core.openapi import document
+from handlers.cases.views import pushes_for_official
 from handlers.materials.service import official_copy
 
 bp = Blueprint("console_cases", url_prefix="/console/api/cases")
@@ -19,15 +20,15 @@ bp = Blueprint("console_cases", url_prefix="/console/api/cases")
     tag="console",
     errors=(401, 403, 404, 422),
 )
+@official
 async def material(request: Request, case_no: str, material_id: str) -> HTTPResponse:
-    session = await current_session(request, unsafe=False)
     data, mime = await official_copy(
         materials=request.app.ctx.materials,
-        official=session.official,
+        official=request.ctx.session.official,
         case_no=case_no,
         material_id=material_id,
         reason=request.args.get("reason", ""),
-        ip=request.remote_addr or request.ip,
+        ip=client_ip(request),
         request_id=request_id(request),
     )
     return raw(data, content_type=mime, headers={"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"})
@@ -39,11 +40,9 @@ async def material(request: Request, case_no: str, material_id: str) -> HTTPResp
     tag="console",
     errors=(401, 403, 404),
 )
+@official
 async def pushes(request: Request, case_no: str) -> HTTPResponse:
-    from handlers.cases.views import pushes_for_official
-
-    session = await current_session(request, unsafe=False)
     data = await pushes_for_official(
-        official=session.official, case_no=case_no, ip=request.remote_addr or request.ip, request_id=request_id(request)
+        official=request.ctx.session.official, case_no=case_no, ip=client_ip(request), request_id=request_id(request)
     )
     return json(data, headers={"Cache-Control": "no-store"})

@@ -5,7 +5,7 @@ from __future__ import annotations
 from sanic import Blueprint, Request
 from sanic.response import HTTPResponse, json
 
-from console.auth import current_session
+from console.deps import client_ip, official
 from core.http import request_id
 from core.openapi import document
 from handlers.personal_data import read_citizen
@@ -19,14 +19,14 @@ bp = Blueprint("console_citizens", url_prefix="/console/api/citizens")
     tag="console",
     errors=(401, 403, 404, 422),
 )
+@official
 async def citizen(request: Request, user_id: int) -> HTTPResponse:
-    session = await current_session(request, unsafe=False)
     data = await read_citizen(
-        official=session.official,
+        official=request.ctx.session.official,
         user_id=user_id,
         reason=request.args.get("reason", ""),
         cipher=request.app.ctx.cipher,
-        ip=request.remote_addr or request.ip,
+        ip=client_ip(request),
         request_id=request_id(request),
     )
     response = json(data)

@@ -36,15 +36,6 @@ class TokenPair:
     expires_in: int
     user: User
 
-    def body(self) -> dict:
-        return {
-            "access_token": self.access_token,
-            "refresh_token": self.refresh_token,
-            "expires_in": self.expires_in,
-            "token_type": "Bearer",
-            "user": {"id": self.user.id, "identity_level": self.user.identity_level.value},
-        }
-
 
 @dataclass(frozen=True)
 class Principal:
@@ -149,6 +140,15 @@ class TokenStore:
             pipe.delete(self._access_key(token_hash.decode() if isinstance(token_hash, bytes) else token_hash))
         pipe.delete(self._family_key(family))
         await pipe.execute()
+
+
+async def signed_in(*, tokens: TokenStore, access_token: str | None) -> tuple[Principal, User]:
+    """Who a bearer token stands for and their active account; Unauthenticated otherwise."""
+    principal = await tokens.principal(access_token)
+    user = await User.get_or_none(id=principal.user_id, is_active=True)
+    if user is None:
+        raise Unauthenticated("账号已停用", code="account_disabled")
+    return principal, user
 
 
 async def login(*, code: str, wechat: WeChatClient, tokens: TokenStore, cipher: FieldCipher, ip: str) -> TokenPair:

@@ -2,19 +2,26 @@
 consultation and complaint tickets, nearby service halls, menus.
 
 Transport-free: `bot/callback.py` turns WeChat's XML into a `Message` and our answer back into
-XML. Every answer is plain text (WeChat's passive replies and customer-service messages both
-carry it), with mini-program links written the way WeChat renders them in text.
+XML; `answer` routes a message (by type, events by their name) to what the bot says, and links
+the follower to their mini-program account by unionid on the way. Every answer is plain text
+(WeChat's passive replies and customer-service messages both carry it), with mini-program links
+written the way WeChat renders them in text.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import math
 import re
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Protocol
 
 import yaml
+from redis.asyncio import Redis
 from tortoise.exceptions import IntegrityError
 from tortoise.transactions import in_transaction
 
@@ -23,6 +30,10 @@ from handlers.catalog import CatalogueReader
 from handlers.numbers import next_number
 from storage.crypto import FieldCipher
 from storage.models import Case, Follower, Ticket, User
+from storage.redis import Keys
+from wechat.client import OfficialAccountAPI, WeChatError, WeChatUnavailable
+
+log = logging.getLogger("zhangban.bot")
 
 HALLS_FILE = Path(__file__).resolve().parent.parent / "data" / "halls.yaml"
 FAQ_FILE = Path(__file__).resolve().parent.parent / "data" / "faq.yaml"
@@ -30,6 +41,10 @@ CASE_NO = re.compile(r"ZB\d{14}")
 TICKET_INTENT = re.compile(r"^\s*(咨询|投诉)[\s:：，,]*(.*)$", re.S)
 MENU_WORDS = {"菜单", "帮助", "help", "?", "？", "你好", "您好"}
 PROGRESS_WORDS = {"查进度", "进度", "办件进度", "查询进度", "我的办件"}
+
+IMAGE_HINT = "图片请在掌办小程序的申请页面上传，公众号暂不接收材料图片。"
+VOICE_HINT = "抱歉，没有听清您的语音，请用文字再说一遍。"
+UNIONID_LOOKUP_TIMEOUT_S = 2.0
 
 MENU_TEXT = (
     "您好，这里是“掌办”泸州政务服务。您可以：\n"
@@ -307,3 +322,154 @@ def menu_definition(mp_appid: str, public_base_url: str) -> dict:
             },
         ]
     }
+
+
+# -- flows: routing a follower's message ----------------------------------------------------
+
+
+class IncomingMessage(Protocol):
+    """What `answer` reads of a message; `bot.messages.Message` is one."""
+
+    from_user: str
+    msg_type: str
+    content: str | None
+    recognition: str | None
+    location: tuple | None  # (lat, lng, ...)
+    event: str | None
+    event_key: str | None
+
+
+class UnionidChecks:
+    """Remembers (in Redis, for an hour) that a follower's unionid was looked up, found or not,
+    so a follower whose account has no unionid costs WeChat one call an hour, not one a message."""
+
+    TTL_S = 3600
+
+    def __init__(self, *, redis: Redis, keys: Keys):
+        self.redis, self.keys = redis, keys
+
+    async def forget(self, openid: str) -> None:
+        await self.redis.delete(self.keys("bot", "unionid-checked", openid))
+
+    async def should_look_up(self, openid: str) -> bool:
+        """True once an hour per follower: the caller looks the unionid up now."""
+        return bool(await self.redis.set(self.keys("bot", "unionid-checked", openid), b"1", nx=True, ex=self.TTL_S))
+
+
+@dataclass(frozen=True)
+class _Turn:
+    """One message being answered, with what answering it needs."""
+
+    bot: Bot
+    oa: OfficialAccountAPI
+    message: IncomingMessage
+    dedup_key: str
+    checks: UnionidChecks | None
+
+    async def follower(self, *, subscribed: bool | None = None) -> Follower:
+        """The sender's follower record, its unionid looked up from WeChat when still unknown."""
+        openid = self.message.from_user
+        follower = await self.bot.follower(openid, subscribed=subscribed)
+        if follower.unionid is None and (self.checks is None or await self.checks.should_look_up(openid)):
+            try:  # the unionid links the follower to their mini-program account
+                info = await asyncio.wait_for(self.oa.user_info(openid), UNIONID_LOOKUP_TIMEOUT_S)
+                if info.get("unionid"):
+                    follower = await self.bot.follower(openid, unionid=info["unionid"])
+            except (TimeoutError, WeChatError, WeChatUnavailable):
+                log.info("follower unionid not available yet")
+        return follower
+
+
+async def _on_unsubscribe(turn: _Turn) -> None:
+    await turn.bot.follower(turn.message.from_user, subscribed=False)
+
+
+async def _on_subscribe(turn: _Turn) -> str:
+    if turn.checks is not None:
+        await turn.checks.forget(turn.message.from_user)  # a (re)subscribe always looks the unionid up
+    await turn.follower(subscribed=True)
+    return turn.bot.welcome()
+
+
+async def _on_scan(turn: _Turn) -> None:
+    await turn.follower(subscribed=True)
+
+
+async def _on_click(turn: _Turn) -> str:
+    return await turn.bot.answer_click(await turn.follower(), turn.message.event_key or "")
+
+
+async def _on_other_event(turn: _Turn) -> None:
+    await turn.follower()  # location reports, menu views: nothing to say, but the follower is seen
+
+
+EVENT_ANSWERS: dict[str, Callable[[_Turn], Awaitable[str | None]]] = {
+    "unsubscribe": _on_unsubscribe,
+    "subscribe": _on_subscribe,
+    "scan": _on_scan,
+    "click": _on_click,
+}
+
+
+async def _on_text(turn: _Turn, follower: Follower) -> str:
+    return await turn.bot.answer_text(follower, turn.message.content or "", turn.dedup_key)
+
+
+async def _on_voice(turn: _Turn, follower: Follower) -> str:
+    if turn.message.recognition:
+        return await turn.bot.answer_text(follower, turn.message.recognition, turn.dedup_key)
+    return VOICE_HINT
+
+
+async def _on_media(turn: _Turn, follower: Follower) -> str:
+    return IMAGE_HINT
+
+
+async def _on_location(turn: _Turn, follower: Follower) -> str:
+    if not turn.message.location:
+        return turn.bot.welcome()
+    lat, lng = turn.message.location[0], turn.message.location[1]
+    return turn.bot.halls_answer(float(lat), float(lng))
+
+
+async def _on_other_message(turn: _Turn, follower: Follower) -> str:
+    return turn.bot.welcome()
+
+
+MESSAGE_ANSWERS: dict[str, Callable[[_Turn, Follower], Awaitable[str]]] = {
+    "text": _on_text,
+    "voice": _on_voice,
+    "image": _on_media,
+    "video": _on_media,
+    "shortvideo": _on_media,
+    "location": _on_location,
+}
+
+
+async def answer(
+    *,
+    bot: Bot,
+    oa: OfficialAccountAPI,
+    message: IncomingMessage,
+    dedup_key: str,
+    checks: UnionidChecks | None = None,
+) -> str | None:
+    """The text to answer `message` with, or None for no reply."""
+    turn = _Turn(bot, oa, message, dedup_key, checks)
+    if message.msg_type == "event":
+        return await EVENT_ANSWERS.get(message.event or "", _on_other_event)(turn)
+    follower = await turn.follower()
+    return await MESSAGE_ANSWERS.get(message.msg_type, _on_other_message)(turn, follower)
+
+
+async def send_late_answer(*, oa: OfficialAccountAPI, openid: str, content: str) -> None:
+    """Sends an answer that missed the callback's deadline as a customer-service message; failures are logged."""
+    try:
+        await oa.send_text(openid, content)
+    except WeChatError as exc:
+        if exc.errcode == 45015:  # outside the 48-hour window: WeChat will not deliver it
+            log.warning("late answer not sent: follower outside the 48-hour window")
+        else:
+            log.error("late answer not sent: errcode %s", exc.errcode)
+    except WeChatUnavailable:
+        log.error("late answer not sent: WeChat unavailable")

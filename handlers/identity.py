@@ -101,6 +101,21 @@ def profile(user: User, addresses: list[Address], cipher: FieldCipher) -> dict:
     }
 
 
+async def addresses_of(*, user: User) -> list[Address]:
+    """The user's mailing addresses, the default first, then in the order they were added."""
+    return await Address.filter(user_id=user.id).order_by("-is_default", "id")
+
+
+async def own_profile(*, user: User, cipher: FieldCipher) -> dict:
+    """The citizen's own profile with their addresses, every personal value masked."""
+    return profile(user, await addresses_of(user=user), cipher)
+
+
+async def own_addresses(*, user: User, cipher: FieldCipher) -> list[dict]:
+    """The citizen's own addresses as they see them (`address_view`)."""
+    return [address_view(a, cipher) for a in await addresses_of(user=user)]
+
+
 def address_view(address: Address, cipher: FieldCipher) -> dict:
     """An address for its owner: recipient and phone masked, the place in full so it can be chosen."""
     return {

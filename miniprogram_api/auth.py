@@ -35,6 +35,17 @@ class TokensOut(BaseModel):
     user: UserRef
 
 
+def _tokens(pair: auth.TokenPair) -> dict:
+    """The body of a sign-in or refresh answer (`TokensOut`)."""
+    return {
+        "access_token": pair.access_token,
+        "refresh_token": pair.refresh_token,
+        "expires_in": pair.expires_in,
+        "token_type": "Bearer",
+        "user": {"id": pair.user.id, "identity_level": pair.user.identity_level.value},
+    }
+
+
 @bp.post("/login")
 @document(
     summary="Sign in with a wx.login code", tag="auth", body=LoginIn, response=TokensOut, errors=(400, 422, 429, 503)
@@ -46,7 +57,7 @@ async def login(request: Request) -> HTTPResponse:
     pair = await auth.login(
         code=body.code, wechat=ctx.wechat_mp, tokens=ctx.tokens, cipher=ctx.cipher, ip=client_ip(request)
     )
-    return json(pair.body())
+    return json(_tokens(pair))
 
 
 @bp.post("/refresh")
@@ -61,7 +72,7 @@ async def refresh(request: Request) -> HTTPResponse:
     body = json_body(request, RefreshIn)
     await request.app.ctx.limiter.hit("refresh", "ip", client_ip(request))
     pair = await request.app.ctx.tokens.refresh(body.refresh_token)
-    return json(pair.body())
+    return json(_tokens(pair))
 
 
 @bp.post("/logout")

@@ -6,8 +6,7 @@ from functools import wraps
 
 from sanic import Request
 
-from core.errors import Unauthenticated
-from storage.models import User
+from handlers.auth import signed_in
 
 
 def bearer(request: Request) -> str | None:
@@ -22,15 +21,14 @@ def citizen(handler):
 
     @wraps(handler)
     async def wrapper(request: Request, *args, **kwargs):
-        principal = await request.app.ctx.tokens.principal(bearer(request))
-        user = await User.get_or_none(id=principal.user_id, is_active=True)
-        if user is None:
-            raise Unauthenticated("账号已停用", code="account_disabled")
-        request.ctx.principal, request.ctx.user = principal, user
+        request.ctx.principal, request.ctx.user = await signed_in(
+            tokens=request.app.ctx.tokens, access_token=bearer(request)
+        )
         return await handler(request, *args, **kwargs)
 
     return wrapper
 
 
 def client_ip(request: Request) -> str:
+    """The caller's address: the proxy-forwarded one when Sanic trusts the proxy, else the peer's."""
     return request.remote_addr or request.ip

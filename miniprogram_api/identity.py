@@ -10,7 +10,6 @@ from core.http import json_body
 from core.openapi import document
 from handlers import identity
 from miniprogram_api.deps import citizen, client_ip
-from storage.models import Address
 
 bp = Blueprint("mp_identity", url_prefix="/api/v1")
 
@@ -130,9 +129,7 @@ async def face_finish(request: Request) -> HTTPResponse:
 @document(summary="My profile, personal data masked", tag="identity", response=ProfileOut, errors=(401,))
 @citizen
 async def me(request: Request) -> HTTPResponse:
-    user = request.ctx.user
-    addresses = await Address.filter(user_id=user.id).order_by("-is_default", "id")
-    return json(identity.profile(user, addresses, request.app.ctx.cipher))
+    return json(await identity.own_profile(user=request.ctx.user, cipher=request.app.ctx.cipher))
 
 
 @bp.post("/me/phone")
@@ -157,8 +154,7 @@ async def bind_phone(request: Request) -> HTTPResponse:
 @document(summary="My mailing addresses", tag="identity", errors=(401,))
 @citizen
 async def list_addresses(request: Request) -> HTTPResponse:
-    addresses = await Address.filter(user_id=request.ctx.user.id).order_by("-is_default", "id")
-    return json({"items": [identity.address_view(a, request.app.ctx.cipher) for a in addresses]})
+    return json({"items": await identity.own_addresses(user=request.ctx.user, cipher=request.app.ctx.cipher)})
 
 
 @bp.post("/me/addresses")

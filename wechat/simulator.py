@@ -74,7 +74,6 @@ official account `wx_sim_officialacct` / `sim_oa_secret_0123456789abcdef`.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import base64
 import hashlib
@@ -91,9 +90,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from sanic import Blueprint, Request, Sanic
-from sanic.exceptions import SanicException
 from sanic.response import HTTPResponse
-from sanic.response import json as _sanic_json
+
+from core import simserver
+from core.simserver import SimError, json_response
 
 log = logging.getLogger("zhangban.wechat_sim")
 
@@ -215,15 +215,8 @@ class WeChatError(Exception):
         super().__init__(f"{errcode} {self.errmsg}")
 
 
-class ControlError(Exception):
+class ControlError(SimError):
     """A control-API failure: answered as `{"code", "message", "details"}` with `status`."""
-
-    def __init__(self, status: int, code: str, message: str, details: dict[str, Any] | None = None):
-        self.status, self.code, self.message, self.details = status, code, message, details or {}
-        super().__init__(f"{code}: {message}")
-
-    def body(self) -> dict[str, Any]:
-        return {"code": self.code, "message": self.message, "details": self.details}
 
 
 def _not_found(what: str, **details: Any) -> ControlError:
@@ -919,14 +912,6 @@ def _check_menu(body: dict) -> None:
 # -- HTTP ----------------------------------------------------------------------------------
 
 
-def _dumps(obj: Any) -> str:
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
-
-
-def _json(body: Any, status: int = 200) -> HTTPResponse:
-    return _sanic_json(body, status=status, dumps=_dumps)
-
-
 def _wechat_body(request: Request) -> dict:
     if not request.body:
         raise WeChatError(44002)
@@ -936,18 +921,6 @@ def _wechat_body(request: Request) -> dict:
         raise WeChatError(47001) from None
     if not isinstance(data, dict):
         raise WeChatError(47001)
-    return data
-
-
-def _control_body(request: Request) -> dict:
-    if not request.body:
-        return {}
-    try:
-        data = json.loads(request.body)
-    except (ValueError, UnicodeDecodeError):
-        raise ControlError(400, "malformed_json", "请求内容不是有效的 JSON") from None
-    if not isinstance(data, dict):
-        raise ControlError(400, "malformed_json", "请求内容应为 JSON 对象")
     return data
 
 
@@ -1006,8 +979,7 @@ class _Fields:
         return value
 
     def done(self) -> None:
-        if self.errors:
-            raise ControlError(422, "validation_failed", "提交的内容有误", {"fields": self.errors})
+        simserver.check_fields(self.errors)
 
 
 Handler = Callable[[Request], Awaitable[dict] | dict]
@@ -1032,9 +1004,9 @@ def simulator_blueprint(state: SimState, url_prefix: str = "") -> Blueprint:
                         await asyncio.sleep(failure.delay_s)
                     if failure.http_status is not None:
                         error = WeChatError(failure.errcode if failure.errcode is not None else -1, failure.errmsg)
-                        return _json(state.error_body(error), status=failure.http_status)
+                        return json_response(state.error_body(error), status=failure.http_status)
                     if failure.errcode is not None:
-                        return _json(state.error_body(WeChatError(failure.errcode, failure.errmsg)))
+                        return json_response(state.error_body(WeChatError(failure.errcode, failure.errmsg)))
                 try:
                     if request.method != method:
                         raise WeChatError(43001 if method == "GET" else 43002)
@@ -1046,11 +1018,11 @@ def simulator_blueprint(state: SimState, url_prefix: str = "") -> Blueprint:
                     if inspect.isawaitable(result):
                         result = await result
                 except WeChatError as error:
-                    return _json(state.error_body(error))
+                    return json_response(state.error_body(error))
                 except Exception:
                     log.exception("simulator error on %s", path)
-                    return _json(state.error_body(WeChatError(-1)), status=500)
-                return _json(result)
+                    return json_response(state.error_body(WeChatError(-1)), status=500)
+                return json_response(result)
 
             bp.add_route(route, path, methods=["GET", "POST"], name="wx" + path.replace("/", "_"))
 
@@ -1058,20 +1030,8 @@ def simulator_blueprint(state: SimState, url_prefix: str = "") -> Blueprint:
 
     def control(path: str, methods: tuple[str, ...] = ("POST",)):
         def register(handler: Handler) -> None:
-            async def route(request: Request) -> HTTPResponse:
-                try:
-                    result = handler(request)
-                    if inspect.isawaitable(result):
-                        result = await result
-                except ControlError as error:
-                    return _json(error.body(), status=error.status)
-                except Exception:
-                    log.exception("simulator control error on %s", path)
-                    return _json({"code": "internal_error", "message": "模拟器内部错误", "details": {}}, status=500)
-                return _json(result)
-
             name = "sim" + path.removeprefix("/__sim__").replace("/", "_").replace("-", "_")
-            bp.add_route(route, path, methods=list(methods), name=name)
+            bp.add_route(simserver.control_route(handler, log=log, path=path), path, methods=list(methods), name=name)
 
         return register
 
@@ -1117,7 +1077,7 @@ def simulator_blueprint(state: SimState, url_prefix: str = "") -> Blueprint:
 
     @control("/__sim__/apps")
     def _apps(request: Request) -> dict:
-        fields = _Fields(_control_body(request))
+        fields = _Fields(simserver.json_object(request))
         appid, secret = fields.text("appid", max_len=64), fields.text("secret", max_len=128)
         kind = fields.text("kind", required=False) or MINIPROGRAM
         if kind not in APP_KINDS:
@@ -1128,7 +1088,7 @@ def simulator_blueprint(state: SimState, url_prefix: str = "") -> Blueprint:
 
     @control("/__sim__/users")
     def _users(request: Request) -> dict:
-        body = _control_body(request)
+        body = simserver.json_object(request)
         fields = _Fields(body)
         appid = fields.text("appid")
         openid = fields.text("openid", required=False)
@@ -1143,7 +1103,7 @@ def simulator_blueprint(state: SimState, url_prefix: str = "") -> Blueprint:
 
     @control("/__sim__/login-code")
     def _login_code(request: Request) -> dict:
-        fields = _Fields(_control_body(request))
+        fields = _Fields(simserver.json_object(request))
         appid, openid = fields.text("appid"), fields.text("openid", required=False)
         fields.done()
         code = state.issue_login_code(state.app(appid).appid, openid)
@@ -1151,7 +1111,7 @@ def simulator_blueprint(state: SimState, url_prefix: str = "") -> Blueprint:
 
     @control("/__sim__/phone-code")
     def _phone_code(request: Request) -> dict:
-        fields = _Fields(_control_body(request))
+        fields = _Fields(simserver.json_object(request))
         appid, openid = fields.text("appid"), fields.text("openid")
         phone, country_code = _phone_fields(fields, required=False)
         fields.done()
@@ -1160,7 +1120,7 @@ def simulator_blueprint(state: SimState, url_prefix: str = "") -> Blueprint:
 
     @control("/__sim__/face/complete")
     def _face_complete(request: Request) -> dict:
-        fields = _Fields(_control_body(request))
+        fields = _Fields(simserver.json_object(request))
         verify_id = fields.text("verify_id", max_len=256)
         verify_ret = fields.integer("verify_ret", default=FACE_VERIFY_SUCCESS)
         if verify_ret is not None and not (10000 <= verify_ret <= 10099 or 90001 <= verify_ret <= 90199):
@@ -1171,12 +1131,12 @@ def simulator_blueprint(state: SimState, url_prefix: str = "") -> Blueprint:
 
     @control("/__sim__/tokens/expire")
     def _tokens_expire(request: Request) -> dict:
-        app = _existing_app(_Fields(_control_body(request)))
+        app = _existing_app(_Fields(simserver.json_object(request)))
         return {"appid": app.appid, "expired": state.expire_tokens(app.appid)}
 
     @control("/__sim__/fail")
     def _fail(request: Request) -> dict:
-        fields = _Fields(_control_body(request))
+        fields = _Fields(simserver.json_object(request))
         path = fields.text("path", max_len=256)
         if path:
             if url_prefix and path.startswith(url_prefix.rstrip("/") + "/"):
@@ -1201,7 +1161,7 @@ def simulator_blueprint(state: SimState, url_prefix: str = "") -> Blueprint:
 
     @control("/__sim__/subscriptions")
     def _subscriptions(request: Request) -> dict:
-        fields = _Fields(_control_body(request))
+        fields = _Fields(simserver.json_object(request))
         appid, openid, template_id = fields.text("appid"), fields.text("openid"), fields.text("template_id")
         count = fields.integer("count", default=1, low=0, high=1_000_000)
         fields.done()
@@ -1211,7 +1171,7 @@ def simulator_blueprint(state: SimState, url_prefix: str = "") -> Blueprint:
 
     @control("/__sim__/followers")
     def _followers(request: Request) -> dict:
-        fields = _Fields(_control_body(request))
+        fields = _Fields(simserver.json_object(request))
         appid, openid = fields.text("appid"), fields.text("openid", required=False)
         subscribed = fields.boolean("subscribed")
         last = fields.number("last_interaction_at")
@@ -1227,7 +1187,7 @@ def simulator_blueprint(state: SimState, url_prefix: str = "") -> Blueprint:
 
     @control("/__sim__/clock")
     def _clock(request: Request) -> dict:
-        fields = _Fields(_control_body(request))
+        fields = _Fields(simserver.json_object(request))
         advance = fields.number("advance_s", default=0.0)
         fields.done()
         return {"now": state.advance_clock(advance or 0.0), "offset_s": state.clock_offset}
@@ -1269,40 +1229,22 @@ def _phone_fields(fields: _Fields, *, required: bool) -> tuple[str | None, str |
 
 # -- standalone app ------------------------------------------------------------------------
 
-_STATUS_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large", 408: "request_timeout"}
-
 
 def create_simulator_app(state: SimState | None = None) -> Sanic:
     """A standalone Sanic app serving the simulator at the root, answering JSON for every error."""
-    try:  # a second simulator app in one process replaces the first
-        Sanic.unregister_app(Sanic.get_app("wechat_sim"))
-    except SanicException:
-        pass
-    app = Sanic("wechat_sim", dumps=_dumps)
-    app.config.update({"MOTD": False, "AUTO_EXTEND": False, "FALLBACK_ERROR_FORMAT": "json", "KEEP_ALIVE_TIMEOUT": 15})
-    app.ctx.state = state or SimState()
-    app.blueprint(simulator_blueprint(app.ctx.state))
-
-    @app.exception(Exception)
-    async def _error(request: Request, exc: Exception) -> HTTPResponse:
-        status = getattr(exc, "status_code", 500) if isinstance(exc, SanicException) else 500
-        status = status if isinstance(status, int) and 400 <= status < 600 else 500
-        if status >= 500:
-            log.error("simulator error on %s %s", request.method, request.path, exc_info=exc)
-            return _json({"code": "internal_error", "message": "模拟器内部错误", "details": {}}, status=500)
-        code = _STATUS_CODES.get(status, "bad_request")
-        return _json({"code": code, "message": str(exc) or code, "details": {}}, status=status)
-
-    return app
+    state = state or SimState()
+    return simserver.create_app("wechat_sim", simulator_blueprint(state), state=state, log=log)
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m wechat.simulator", description=__doc__.splitlines()[0])
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8701)
-    args = parser.parse_args(argv)
-    app = create_simulator_app()
-    app.run(host=args.host, port=args.port, single_process=True, access_log=False, motd=False)
+    """Serves the simulator standalone until stopped: `python -m wechat.simulator [--host H] [--port 8701]`."""
+    simserver.main(
+        argv,
+        prog="python -m wechat.simulator",
+        description=__doc__.splitlines()[0],
+        port=8701,
+        build=lambda args: create_simulator_app(),
+    )
 
 
 if __name__ == "__main__":

@@ -1,0 +1,43 @@
+"""What every console route needs: the signed-in official's session and the caller's address."""
+
+from __future__ import annotations
+
+import hmac
+from functools import wraps
+
+from sanic import Request
+
+from core.errors import Forbidden
+from handlers import officials
+
+COOKIE = "zb_console"
+CSRF_HEADER = "X-CSRF-Token"
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def client_ip(request: Request) -> str:
+    """The caller's address: the proxy-forwarded one when Sanic trusts the proxy, else the peer's."""
+    return request.remote_addr or request.ip
+
+
+async def current_session(request: Request) -> officials.ConsoleSession:
+    """The signed-in official's session; a method that changes something must also echo the CSRF token."""
+    session = await officials.session_for(
+        redis=request.app.ctx.redis, keys=request.app.ctx.keys, token=request.cookies.get(COOKIE)
+    )
+    if request.method not in SAFE_METHODS and not hmac.compare_digest(
+        request.headers.get(CSRF_HEADER, ""), session.csrf_token
+    ):
+        raise Forbidden("页面已过期，请刷新后重试", code="csrf_failed")
+    return session
+
+
+def official(handler):
+    """Route decorator: `request.ctx.session` is the signed-in official's session, else 401 (403 without CSRF)."""
+
+    @wraps(handler)
+    async def wrapper(request: Request, *args, **kwargs):
+        request.ctx.session = await current_session(request)
+        return await handler(request, *args, **kwargs)
+
+    return wrapper
