@@ -22,8 +22,10 @@ from sanic.response import HTTPResponse, text
 
 from bot.crypto import CallbackRejected, OACrypto
 from bot.messages import BadMessage, Message, dedup_key, parse, text_reply
+from container import Services
 from core.errors import BadRequest, Forbidden, PayloadTooLarge
 from handlers.bot import UnionidChecks, answer, send_late_answer
+from wechat.client import OfficialAccountAPI
 
 log = logging.getLogger("zhangban.bot")
 bp = Blueprint("wechat_oa")
@@ -82,47 +84,49 @@ async def receive(request: Request) -> HTTPResponse:
 
 async def _reply_once(request: Request, message: Message) -> str:
     """The reply XML (or "success"); a duplicate delivery waits for and returns the first one's."""
-    ctx = request.app.ctx
+    services = Services.of(request)
     key = dedup_key(message)
-    seen_key, reply_key = ctx.keys("bot", "seen", key), ctx.keys("bot", "reply", key)
-    deadline = ctx.settings.BOT_DEADLINE_S
-    if not await ctx.redis.set(seen_key, b"1", nx=True, ex=SEEN_TTL_S):
+    seen_key, reply_key = services.keys("bot", "seen", key), services.keys("bot", "reply", key)
+    deadline = services.settings.BOT_DEADLINE_S
+    if not await services.redis.set(seen_key, b"1", nx=True, ex=SEEN_TTL_S):
         waited_until = time.monotonic() + deadline
         while time.monotonic() < waited_until:
-            cached = await ctx.redis.get(reply_key)
+            cached = await services.redis.get(reply_key)
             if cached is not None:
                 return cached.decode()
             await asyncio.sleep(0.05)
         return "success"
     reply = await _answer_within(request, message, key, deadline)
-    await ctx.redis.set(reply_key, reply.encode(), ex=SEEN_TTL_S)
+    await services.redis.set(reply_key, reply.encode(), ex=SEEN_TTL_S)
     return reply
 
 
 async def _answer_within(request: Request, message: Message, key: str, deadline: float) -> str:
-    ctx = request.app.ctx
-    checks = UnionidChecks(redis=ctx.redis, keys=ctx.keys)
-    work = asyncio.ensure_future(answer(bot=ctx.bot, oa=ctx.oa, message=message, dedup_key=key, checks=checks))
+    services, tasks = Services.of(request), request.app.ctx.bot_tasks
+    checks = UnionidChecks(redis=services.redis, keys=services.keys)
+    work = asyncio.ensure_future(
+        answer(bot=services.bot, oa=services.oa, message=message, dedup_key=key, checks=checks)
+    )
     # Tracked until done: if WeChat hangs up and Sanic cancels this handler, the shielded work
     # goes on, and a graceful stop waits for it instead of closing the pools under it.
-    ctx.bot_tasks.add(work)
-    work.add_done_callback(ctx.bot_tasks.discard)
+    tasks.add(work)
+    work.add_done_callback(tasks.discard)
     try:
         content = await asyncio.wait_for(asyncio.shield(work), deadline)
     except TimeoutError:
         # Too slow for WeChat's 5 seconds: answer `success` now and send the answer later.
-        work.add_done_callback(lambda t: _send_late(ctx, message.from_user, t))
+        work.add_done_callback(lambda t: _send_late(services.oa, tasks, message.from_user, t))
         log.info("bot answer deferred to a customer-service message", extra={"msg_type": message.msg_type})
         return "success"
     return "success" if content is None else text_reply(message, content)
 
 
-def _send_late(ctx, openid: str, task: asyncio.Task) -> None:
-    ctx.bot_tasks.discard(task)
+def _send_late(oa: OfficialAccountAPI, tasks: set[asyncio.Future], openid: str, task: asyncio.Task) -> None:
+    tasks.discard(task)
     if task.cancelled() or task.exception() is not None or task.result() is None:
         if not task.cancelled() and task.exception() is not None:
             log.error("late bot answer failed", exc_info=task.exception())
         return
-    sending = asyncio.ensure_future(send_late_answer(oa=ctx.oa, openid=openid, content=task.result()))
-    ctx.bot_tasks.add(sending)
-    sending.add_done_callback(ctx.bot_tasks.discard)
+    sending = asyncio.ensure_future(send_late_answer(oa=oa, openid=openid, content=task.result()))
+    tasks.add(sending)
+    sending.add_done_callback(tasks.discard)

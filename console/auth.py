@@ -7,6 +7,7 @@ from sanic import Blueprint, Request
 from sanic.response import HTTPResponse, json
 
 from console.deps import COOKIE, client_ip, official
+from container import Services
 from core.http import json_body, request_id
 from core.openapi import document
 from handlers import officials
@@ -47,8 +48,8 @@ def _official(o) -> dict:
 async def sign_in(request: Request) -> HTTPResponse:
     body = json_body(request, SignIn)
     session = await officials.sign_in(
-        redis=request.app.ctx.redis,
-        keys=request.app.ctx.keys,
+        redis=Services.of(request).redis,
+        keys=Services.of(request).keys,
         username=body.username,
         password=body.password,
         ip=client_ip(request),
@@ -60,7 +61,7 @@ async def sign_in(request: Request) -> HTTPResponse:
         session.token,
         httponly=True,
         samesite="Strict",
-        secure=request.app.ctx.settings.public_base_url.startswith("https://"),
+        secure=Services.of(request).settings.public_base_url.startswith("https://"),
         max_age=officials.SESSION_TTL_S,
         path="/console",
     )
@@ -79,7 +80,9 @@ async def who_am_i(request: Request) -> HTTPResponse:
 @document(summary="Official signs out", tag="console", errors=(401, 403))
 @official
 async def sign_out(request: Request) -> HTTPResponse:
-    await officials.sign_out(redis=request.app.ctx.redis, keys=request.app.ctx.keys, session=request.ctx.session)
+    await officials.sign_out(
+        redis=Services.of(request).redis, keys=Services.of(request).keys, session=request.ctx.session
+    )
     response = HTTPResponse(status=204)
     response.delete_cookie(COOKIE, path="/console")
     return response

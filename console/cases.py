@@ -6,6 +6,7 @@ from sanic import Blueprint, Request
 from sanic.response import HTTPResponse, json, raw
 
 from console.deps import client_ip, official
+from container import Services
 from core.http import request_id
 from core.openapi import document
 from handlers.cases.views import pushes_for_official
@@ -23,7 +24,7 @@ bp = Blueprint("console_cases", url_prefix="/console/api/cases")
 @official
 async def material(request: Request, case_no: str, material_id: str) -> HTTPResponse:
     data, mime = await official_copy(
-        materials=request.app.ctx.materials,
+        materials=Services.of(request).materials,
         official=request.ctx.session.official,
         case_no=case_no,
         material_id=material_id,

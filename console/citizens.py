@@ -6,6 +6,7 @@ from sanic import Blueprint, Request
 from sanic.response import HTTPResponse, json
 
 from console.deps import client_ip, official
+from container import Services
 from core.http import request_id
 from core.openapi import document
 from handlers.personal_data import read_citizen
@@ -25,7 +26,7 @@ async def citizen(request: Request, user_id: int) -> HTTPResponse:
         official=request.ctx.session.official,
         user_id=user_id,
         reason=request.args.get("reason", ""),
-        cipher=request.app.ctx.cipher,
+        cipher=Services.of(request).cipher,
         ip=client_ip(request),
         request_id=request_id(request),
     )

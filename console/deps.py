@@ -7,6 +7,7 @@ from functools import wraps
 
 from sanic import Request
 
+from container import Services
 from core.errors import Forbidden
 from handlers import officials
 
@@ -23,7 +24,7 @@ def client_ip(request: Request) -> str:
 async def current_session(request: Request) -> officials.ConsoleSession:
     """The signed-in official's session; a method that changes something must also echo the CSRF token."""
     session = await officials.session_for(
-        redis=request.app.ctx.redis, keys=request.app.ctx.keys, token=request.cookies.get(COOKIE)
+        redis=Services.of(request).redis, keys=Services.of(request).keys, token=request.cookies.get(COOKIE)
     )
     if request.method not in SAFE_METHODS and not hmac.compare_digest(
         request.headers.get(CSRF_HEADER, ""), session.csrf_token

@@ -6,6 +6,7 @@ from pydantic import BaseModel, Field
 from sanic import Blueprint, Request
 from sanic.response import HTTPResponse, json
 
+from container import Services
 from core.http import json_body
 from core.openapi import document
 from handlers import auth
@@ -52,7 +53,7 @@ def _tokens(pair: auth.TokenPair) -> dict:
 )
 async def login(request: Request) -> HTTPResponse:
     body = json_body(request, LoginIn)
-    ctx = request.app.ctx
+    ctx = Services.of(request)
     await ctx.limiter.hit("login", "ip", client_ip(request))
     pair = await auth.login(
         code=body.code, wechat=ctx.wechat_mp, tokens=ctx.tokens, cipher=ctx.cipher, ip=client_ip(request)
@@ -70,8 +71,8 @@ async def login(request: Request) -> HTTPResponse:
 )
 async def refresh(request: Request) -> HTTPResponse:
     body = json_body(request, RefreshIn)
-    await request.app.ctx.limiter.hit("refresh", "ip", client_ip(request))
-    pair = await request.app.ctx.tokens.refresh(body.refresh_token)
+    await Services.of(request).limiter.hit("refresh", "ip", client_ip(request))
+    pair = await Services.of(request).tokens.refresh(body.refresh_token)
     return json(_tokens(pair))
 
 
@@ -79,5 +80,5 @@ async def refresh(request: Request) -> HTTPResponse:
 @document(summary="Sign out: revoke this login's tokens", tag="auth", errors=(401,))
 @citizen
 async def logout(request: Request) -> HTTPResponse:
-    await request.app.ctx.tokens.revoke_family(request.ctx.principal.family)
+    await Services.of(request).tokens.revoke_family(request.ctx.principal.family)
     return HTTPResponse(status=204)

@@ -6,6 +6,7 @@ from functools import wraps
 
 from sanic import Request
 
+from container import Services
 from handlers.auth import signed_in
 
 
@@ -22,7 +23,7 @@ def citizen(handler):
     @wraps(handler)
     async def wrapper(request: Request, *args, **kwargs):
         request.ctx.principal, request.ctx.user = await signed_in(
-            tokens=request.app.ctx.tokens, access_token=bearer(request)
+            tokens=Services.of(request).tokens, access_token=bearer(request)
         )
         return await handler(request, *args, **kwargs)
 

@@ -6,6 +6,7 @@ from pydantic import BaseModel, Field
 from sanic import Blueprint, Request
 from sanic.response import HTTPResponse, json
 
+from container import Services
 from core.http import json_body
 from core.openapi import document
 from handlers import identity
@@ -75,7 +76,7 @@ class ProfileOut(BaseModel):
 @citizen
 async def declare(request: Request) -> HTTPResponse:
     body = json_body(request, DeclareIn)
-    ctx, user = request.app.ctx, request.ctx.user
+    ctx, user = Services.of(request), request.ctx.user
     await ctx.limiter.hit("declare", "user", user.id)
     await ctx.limiter.hit("declare", "ip", client_ip(request))
     user = await identity.declare(
@@ -98,7 +99,7 @@ async def declare(request: Request) -> HTTPResponse:
 )
 @citizen
 async def face_start(request: Request) -> HTTPResponse:
-    ctx, user = request.app.ctx, request.ctx.user
+    ctx, user = Services.of(request), request.ctx.user
     await ctx.limiter.hit("face", "user", user.id)
     await ctx.limiter.hit("face", "ip", client_ip(request))
     session = await identity.start_face(user=user, wechat=ctx.wechat_mp, cipher=ctx.cipher)
@@ -117,7 +118,7 @@ async def face_start(request: Request) -> HTTPResponse:
 @citizen
 async def face_finish(request: Request) -> HTTPResponse:
     body = json_body(request, FaceFinishIn)
-    ctx = request.app.ctx
+    ctx = Services.of(request)
     await ctx.limiter.hit("face", "user", request.ctx.user.id)
     user = await identity.finish_face(
         user=request.ctx.user, verify_id=body.verify_id, wechat=ctx.wechat_mp, ip=client_ip(request)
@@ -129,7 +130,7 @@ async def face_finish(request: Request) -> HTTPResponse:
 @document(summary="My profile, personal data masked", tag="identity", response=ProfileOut, errors=(401,))
 @citizen
 async def me(request: Request) -> HTTPResponse:
-    return json(await identity.own_profile(user=request.ctx.user, cipher=request.app.ctx.cipher))
+    return json(await identity.own_profile(user=request.ctx.user, cipher=Services.of(request).cipher))
 
 
 @bp.post("/me/phone")
@@ -142,7 +143,7 @@ async def me(request: Request) -> HTTPResponse:
 @citizen
 async def bind_phone(request: Request) -> HTTPResponse:
     body = json_body(request, PhoneIn)
-    ctx, user = request.app.ctx, request.ctx.user
+    ctx, user = Services.of(request), request.ctx.user
     await ctx.limiter.hit("phone", "user", user.id)
     masked = await identity.bind_phone(
         user=user, code=body.code, wechat=ctx.wechat_mp, cipher=ctx.cipher, ip=client_ip(request)
@@ -154,7 +155,7 @@ async def bind_phone(request: Request) -> HTTPResponse:
 @document(summary="My mailing addresses", tag="identity", errors=(401,))
 @citizen
 async def list_addresses(request: Request) -> HTTPResponse:
-    return json({"items": await identity.own_addresses(user=request.ctx.user, cipher=request.app.ctx.cipher)})
+    return json({"items": await identity.own_addresses(user=request.ctx.user, cipher=Services.of(request).cipher)})
 
 
 @bp.post("/me/addresses")
@@ -169,8 +170,10 @@ async def list_addresses(request: Request) -> HTTPResponse:
 @citizen
 async def add_address(request: Request) -> HTTPResponse:
     body = json_body(request, AddressIn)
-    address = await identity.add_address(user=request.ctx.user, data=body.model_dump(), cipher=request.app.ctx.cipher)
-    return json(identity.address_view(address, request.app.ctx.cipher), status=201)
+    address = await identity.add_address(
+        user=request.ctx.user, data=body.model_dump(), cipher=Services.of(request).cipher
+    )
+    return json(identity.address_view(address, Services.of(request).cipher), status=201)
 
 
 @bp.put("/me/addresses/<address_id:int>")
@@ -181,9 +184,9 @@ async def add_address(request: Request) -> HTTPResponse:
 async def update_address(request: Request, address_id: int) -> HTTPResponse:
     body = json_body(request, AddressIn)
     address = await identity.update_address(
-        user=request.ctx.user, address_id=address_id, data=body.model_dump(), cipher=request.app.ctx.cipher
+        user=request.ctx.user, address_id=address_id, data=body.model_dump(), cipher=Services.of(request).cipher
     )
-    return json(identity.address_view(address, request.app.ctx.cipher))
+    return json(identity.address_view(address, Services.of(request).cipher))
 
 
 @bp.delete("/me/addresses/<address_id:int>")

@@ -11,6 +11,7 @@ from python_multipart.multipart import parse_options_header
 from sanic import Blueprint, Request
 from sanic.response import HTTPResponse, json, raw
 
+from container import Services
 from core.errors import BadRequest, DomainError, PayloadTooLarge, UnsupportedMediaType, ValidationFailed
 from core.http import json_body
 from core.openapi import document
@@ -134,7 +135,7 @@ async def _read_upload(request: Request) -> tuple[str, bytes, date | None]:
 @citizen
 async def upload(request: Request) -> HTTPResponse:
     kind, data, valid_until = await _read_upload(request)
-    service = request.app.ctx.materials
+    service = Services.of(request).materials
     material, created = await service.upload(user=request.ctx.user, kind=kind, data=data, valid_until=valid_until)
     return json(
         view(material, urls=service.signed_urls(material, viewer=str(request.ctx.user.id))),
@@ -146,7 +147,7 @@ async def upload(request: Request) -> HTTPResponse:
 @document(summary="My material library, grouped by kind", tag="materials", errors=(401,))
 @citizen
 async def library(request: Request) -> HTTPResponse:
-    service, viewer = request.app.ctx.materials, str(request.ctx.user.id)
+    service, viewer = Services.of(request).materials, str(request.ctx.user.id)
     grouped = await service.library(user=request.ctx.user)
     return json(
         {
@@ -162,7 +163,7 @@ async def library(request: Request) -> HTTPResponse:
 @document(summary="One of my materials, with fresh signed links", tag="materials", errors=(401, 404))
 @citizen
 async def read(request: Request, material_id: str) -> HTTPResponse:
-    service = request.app.ctx.materials
+    service = Services.of(request).materials
     material = await service.get(user=request.ctx.user, material_id=material_id)
     return json(view(material, urls=service.signed_urls(material, viewer=str(request.ctx.user.id))))
 
@@ -171,7 +172,7 @@ async def read(request: Request, material_id: str) -> HTTPResponse:
 @document(summary="Delete a material (not one a submitted case uses)", tag="materials", errors=(401, 404, 409))
 @citizen
 async def delete(request: Request, material_id: str) -> HTTPResponse:
-    await request.app.ctx.materials.delete(user=request.ctx.user, material_id=material_id)
+    await Services.of(request).materials.delete(user=request.ctx.user, material_id=material_id)
     return HTTPResponse(status=204)
 
 
@@ -185,8 +186,12 @@ async def delete(request: Request, material_id: str) -> HTTPResponse:
 @citizen
 async def attach(request: Request, draft_id: str, slot: str) -> HTTPResponse:
     body = json_body(request, AttachIn)
-    draft, data = await request.app.ctx.materials.attach(
-        user=request.ctx.user, drafts=request.app.ctx.drafts, draft_id=draft_id, slot=slot, material_id=body.material_id
+    draft, data = await Services.of(request).materials.attach(
+        user=request.ctx.user,
+        drafts=Services.of(request).drafts,
+        draft_id=draft_id,
+        slot=slot,
+        material_id=body.material_id,
     )
     return json({"id": draft.id, "version": draft.version, "materials": data.get("materials", {})})
 
@@ -194,7 +199,7 @@ async def attach(request: Request, draft_id: str, slot: str) -> HTTPResponse:
 @files_bp.get("/<material_id:str>/<variant:file|thumb>")
 async def download(request: Request, material_id: str, variant: str) -> HTTPResponse:
     args = request.args
-    data, mime = await request.app.ctx.materials.download(
+    data, mime = await Services.of(request).materials.download(
         material_id=material_id,
         variant=variant,
         viewer=args.get("v", ""),

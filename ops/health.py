@@ -11,6 +11,7 @@ from sanic.response import HTTPResponse, json
 from sanic_ext import openapi
 from sanic_ext.extensions.openapi.builders import SpecificationBuilder
 
+from container import Services
 from core.errors import NotReady
 from core.http import error_response
 from core.openapi import document
@@ -50,7 +51,7 @@ async def healthz(request: Request) -> HTTPResponse:
 @bp.get("/readyz")
 @document(response=Readiness, summary="Readiness: the database and Redis answer", tag="ops", errors=(503,))
 async def readyz(request: Request) -> HTTPResponse:
-    redis = request.app.ctx.redis
+    redis = Services.of(request).redis
     checks = dict(
         zip(("database", "redis"), await asyncio.gather(_check(db.ping()), _check(redis.ping())), strict=True)
     )
@@ -61,7 +62,7 @@ async def readyz(request: Request) -> HTTPResponse:
             NotReady(f"服务暂不可用：{'、'.join(failed)} 无法连接", details={"failed": failed, "checks": checks}),
         )
     age = None
-    beat = await redis.get(request.app.ctx.keys("heartbeat", "jobs"))
+    beat = await redis.get(Services.of(request).keys("heartbeat", "jobs"))
     if beat:
         age = round(time.time() - float(beat), 1)
     return json({"status": "ready", "checks": checks, "jobs_heartbeat_age_s": age})
