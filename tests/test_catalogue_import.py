@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import yaml
 
-from handlers.catalog import DEMO_CATALOGUE
+from handlers.catalog.publish import DEMO_CATALOGUE
 from tests.conftest import base_env, run_cli
 
 

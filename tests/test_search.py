@@ -1,4 +1,4 @@
-"""Catalogue search (handlers/search.py) against the real demo catalogue, data/catalogue.yaml.
+"""Catalogue search (handlers/catalog/search.py) against the real demo catalogue, data/catalogue.yaml.
 
 Item codes are never hard-coded: expected items are named, and their codes looked up by name.
 """
@@ -15,8 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from handlers.catalog import DEMO_CATALOGUE, parse_catalogue
-from handlers.search import Hit, SearchIndex, build_from_catalogue_file
+from handlers.catalog.publish import DEMO_CATALOGUE
+from handlers.catalog.reader import build_from_catalogue_file
+from handlers.catalog.schema import parse_catalogue
+from handlers.catalog.search import Hit, SearchIndex
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -237,8 +239,8 @@ def test_building_in_a_fresh_process_is_quiet():
     """jieba's "Building prefix dict ..." must not reach stdout (the bot's and server's output)."""
     script = textwrap.dedent(
         """
-        from handlers.catalog import DEMO_CATALOGUE
-        from handlers.search import build_from_catalogue_file
+        from handlers.catalog.publish import DEMO_CATALOGUE
+        from handlers.catalog.reader import build_from_catalogue_file
         index = build_from_catalogue_file(DEMO_CATALOGUE)
         build_from_catalogue_file(DEMO_CATALOGUE)
         print(index.search("暂住证")[0].name)
