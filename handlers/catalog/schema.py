@@ -12,6 +12,7 @@ from typing import Literal
 import yaml
 from pydantic import Field, ValidationError, model_validator
 
+from core.errors import Unprocessable
 from core.schema import Frozen
 from handlers.forms import FormDef
 from storage.models import IdentityLevel
@@ -142,12 +143,17 @@ class Catalogue(Frozen):
     bundles: list[Bundle] = Field(default_factory=list)
 
 
-class CatalogueError(Exception):
+class CatalogueError(Unprocessable):
     """The catalogue file is invalid; `problems` lists every one as `path: message`."""
 
+    code, message = "catalogue_invalid", "目录文件有误，未做任何更改"
+
     def __init__(self, problems: list[str]):
-        super().__init__("\n".join(problems))
+        super().__init__(details={"problems": problems})
         self.problems = problems
+
+    def __reduce__(self):
+        return type(self), (self.problems,)
 
 
 def _reference_problems(raw: dict) -> list[str]:
