@@ -5,6 +5,7 @@ Item codes are never hard-coded: expected items are named, and their codes looke
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import json
 import subprocess
@@ -233,6 +234,15 @@ def test_build_and_search_are_fast(items, catalogue, index):
             index.search(query)
     per_search = (time.perf_counter() - started) / (rounds * len(queries))
     assert per_search < 0.002, f"{per_search * 1000:.2f} ms per search"
+
+
+def test_the_engine_imports_only_the_standard_library_and_jieba():
+    """It is built from items handed to it, so it never reaches back into the catalogue's use cases."""
+    tree = ast.parse((ROOT / "handlers" / "catalog" / "search.py").read_text(encoding="utf-8"))
+    imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    # A relative import has no module name; "." keeps it, and it is not allowed either.
+    imported |= {node.module or "." for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    assert {name.split(".")[0] for name in imported} <= set(sys.stdlib_module_names) | {"__future__", "jieba"}
 
 
 def test_building_in_a_fresh_process_is_quiet():
