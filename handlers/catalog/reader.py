@@ -45,6 +45,7 @@ class CatalogueReader:
         self._search: tuple[int, SearchIndex] | None = None
 
     async def revision(self) -> int:
+        """The current catalogue revision, as Redis has kept it for at most REVISION_TTL_S."""
         cached = await self.redis.get(_revision_key(self.keys))
         if cached is not None:
             return int(cached)
