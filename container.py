@@ -29,7 +29,7 @@ from core.settings import Settings
 from handlers.auth import TokenStore
 from handlers.bot import FAQ, Bot, load_halls
 from handlers.cases.outbox import Relay
-from handlers.catalog import CatalogueReader
+from handlers.catalog.reader import CatalogueReader
 from handlers.drafts import Drafts
 from handlers.materials.links import platform_links
 from handlers.materials.service import Materials, Pipeline

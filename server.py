@@ -30,7 +30,8 @@ from core.logs import mask_text, setup_logging
 from core.settings import ConfigError, Settings, install, load_settings
 from handlers.bot import menu_definition
 from handlers.cases.sweeps import mark_overdue, query_silent_cases
-from handlers.catalog import DEMO_CATALOGUE, CatalogueError, export_catalogue, load_catalogue_file
+from handlers.catalog.publish import DEMO_CATALOGUE, export_catalogue, load_catalogue_file
+from handlers.catalog.schema import CatalogueError
 from handlers.identity import rotate_keys
 from handlers.officials import OfficialExists, create_official
 from storage.crypto import FieldCipher

@@ -145,7 +145,8 @@ def item_code(name: str = ITEM_NAME) -> str:
 def item_content(code: str) -> dict:
     """The item as the server stores it (`content` of its row): what load-demo publishes."""
     _import_app()
-    from handlers.catalog import _item_content, parse_catalogue
+    from handlers.catalog.schema import item_content as _item_content
+    from handlers.catalog.schema import parse_catalogue
 
     catalogue = parse_catalogue(CATALOGUE_FILE.read_text(encoding="utf-8"))
     item = next(i for i in catalogue.items if i.code == code)

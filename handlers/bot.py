@@ -26,7 +26,8 @@ from tortoise.exceptions import IntegrityError
 from tortoise.transactions import in_transaction
 
 from handlers.cases.lifecycle import STATUS_LABELS
-from handlers.catalog import CatalogueReader
+from handlers.catalog.reader import CatalogueReader
+from handlers.catalog.search import SearchIndex
 from handlers.numbers import next_number
 from storage.crypto import FieldCipher
 from storage.models import Case, Follower, Ticket, User
@@ -73,8 +74,6 @@ class FAQ:
     """Questions the bot answers directly, ranked by the catalogue search engine."""
 
     def __init__(self, entries: list[dict]):
-        from handlers.search import SearchIndex
-
         self.answers = {e["code"]: e["answer"] for e in entries}
         self.index = SearchIndex.build(
             [

@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import base64
+import dataclasses
 
 from pydantic import BaseModel, Field
 from sanic import Blueprint, Request
 from sanic.response import HTTPResponse, json
 
-from core.errors import NotFound, ValidationFailed
+from container import Services
 from core.http import query_args
 from core.openapi import document
 from miniprogram_api.deps import citizen
 
 bp = Blueprint("mp_services", url_prefix="/api/v1/services")
-
-FLAGS = {"fully_online", "max_one_trip"}
 
 
 class ListQuery(BaseModel):
@@ -64,20 +62,6 @@ class SearchResult(BaseModel):
     items: list[SearchHit]
 
 
-def _cursor(code: str) -> str:
-    return base64.urlsafe_b64encode(code.encode()).decode().rstrip("=")
-
-
-def _after(cursor: str) -> str:
-    try:
-        after = base64.b64decode(cursor + "=" * (-len(cursor) % 4), altchars=b"-_", validate=True).decode()
-    except (ValueError, UnicodeDecodeError):
-        after = ""
-    if not after:
-        raise ValidationFailed({"cursor": "分页参数无效，请从第一页重新加载"})
-    return after
-
-
 @bp.get("/")
 @document(
     summary="Browse services (filters, keyset pagination)", tag="services", response=ServicePage, errors=(401, 422)
@@ -85,21 +69,7 @@ def _after(cursor: str) -> str:
 @citizen
 async def list_services(request: Request) -> HTTPResponse:
     query = query_args(request, ListQuery)
-    if query.flag and query.flag not in FLAGS:
-        raise ValidationFailed({"flag": "可选值为 fully_online 或 max_one_trip"})
-    items = await request.app.ctx.catalogue.summaries()
-    if query.department:
-        items = [i for i in items if i["department_code"] == query.department]
-    if query.theme:
-        items = [i for i in items if query.theme in i["themes"]]
-    if query.flag:
-        items = [i for i in items if i["flags"].get(query.flag)]
-    if query.cursor:
-        after = _after(query.cursor)
-        items = [i for i in items if i["code"] > after]  # summaries are in code order
-    page = items[: query.limit]
-    next_cursor = _cursor(page[-1]["code"]) if len(items) > query.limit else None
-    return json({"items": page, "next_cursor": next_cursor})
+    return json(await Services.of(request).catalogue.browse(**query.model_dump()))
 
 
 @bp.get("/search")
@@ -107,16 +77,12 @@ async def list_services(request: Request) -> HTTPResponse:
 @citizen
 async def search(request: Request) -> HTTPResponse:
     query = query_args(request, SearchQuery)
-    index = await request.app.ctx.catalogue.search_index()
-    hits = [h for h in index.search(query.q, limit=query.limit) if h.score >= index.MIN_SCORE]
-    return json({"items": [{"code": h.code, "name": h.name, "score": h.score, "reason": h.reason} for h in hits]})
+    hits = await Services.of(request).catalogue.search(query=query.q, limit=query.limit)
+    return json({"items": [dataclasses.asdict(hit) for hit in hits]})
 
 
 @bp.get("/<code:str>")
 @document(summary="The full guide of a service (一次性告知)", tag="services", errors=(401, 404))
 @citizen
 async def guide(request: Request, code: str) -> HTTPResponse:
-    found = await request.app.ctx.catalogue.guide(code)
-    if found is None:
-        raise NotFound("该事项不存在或已下线", code="service_not_found")
-    return json(found)
+    return json(await Services.of(request).catalogue.require_guide(code=code))

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
 import yaml
 
-from handlers.catalog import DEMO_CATALOGUE
+from core.errors import ValidationFailed
+from handlers.catalog.publish import DEMO_CATALOGUE
+from handlers.catalog.reader import CatalogueReader, summary
+from handlers.catalog.schema import item_content, parse_catalogue
 from tests.conftest import TEST_DATABASE_URL, TEST_REDIS_URL
 from tests.test_identity import auth, login
 
@@ -44,6 +48,36 @@ def test_browse_with_filters_and_keyset_pages(server, wechat_sim):
         bad_flag = c.get("/api/v1/services", params={"flag": "cheap"})
         assert bad_flag.status_code == 422 and set(bad_flag.json()["details"]["fields"]) == {"flag"}
         assert c.get("/api/v1/services", params={"cursor": "%%%"}).status_code == 422
+
+
+class ListedReader(CatalogueReader):
+    """The reader over the demo's list entries, without Redis or a database."""
+
+    def __init__(self):
+        super().__init__(redis=None, keys=None)
+        catalogue = parse_catalogue(DEMO_CATALOGUE.read_text(encoding="utf-8"))
+        self.entries = sorted((summary(item_content(catalogue, i)) for i in catalogue.items), key=lambda e: e["code"])
+
+    async def summaries(self) -> list[dict]:
+        return self.entries
+
+
+async def test_browse_filters_and_pages_without_a_server():
+    reader = ListedReader()
+    seen, cursor = [], None
+    while True:
+        page = await reader.browse(cursor=cursor, limit=3)
+        seen += [e["code"] for e in page["items"]]
+        if (cursor := page["next_cursor"]) is None:
+            break
+    assert seen == sorted(i["code"] for i in DEMO["items"])
+    both = await reader.browse(theme="identity", flag="fully_online", limit=100)
+    expected = {i["name"] for i in DEMO["items"] if "identity" in i["themes"] and i["flags"]["fully_online"]}
+    assert expected and {e["name"] for e in both["items"]} == expected
+    for bad, field in [({"flag": "cheap"}, "flag"), ({"cursor": "%%%"}, "cursor")]:
+        with pytest.raises(ValidationFailed) as caught:
+            await reader.browse(**bad)
+        assert set(caught.value.fields) == {field}
 
 
 def test_full_guide(server, wechat_sim):

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import pickle
+
+import pytest
 import yaml
 
-from handlers.catalog import DEMO_CATALOGUE
+from core.errors import Unprocessable
+from handlers.catalog.publish import DEMO_CATALOGUE
+from handlers.catalog.schema import CatalogueError, parse_catalogue
 from tests.conftest import base_env, run_cli
 
 
@@ -30,6 +35,23 @@ def test_broken_catalogue_lists_every_problem_and_changes_nothing(databases, tmp
     assert "items.2.department: unknown department 'nowhere'" in err
     assert "items.4.code: duplicate of items.3.code" in err
     assert db.query("SELECT count(*) FROM service_items") == [(0,)]
+
+
+def test_the_error_is_a_domain_error_with_every_problem():
+    """Without a database: what a console upload would show, and it survives a process pool."""
+    data = yaml.safe_load(DEMO_CATALOGUE.read_text(encoding="utf-8"))
+    data["items"][0]["fee"] = {"kind": "fixed"}
+    data["items"][2]["department"] = "nowhere"
+    with pytest.raises(CatalogueError) as caught:
+        parse_catalogue(yaml.safe_dump(data, allow_unicode=True))
+    error = caught.value
+    assert isinstance(error, Unprocessable) and error.code == "catalogue_invalid"
+    assert error.problems == [
+        "items.0.fee: fixed fee needs amount_fen (integer fen)",
+        "items.2.department: unknown department 'nowhere'",
+    ]
+    assert error.body()["details"] == {"problems": error.problems}
+    assert pickle.loads(pickle.dumps(error)).problems == error.problems
 
 
 def test_changed_item_becomes_a_new_version(databases, tmp_path):

@@ -1,6 +1,7 @@
 """Catalogue search: finds service items from what a citizen types ("身份证过期了怎么办").
 
-Shared by the mini-program API and the official-account bot::
+An engine: it knows nothing of the catalogue's files or tables. The catalogue reader hands it the
+published items, and the bot its FAQ entries, as plain dicts::
 
     index = SearchIndex.build(items, synonyms)      # items: Item.model_dump(mode="json") + department_name
     hits = index.search("身份证过期了怎么办")         # [Hit(code, name, score, reason)], best first
@@ -53,11 +54,10 @@ import threading
 import unicodedata
 from collections import Counter, defaultdict
 from dataclasses import dataclass
-from pathlib import Path
 
 import jieba
 
-__all__ = ["Hit", "SearchIndex", "build_from_catalogue_file", "tokenize"]
+__all__ = ["Hit", "SearchIndex", "tokenize"]
 
 K1, B = 1.5, 0.75
 SYNONYM_WEIGHT = 0.8
@@ -399,17 +399,3 @@ class SearchIndex:
         if near:
             reason += ("；" if reason else "") + f"相近：{'、'.join(near)}"
         return reason
-
-
-def build_from_catalogue_file(path: str | Path) -> SearchIndex:
-    """The search index of the catalogue YAML at `path` (validated with `parse_catalogue`)."""
-    from handlers.catalog import parse_catalogue
-
-    catalogue = parse_catalogue(Path(path).read_text(encoding="utf-8"))
-    departments = {d.code: d.name for d in catalogue.departments}
-    items = []
-    for item in catalogue.items:
-        content = item.model_dump(mode="json")
-        content["department_name"] = departments.get(item.department, "")
-        items.append(content)
-    return SearchIndex.build(items, catalogue.synonyms)
