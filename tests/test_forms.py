@@ -278,6 +278,18 @@ def test_five_mistakes_give_five_problems_in_form_order(move):
         ),
         ("address", {"region_code": "510502", "detail": "1号"}, "too_short", "“迁入地址”的详细地址至少需要填写5个字"),
         ("address", "江阳区大山坪1号", "invalid_type", "“迁入地址”的填写格式不正确，请重新填写"),
+        (
+            "address",
+            {"region_code": 510502, "detail": "江阳区大山坪1号"},
+            "invalid_type",
+            "“迁入地址”的填写格式不正确，请重新填写",
+        ),
+        (
+            "address",
+            {"region_code": "510502", "detail": ["江阳区"]},
+            "invalid_type",
+            "“迁入地址”的填写格式不正确，请重新填写",
+        ),
         ("name", "张" * 31, "too_long", "“姓名”最多30个字，您填写了31个字"),
         ("spouse_id_number", "1234", "invalid_id_number", "“配偶身份证号码”：身份证号码应为18位，您输入了4位"),
         ("id_number", "1101051949123100٢X", "invalid_id_number", "身份证号码前17位应为数字，最后一位为数字或X"),
@@ -304,6 +316,46 @@ def test_valid_or_empty_optional_values_pass(move, optional):
 def test_numbers_may_arrive_as_strings(move):
     assert review_form(move, {"applicant": good_applicant(rooms="3")}) == []
     assert review_form(move, {"applicant": good_applicant(rooms="30")})[0].code == "out_of_range"
+
+
+BUSINESS = {
+    "steps": [
+        {
+            "key": "business",
+            "title": "经营信息",
+            "fields": [
+                {"key": "scope", "label": "经营范围", "type": "textarea"},
+                {
+                    "key": "kinds",
+                    "label": "经营类别",
+                    "type": "multiselect",
+                    "options": [{"value": "food", "label": "餐饮"}, {"value": "retail", "label": "零售"}],
+                },
+                {"key": "uscc", "label": "统一社会信用代码", "type": "uscc"},
+                {"key": "capital", "label": "资金数额", "type": "number", "min": 0.5, "max": 100.0},
+            ],
+        }
+    ],
+}
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "code", "message"),
+    [
+        ("scope", "经" * 2001, "too_long", "“经营范围”最多2000个字，您填写了2001个字"),  # textarea's default limit
+        ("scope", 5, "invalid_type", "“经营范围”的填写格式不正确，请重新填写"),
+        ("kinds", ["food", "other"], "not_an_option", "“经营类别”中有无效的选项，请重新选择"),
+        ("kinds", "food", "invalid_type", "“经营类别”的填写格式不正确，请重新填写"),
+        ("uscc", uscc()[:17] + "0", "invalid_uscc", "统一社会信用代码校验位错误，请核对最后一位"),
+        ("uscc", 92510502, "invalid_type", "“统一社会信用代码”的填写格式不正确，请重新填写"),
+        ("capital", 100.5, "out_of_range", "“资金数额”不能大于100"),
+    ],
+)
+def test_more_field_problems(field, value, code, message):
+    form = FormDef.model_validate(BUSINESS)
+    assert review_form(form, {"business": {field: value}}) == [Problem(f"business.{field}", code, message)]
+    valid = {"scope": "经" * 2000, "kinds": ["food", "retail"], "uscc": uscc(), "capital": 100}
+    assert review_form(form, {"business": valid}) == []
 
 
 def test_wrong_shapes_are_invalid_type_not_crashes(move):
