@@ -208,7 +208,7 @@ def complete_data(form, content: dict, people: People, material_ids: dict[str, l
     naming the applicant and the spouse). Hidden fields are dropped; the applicant's materials are
     attached. Prefilled fields (name, ID number, sex, birth date) get the values the server
     prefills from the declared identity."""
-    from handlers.forms import visible_paths
+    from handlers.forms.review import visible_paths
 
     a = people.applicant_id
     chosen: dict[str, Any] = {
@@ -383,7 +383,7 @@ def prepare(
     """The citizens, the checks that every target answers what it should, and the two drafts."""
     import httpx
 
-    from handlers.forms import FormDef
+    from handlers.forms.definitions import FormDef
 
     citizen = make_l3(server, sim, people)
     newcomer = sign_in(server, sim)
@@ -568,7 +568,8 @@ def time_call(fn, iterations: int) -> tuple[float, float, float]:
 
 
 def measure_in_process(content: dict, data_sets: dict[str, dict], args: argparse.Namespace) -> list[Timing]:
-    from handlers.forms import FormDef, review_form
+    from handlers.forms.definitions import FormDef
+    from handlers.forms.review import review_form
 
     raw_form = content["form"]
     form = FormDef.model_validate(raw_form)
@@ -631,7 +632,7 @@ def section(
     machine: str,
     when: str,
 ) -> str:
-    from handlers.forms import visible_paths
+    from handlers.forms.review import visible_paths
 
     url = f"http://{HOST}:PORT"
     header = "Authorization: Bearer TOKEN"
@@ -852,7 +853,7 @@ def main(argv: list[str] | None = None) -> int:
     code = item_code()
     content = item_content(code)
     _import_app()
-    from handlers.forms import FormDef
+    from handlers.forms.definitions import FormDef
 
     form = FormDef.model_validate(content["form"])
     print(

@@ -23,7 +23,8 @@ from core.errors import Conflict, Gone, NotFound, Unprocessable
 from core.kicks import Kicks
 from handlers.auth import IDENTITY_LEVELS, LEVEL_NAMES
 from handlers.cases.outbox import enqueue_delivery
-from handlers.forms import FormDef, Problem, prefill_sources, review_form
+from handlers.forms.definitions import FormDef
+from handlers.forms.review import Problem, prefill_sources, review_form
 from handlers.materials.service import lock_for_case, review_attached
 from handlers.numbers import next_number
 from storage.crypto import FieldCipher

@@ -12,18 +12,10 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from core.cn_ids import id_check_char, uscc_check_char
-from handlers.catalog import DEMO_CATALOGUE
-from handlers.forms import (
-    PROBLEM_CODES,
-    ExpressionError,
-    FormDef,
-    Problem,
-    compile_expression,
-    evaluate,
-    prefill_sources,
-    review_form,
-    visible_paths,
-)
+from handlers.catalog.publish import DEMO_CATALOGUE
+from handlers.forms.definitions import FormDef
+from handlers.forms.expressions import ExpressionError, compile_expression
+from handlers.forms.review import PROBLEM_CODES, Problem, evaluate, prefill_sources, review_form, visible_paths
 
 TODAY = date.today()
 PREFILL_SOURCES = {

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from handlers.catalog import DEMO_CATALOGUE
+from handlers.catalog.publish import DEMO_CATALOGUE
 from tests.conftest import backends, base_env, run_cli
 
 TABLES = {

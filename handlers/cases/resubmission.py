@@ -13,7 +13,7 @@ from handlers.cases.access import my_case
 from handlers.cases.lifecycle import IllegalTransition, S, transition
 from handlers.cases.views import correction_request, view_mine
 from handlers.drafts import SNAPSHOT_COLUMN, Application, ReviewFailed, review, set_path
-from handlers.forms import Problem
+from handlers.forms.review import Problem
 from handlers.materials.service import lock_for_case, review_attached
 from storage.crypto import FieldCipher
 from storage.models import ActorType, Case, CaseEvent, Outbox, User

@@ -14,7 +14,7 @@ from pydantic import Field, ValidationError, model_validator
 
 from core.errors import Unprocessable
 from core.schema import Frozen
-from handlers.forms import FormDef
+from handlers.forms.definitions import FormDef
 from storage.models import IdentityLevel
 
 
