@@ -36,7 +36,6 @@ from miniprogram_api import materials as mp_materials
 from miniprogram_api import services as mp_services
 from ops import health
 from storage.db import close_db, init_db
-from storage.redis import Keys
 from wechat.apps import SIM_APPS, WECHAT_SIM_PREFIX
 from wechat.simulator import SimState, simulator_blueprint
 
@@ -74,8 +73,6 @@ def create_app(settings: Settings) -> Sanic:
         '`{"code", "message", "details"}`; every response carries `X-Request-ID`.'
     )
     Extend(app)
-    app.ctx.settings = settings
-    app.ctx.keys = Keys(settings.REDIS_KEY_PREFIX)
 
     http.install(app)
     for bp in BLUEPRINTS:
@@ -88,7 +85,6 @@ def create_app(settings: Settings) -> Sanic:
         services = Services(settings, kicks=BrokerKicks())
         await services.start()
         app.ctx.services = services
-        _legacy_ctx(app, services)
         app.ctx.oa_crypto = oa_crypto(settings)
         app.ctx.bot_tasks = set()
         # The in-memory broker runs jobs in this process, with these same services.
@@ -126,16 +122,6 @@ def create_app(settings: Settings) -> Sanic:
             await close_db()
 
     return app
-
-
-def _legacy_ctx(app: Sanic, services: Services) -> None:
-    # Transitional: routes not yet moved to `Services.of(request)` read these names.
-    for name in (
-        "redis", "http", "cipher", "tokens", "limiter", "wechat_mp", "catalogue", "oa", "platform",
-        "platform_verifier", "bot", "drafts", "file_store", "materials",
-    ):  # fmt: skip
-        setattr(app.ctx, name, getattr(services, name))
-    app.ctx.media_pipeline = services.pipeline
 
 
 def _mount_simulators(app: Sanic, settings: Settings) -> None:

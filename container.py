@@ -121,7 +121,7 @@ class Services:
 
     @cached_property
     def pipeline(self) -> Pipeline:
-        return Pipeline()
+        return Pipeline(workers=self.settings.UPLOAD_WORKERS, queue=self.settings.UPLOAD_QUEUE)
 
     @cached_property
     def file_store(self) -> FileStore:

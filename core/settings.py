@@ -139,6 +139,9 @@ class Settings(BaseSettings):
     REDIS_KEY_PREFIX: str = Field("zb:", min_length=1, max_length=64)
     ACCESS_TOKEN_TTL: int = Field(900, ge=1, le=86400)
     DRAFT_TTL_DAYS: int = Field(30, ge=1, le=365)
+    # Uploads processed at once per server worker, and how many more may wait; beyond that `503 busy`.
+    UPLOAD_WORKERS: int = Field(2, ge=1, le=32)
+    UPLOAD_QUEUE: int = Field(4, ge=0, le=256)
     # How long the official-account callback may work before answering `success` (WeChat waits 5 s).
     BOT_DEADLINE_S: float = Field(4.0, gt=0, le=4.5)
     # Overrides of the abuse limits, e.g. "login.ip=120/minute,declare.user=5/hour".

@@ -15,6 +15,7 @@ from PIL import Image
 from core.errors import Forbidden, NotFound
 from handlers.materials.links import PLATFORM_VIEWER, file_url, verify
 from handlers.materials.service import IMAGE_LIMIT, PDF_LIMIT, limit_for
+from tests.conftest import make_server
 from tests.test_drafts import RENEWAL, new_draft, renewal_answers
 from tests.test_identity import auth, id_number, login, to_l3
 
@@ -250,7 +251,19 @@ def test_a_fake_material_id_in_a_draft_is_a_review_problem(server, wechat_sim):
     assert [(p["path"], p["code"]) for p in problems] == [("materials.photo", "material_not_found")]
 
 
-def test_saturation_answers_503_and_loses_nothing(server, owner):
+@pytest.fixture(scope="module")
+def one_at_a_time(tmp_path_factory, databases, wechat_sim):
+    """A server that processes one upload at a time and queues none, so concurrent uploads
+    saturate it whatever the machine's load."""
+    srv, _ = make_server(tmp_path_factory, databases, wechat_sim, "oneupload", UPLOAD_WORKERS="1", UPLOAD_QUEUE="0")
+    assert srv.cli("load-demo").returncode == 0
+    yield srv
+    srv.stop()
+
+
+def test_saturation_answers_503_and_loses_nothing(one_at_a_time, wechat_sim):
+    server = one_at_a_time
+    owner = login(server, wechat_sim)[0]
     big = [jpeg(4000, 3000, (i * 20 % 255, 90, 120), quality=95) for i in range(14)]
     with ThreadPoolExecutor(14) as pool:
         responses = list(pool.map(lambda d: upload(server, owner, d, kind="big"), big))
