@@ -47,7 +47,7 @@ async def verify(request: Request) -> HTTPResponse:
         )
     except CallbackRejected as exc:
         log.warning("official-account URL verification refused: %s", exc)
-        raise Forbidden("签名校验失败", code="signature_invalid") from None
+        raise Forbidden("签名校验失败", code="oa_signature_invalid") from None
     return text(echo)
 
 
@@ -67,7 +67,7 @@ async def receive(request: Request) -> HTTPResponse:
         )
     except CallbackRejected as exc:
         log.warning("official-account callback refused: %s", exc)
-        raise Forbidden("签名校验失败", code="signature_invalid") from None
+        raise Forbidden("签名校验失败", code="oa_signature_invalid") from None
     try:
         message = parse(plain, limit=BODY_LIMIT)
     except BadMessage as exc:

@@ -75,9 +75,9 @@ class _ResponseTimeout(errors.DomainError):
 STATUS.update({_Unexpected: 500, _RequestTimeout: 408, _ResponseTimeout: 503})
 
 
-def status_of(error: errors.DomainError) -> int:
-    """The HTTP status of `error`: its nearest kind in `STATUS`."""
-    for cls in type(error).__mro__:
+def status_of(error: errors.DomainError | type[errors.DomainError]) -> int:
+    """The HTTP status of `error` (or of its class): its nearest kind in `STATUS`."""
+    for cls in (error if isinstance(error, type) else type(error)).__mro__:
         if cls in STATUS:
             return STATUS[cls]
     return 400

@@ -5,17 +5,15 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from core.errors import BadRequest, Conflict, DomainError, Forbidden, Unavailable, UpstreamError
+from core.errors import BadRequest, DomainError, Forbidden, Unavailable, UpstreamError
 from wechat.client import WeChatError, WeChatUnavailable
 
-# errcode -> (kind, our code, Chinese message)
+# errcode -> (kind, our code, Chinese message), for the calls a citizen waits on (sign-in, face
+# check, phone); pushes and the bot read WeChat's errcodes themselves.
 WECHAT_ERRORS: dict[int, tuple[type[DomainError], str, str]] = {
     40029: (BadRequest, "wechat_code_invalid", "微信登录凭证无效，请重新进入小程序"),
     40163: (BadRequest, "wechat_code_used", "微信登录凭证已被使用，请重新进入小程序"),
     40226: (Forbidden, "wechat_user_blocked", "该微信账号存在风险，暂不能登录"),
-    43101: (Conflict, "subscription_refused", "用户未订阅该消息"),
-    43004: (Conflict, "follower_unsubscribed", "用户已取消关注公众号"),
-    45015: (Conflict, "outside_service_window", "已超过48小时客服消息时限"),
     45009: (Unavailable, "wechat_quota_exceeded", "微信接口调用次数已达上限，请稍后再试"),
     40013: (UpstreamError, "wechat_misconfigured", "微信服务配置有误，请联系管理员"),
     40125: (UpstreamError, "wechat_misconfigured", "微信服务配置有误，请联系管理员"),
