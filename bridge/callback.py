@@ -12,7 +12,7 @@ import json as json_module
 import logging
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, ValidationError, model_validator
 from sanic import Blueprint, Request
 from sanic.response import HTTPResponse, json
 
@@ -20,6 +20,7 @@ from bridge.signing import SignatureRejected, nonce_of
 from container import Services
 from core.errors import BadRequest, NotFound, Unauthenticated, ValidationFailed
 from core.http import field_errors, validate
+from core.schema import StrictOpen
 from handlers.cases.platform_events import apply_platform_event
 
 log = logging.getLogger("zhangban.bridge")
@@ -45,11 +46,7 @@ class Callback(BaseModel):
     data: dict = Field(default_factory=dict)
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="allow", strict=True)
-
-
-class CorrectionData(_Strict):
+class CorrectionData(StrictOpen):
     fields: list[Annotated[str, Field(min_length=1, max_length=128)]] = Field(default_factory=list, max_length=100)
     materials: list[Annotated[str, Field(min_length=1, max_length=64)]] = Field(default_factory=list, max_length=50)
     reason: str = Field("", max_length=500)
@@ -61,15 +58,15 @@ class CorrectionData(_Strict):
         return self
 
 
-class FeeData(_Strict):
+class FeeData(StrictOpen):
     amount_fen: int = Field(ge=0, le=100_000_000)
 
 
-class RejectionData(_Strict):
+class RejectionData(StrictOpen):
     reason: str = Field(min_length=1, max_length=500)
 
 
-class ResultData(_Strict):
+class ResultData(StrictOpen):
     kind: Literal["electronic", "mail"]
     licence_no: str | None = Field(None, min_length=1, max_length=64)
     tracking_no: str | None = Field(None, min_length=1, max_length=64)

@@ -6,9 +6,9 @@ from pydantic import BaseModel, Field
 from sanic import Blueprint, Request
 from sanic.response import HTTPResponse, json
 
-from console.deps import COOKIE, client_ip, official
+from console.deps import COOKIE, official
 from container import Services
-from core.http import json_body, request_id
+from core.http import client_ip, json_body, request_id
 from core.openapi import document
 from handlers import officials
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from sanic import Blueprint, Request
 from sanic.response import HTTPResponse, json, raw
 
-from console.deps import client_ip, official
+from console.deps import official
 from container import Services
-from core.http import request_id
+from core.http import client_ip, request_id
 from core.openapi import document
 from handlers.cases.views import pushes_for_official
 from handlers.materials.service import official_copy

@@ -16,11 +16,6 @@ CSRF_HEADER = "X-CSRF-Token"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
-def client_ip(request: Request) -> str:
-    """The caller's address: the proxy-forwarded one when Sanic trusts the proxy, else the peer's."""
-    return request.remote_addr or request.ip
-
-
 async def current_session(request: Request) -> officials.ConsoleSession:
     """The signed-in official's session; a method that changes something must also echo the CSRF token."""
     session = await officials.session_for(

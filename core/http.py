@@ -94,6 +94,11 @@ def headers_of(error: errors.DomainError) -> dict[str, str]:
     return headers
 
 
+def client_ip(request: Request) -> str:
+    """The caller's address: the proxy-forwarded one when Sanic trusts the proxy, else the peer's."""
+    return request.remote_addr or request.ip
+
+
 def request_id(request: Request) -> str:
     """The id of this request: the client's `X-Request-ID` if it is sane, else a new one."""
     rid = getattr(request.ctx, "request_id", None)

@@ -11,6 +11,12 @@ class Frozen(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class StrictOpen(BaseModel):
+    """No type coercion, but unknown fields are kept: a peer's messages may grow new fields."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+
 class Strict(Frozen):
     """As `Frozen`, and no type coercion: `"1"` is not an int, `1` is not a bool."""
 

@@ -28,8 +28,3 @@ def citizen(handler):
         return await handler(request, *args, **kwargs)
 
     return wrapper
-
-
-def client_ip(request: Request) -> str:
-    """The caller's address: the proxy-forwarded one when Sanic trusts the proxy, else the peer's."""
-    return request.remote_addr or request.ip

@@ -7,10 +7,10 @@ from sanic import Blueprint, Request
 from sanic.response import HTTPResponse, json
 
 from container import Services
-from core.http import json_body
+from core.http import client_ip, json_body
 from core.openapi import document
 from handlers import identity
-from miniprogram_api.deps import citizen, client_ip
+from miniprogram_api.deps import citizen
 
 bp = Blueprint("mp_identity", url_prefix="/api/v1")
 
