@@ -7,8 +7,17 @@ from datetime import date
 
 from handlers.cases import TRANSITIONS, add_working_days
 from storage.models import CaseStatus
-from tests.test_drafts import RENEWAL, new_draft, photo_id, renewal_answers
-from tests.test_identity import auth, id_number, login, to_l3
+from tests.helpers import (
+    RENEWAL,
+    auth,
+    id_number,
+    login,
+    new_draft,
+    photo_id,
+    renewal_answers,
+    submit_renewal,
+    to_l3,
+)
 
 S = CaseStatus
 
@@ -34,18 +43,6 @@ def test_working_days_skip_weekends():
     assert add_working_days(friday, 1) == date(2026, 11, 23)  # Monday
     assert add_working_days(friday, 5) == date(2026, 11, 27)
     assert add_working_days(friday, 0) == friday
-
-
-def submit_renewal(server, wechat_sim, name: str) -> tuple[dict, str]:
-    tokens = to_l3(server, wechat_sim, name, id_number())
-    with server.client(headers=auth(tokens)) as c:
-        draft = new_draft(c, service_code=RENEWAL)
-        answers = renewal_answers(photo_id(server, tokens))
-        answers["applicant"]["phone"] = "13722223333"
-        c.patch(f"/api/v1/drafts/{draft['id']}", json={"version": 1, "data": answers})
-        response = c.post(f"/api/v1/drafts/{draft['id']}/submit", headers={"Idempotency-Key": uuid.uuid4().hex})
-    assert response.status_code == 201, response.text
-    return tokens, response.json()["case_no"]
 
 
 def test_case_view_timeline_and_withdrawal(server, wechat_sim):

@@ -11,7 +11,12 @@ from contextlib import contextmanager
 import httpx
 
 from tests.conftest import base_env, run_cli, start_server, wechat_env
-from tests.test_identity import auth, id_number, login, to_l3
+from tests.helpers import (
+    auth,
+    id_number,
+    login,
+    to_l3,
+)
 
 
 def _official(server, *roles: str) -> tuple[str, str]:

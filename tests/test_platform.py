@@ -11,27 +11,16 @@ import pytest
 
 from bridge.signing import sign
 from tests.conftest import PLATFORM_KEY, PLATFORM_SECRET
-from tests.test_cases import submit_renewal
-from tests.test_identity import auth
+from tests.helpers import (
+    case_of,
+    submit_renewal,
+    wait_for,
+)
 
 
 @pytest.fixture(autouse=True)
 def catalogue(server):
     assert server.cli("load-demo").returncode == 0
-
-
-def wait_for(predicate, timeout: float = 40, interval: float = 0.25):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError("condition not met in time")
-
-
-def case_of(server, tokens, case_no) -> dict:
-    return httpx.get(f"{server.url}/api/v1/cases/{case_no}", headers=auth(tokens)).json()
 
 
 def post_callback(

@@ -28,10 +28,18 @@ from tests.conftest import (
     spawn,
     start_server,
 )
+from tests.helpers import (
+    RENEWAL,
+    auth,
+    case_of,
+    id_number,
+    new_draft,
+    photo_id,
+    renewal_answers,
+    to_l3,
+    wait_for,
+)
 from tests.oa_pusher import OA_APPID, event_message
-from tests.test_drafts import RENEWAL, new_draft, photo_id, renewal_answers
-from tests.test_identity import auth, id_number, to_l3
-from tests.test_platform import case_of, wait_for
 from wechat.simulator import WeChatError, _check_subscribe_data
 
 SUBSCRIBE_PATH = "/cgi-bin/message/subscribe/send"

@@ -57,9 +57,7 @@ def test_embedded_default_journey_progresses_and_pushes_within_a_minute(tmp_path
     import uuid
 
     from tests.conftest import WeChatSim
-    from tests.test_drafts import RENEWAL, new_draft, photo_id, renewal_answers
-    from tests.test_identity import auth, id_number, to_l3
-    from tests.test_platform import wait_for
+    from tests.helpers import RENEWAL, auth, id_number, new_draft, photo_id, renewal_answers, to_l3, wait_for
 
     port = free_port()
     env = base_env(PUSH_QUIET_HOURS="")  # whatever the hour the test runs at
