@@ -334,10 +334,10 @@ class WeChatSim(SimServer):
         return self.control("login-code", {"appid": SIM_MP_APPID, "openid": openid})["code"], openid
 
 
-@pytest.fixture(scope="session")
-def wechat_sim(tmp_path_factory) -> Iterator[WeChatSim]:
+def start_wechat_sim(log_dir: Path) -> WeChatSim:
+    """`python -m wechat.simulator` on a free port, once it answers (stop it with `.process.terminate()`)."""
     port = free_port()
-    log = open(tmp_path_factory.mktemp("wechat-sim") / "sim.log", "wb")
+    log = open(log_dir / "sim.log", "wb")
     proc = subprocess.Popen(
         [PYTHON, "-m", "wechat.simulator", "--host", "127.0.0.1", "--port", str(port)],
         cwd=ROOT,
@@ -355,9 +355,15 @@ def wechat_sim(tmp_path_factory) -> Iterator[WeChatSim]:
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise AssertionError(f"WeChat simulator did not start (exit {proc.poll()})") from None
             time.sleep(0.1)
+    return sim
+
+
+@pytest.fixture(scope="session")
+def wechat_sim(tmp_path_factory) -> Iterator[WeChatSim]:
+    sim = start_wechat_sim(tmp_path_factory.mktemp("wechat-sim"))
     yield sim
-    proc.terminate()
-    proc.wait(10)
+    sim.process.terminate()
+    sim.process.wait(10)
 
 
 # The official account's callback secrets, generated for this run.
