@@ -144,9 +144,9 @@ class Database:
         return asyncio.run(fetch())
 
 
-def backends() -> list[str]:
-    """The database kinds this run can test on: SQLite always, PostgreSQL when configured."""
-    return ["sqlite", "postgres"] if TEST_DATABASE_URL else ["sqlite"]
+def backends() -> list:
+    """The database kinds to parametrize over: SQLite, and PostgreSQL (marked `production`)."""
+    return ["sqlite", pytest.param("postgres", marks=pytest.mark.production)]
 
 
 class DatabaseFactory:
