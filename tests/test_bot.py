@@ -243,6 +243,7 @@ def test_voice_uses_recognition(oa, wechat_sim):
     assert reply.startswith("【公积金提取")
 
 
+@pytest.mark.slow
 def test_menu_push_reaches_wechat(server, wechat_sim, tmp_path):
     result = run_cli("menu", "push", env=server.env, cwd=tmp_path)
     assert result.returncode == 0, result.stderr

@@ -5,6 +5,8 @@ from __future__ import annotations
 import uuid
 from datetime import date
 
+import pytest
+
 from handlers.cases import TRANSITIONS, add_working_days
 from storage.models import CaseStatus
 from tests.helpers import (
@@ -45,6 +47,7 @@ def test_working_days_skip_weekends():
     assert add_working_days(friday, 0) == friday
 
 
+@pytest.mark.slow
 def test_case_view_timeline_and_withdrawal(server, wechat_sim):
     assert server.cli("load-demo").returncode == 0
     tokens, case_no = submit_renewal(server, wechat_sim, "朱二十")
@@ -72,6 +75,7 @@ def test_case_view_timeline_and_withdrawal(server, wechat_sim):
     assert [e[1] for e in events] in (["submitted", "withdrawn"], ["submitted", "delivered_to_platform", "withdrawn"])
 
 
+@pytest.mark.slow
 def test_another_users_case_is_404(server, wechat_sim):
     assert server.cli("load-demo").returncode == 0
     _, case_no = submit_renewal(server, wechat_sim, "秦二一")
@@ -82,6 +86,7 @@ def test_another_users_case_is_404(server, wechat_sim):
         assert c.get("/api/v1/cases").json()["items"] == []
 
 
+@pytest.mark.slow
 def test_keyset_pages_of_cases(server, wechat_sim):
     assert server.cli("load-demo").returncode == 0
     tokens = to_l3(server, wechat_sim, "尤二二", id_number())

@@ -69,6 +69,7 @@ def test_prefill_from_identity_and_profile(server, citizen):
     assert number.encode() not in bytes(raw)
 
 
+@pytest.mark.slow
 def test_review_lists_every_problem_at_once(server, wechat_sim):
     assert server.cli("load-demo").returncode == 0
     tokens, _ = login(server, wechat_sim)  # L1: no identity to prefill
@@ -97,6 +98,7 @@ def test_review_lists_every_problem_at_once(server, wechat_sim):
     assert "appointment.mail_address" not in problems  # hidden until delivery is 'mail'
 
 
+@pytest.mark.slow
 def test_hidden_field_becomes_required(server, wechat_sim):
     assert server.cli("load-demo").returncode == 0
     tokens = to_l3(server, wechat_sim, "宋一一", id_number())
@@ -289,6 +291,7 @@ def test_newborn_bundle_one_form_three_linked_cases(server, citizen):
     assert len(rows) == 3 and {r[0] for r in rows} == {body["bundle_no"]}
 
 
+@pytest.mark.slow
 def test_history_prefill_after_a_case(server, wechat_sim):
     """A second application for the same item starts from the answers of the first."""
     assert server.cli("load-demo").returncode == 0

@@ -300,6 +300,7 @@ def test_log_of_a_full_journey_holds_no_clear_id_or_phone(server, wechat_sim):
     assert tokens["access_token"] not in log and tokens["refresh_token"] not in log
 
 
+@pytest.mark.slow
 def test_token_refresh_storm_fetches_one_token(server, wechat_sim):
     """50 concurrent calls on an expired token, from 3 'processes' sharing Redis: one refresh."""
     from core.settings import load_settings
@@ -348,6 +349,7 @@ def test_token_refresh_storm_fetches_one_token(server, wechat_sim):
     assert asyncio.run(storm()) == 1
 
 
+@pytest.mark.slow
 def test_login_is_rate_limited_per_ip(tmp_path_factory, databases, wechat_sim):
     srv, _ = make_server(tmp_path_factory, databases, wechat_sim, "loginlimit", RATE_LIMITS="login.ip=3/minute")
     try:

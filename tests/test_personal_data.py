@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import httpx
+import pytest
 
 from tests.conftest import base_env, run_cli, start_server, wechat_env
 from tests.helpers import (
@@ -60,6 +61,7 @@ def test_official_read_needs_role_and_reason_and_is_audited(server, wechat_sim):
     assert rows[0][0] == str(official_id)
 
 
+@pytest.mark.slow
 def test_rotate_keys_reseals_every_row(tmp_path, databases, wechat_sim):
     old_key = base64.urlsafe_b64encode(secrets.token_bytes(32)).decode()
     new_key = base64.urlsafe_b64encode(secrets.token_bytes(32)).decode()

@@ -186,6 +186,7 @@ def test_subscription_results_are_validated_and_counted(server, wechat_sim):
     )
 
 
+@pytest.mark.slow
 def test_whole_journey_with_correction_pushes_every_step_once(server, wechat_sim, platform_sim):
     openid, _ = sim_user(wechat_sim)
     tokens = to_l3(server, wechat_sim, "韦三二", id_number(), openid)
