@@ -4,6 +4,17 @@ Backends come from the environment, so CI runs the same suite twice:
 - embedded default: nothing set; SQLite files in temporary folders, fakeredis inside the server;
 - production parts: TEST_DATABASE_URL=postgresql://... and TEST_REDIS_URL=redis://...;
   each run creates its own PostgreSQL databases and Redis key prefix and drops them after.
+
+Two tiers:
+- over HTTP (`server`, `client`, ...): a real server in a subprocess, for contracts, auth,
+  concurrency and crashes;
+- use cases (`db`, `redis`, `keys`, `cipher`): the ORM initialised in the test process on this
+  worker's own migrated database, for calling handlers directly on rows made by
+  `tests/factories.py`. Every table the test wrote is emptied after it (the demo catalogue,
+  loaded once, stays).
+
+Markers: `slow` (over about 3 s), `production` (needs PostgreSQL and Redis: skipped, and
+reported, when TEST_DATABASE_URL / TEST_REDIS_URL are not set).
 """
 
 from __future__ import annotations
@@ -72,6 +83,18 @@ def run_cli(*args: str, env: dict[str, str], cwd: Path, input: str | None = None
     )
 
 
+# -- markers -------------------------------------------------------------------------------
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    if TEST_DATABASE_URL and TEST_REDIS_URL:
+        return
+    skip = pytest.mark.skip(reason="production: needs PostgreSQL and Redis (set TEST_DATABASE_URL and TEST_REDIS_URL)")
+    for item in items:
+        if item.get_closest_marker("production"):
+            item.add_marker(skip)
+
+
 # -- databases -----------------------------------------------------------------------------
 
 
@@ -121,9 +144,9 @@ class Database:
         return asyncio.run(fetch())
 
 
-def backends() -> list[str]:
-    """The database kinds this run can test on: SQLite always, PostgreSQL when configured."""
-    return ["sqlite", "postgres"] if TEST_DATABASE_URL else ["sqlite"]
+def backends() -> list:
+    """The database kinds to parametrize over: SQLite, and PostgreSQL (marked `production`)."""
+    return ["sqlite", pytest.param("postgres", marks=pytest.mark.production)]
 
 
 class DatabaseFactory:
@@ -311,10 +334,10 @@ class WeChatSim(SimServer):
         return self.control("login-code", {"appid": SIM_MP_APPID, "openid": openid})["code"], openid
 
 
-@pytest.fixture(scope="session")
-def wechat_sim(tmp_path_factory) -> Iterator[WeChatSim]:
+def start_wechat_sim(log_dir: Path) -> WeChatSim:
+    """`python -m wechat.simulator` on a free port, once it answers (stop it with `.process.terminate()`)."""
     port = free_port()
-    log = open(tmp_path_factory.mktemp("wechat-sim") / "sim.log", "wb")
+    log = open(log_dir / "sim.log", "wb")
     proc = subprocess.Popen(
         [PYTHON, "-m", "wechat.simulator", "--host", "127.0.0.1", "--port", str(port)],
         cwd=ROOT,
@@ -332,9 +355,15 @@ def wechat_sim(tmp_path_factory) -> Iterator[WeChatSim]:
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise AssertionError(f"WeChat simulator did not start (exit {proc.poll()})") from None
             time.sleep(0.1)
+    return sim
+
+
+@pytest.fixture(scope="session")
+def wechat_sim(tmp_path_factory) -> Iterator[WeChatSim]:
+    sim = start_wechat_sim(tmp_path_factory.mktemp("wechat-sim"))
     yield sim
-    proc.terminate()
-    proc.wait(10)
+    sim.process.terminate()
+    sim.process.wait(10)
 
 
 # The official account's callback secrets, generated for this run.
@@ -472,3 +501,104 @@ def oa(server):
     from tests.oa_pusher import OAPusher
 
     return OAPusher(server.url + "/wechat/oa", token=OA_TOKEN, aes_key=OA_AES_KEY)
+
+
+# -- the use-case tier: the ORM in the test process ----------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def usecase_database(databases) -> Database:
+    """This worker's database for use-case tests (made here: creating one needs no running loop)."""
+    return databases.new("postgres" if TEST_DATABASE_URL else "sqlite")
+
+
+@pytest.fixture(scope="session")
+def usecase_redis_prefix() -> Iterator[str]:
+    prefix = f"zbt{RUN_ID}uc{_XDIST_WORKER}:"
+    yield prefix
+    if TEST_REDIS_URL:
+        _drop_redis_prefix(prefix)
+
+
+@pytest.fixture(scope="session")
+async def orm(usecase_database, usecase_redis_prefix):
+    """Tortoise on this worker's database, migrated as the app migrates it, with the demo catalogue."""
+    from core.settings import Settings
+    from handlers.catalog.publish import DEMO_CATALOGUE, load_catalogue_file
+    from storage.db import close_db, init_db, migrate
+    from tests.factories import KEY
+
+    settings = Settings(
+        _env_file=None,
+        DATABASE_URL=usecase_database.url,
+        REDIS_URL=TEST_REDIS_URL,
+        REDIS_KEY_PREFIX=usecase_redis_prefix,
+        SECRET_KEY=secrets.token_urlsafe(48),
+        # The key the factories seal personal data with.
+        FIELD_ENCRYPTION_KEY=base64.urlsafe_b64encode(KEY).decode(),
+    )
+    await migrate(settings)
+    await init_db(settings)
+    await load_catalogue_file(DEMO_CATALOGUE)
+    yield settings
+    await close_db()
+
+
+def _children_first(models: list) -> list:
+    """The models ordered so that every table comes before the tables it references."""
+    order: list = []
+
+    def visit(model, seen: frozenset = frozenset()) -> None:
+        if model in order or model in seen:
+            return
+        for other in models:
+            if any(other._meta.fields_map[f].related_model is model for f in other._meta.fk_fields):
+                visit(other, seen | {model})
+        order.append(model)
+
+    for model in models:
+        visit(model)
+    return order
+
+
+# Reference data loaded once per session: tests read it, none writes it.
+_KEPT_TABLES = {"service_items", "catalogue_state"}
+
+
+@pytest.fixture
+async def db(orm):
+    """The ORM for one use-case test; every other table is emptied after it."""
+    from tortoise import Tortoise
+    from tortoise.transactions import in_transaction
+
+    yield orm
+    models = [m for m in Tortoise.apps["models"].values() if m._meta.db_table not in _KEPT_TABLES]
+    async with in_transaction() as conn:
+        for model in _children_first(models):
+            await conn.execute_script(f'DELETE FROM "{model._meta.db_table}"')
+
+
+@pytest.fixture
+async def redis(orm):
+    """The Redis of this run (fakeredis, or TEST_REDIS_URL's server) for one test."""
+    from storage.redis import create_redis
+
+    client = create_redis(orm)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+def keys(orm):
+    """Redis keys under a prefix of this test's own (all of them dropped at the session's end)."""
+    from storage.redis import Keys
+
+    return Keys(f"{orm.REDIS_KEY_PREFIX}{secrets.token_hex(4)}:")
+
+
+@pytest.fixture
+def cipher():
+    """The field cipher the factories seal personal data with."""
+    from tests import factories
+
+    return factories.CIPHER

@@ -11,6 +11,16 @@ import httpx
 import pytest
 
 from tests.conftest import OA_AES_KEY, OA_TOKEN, SIM_MP_APPID, make_server, run_cli
+from tests.helpers import (
+    RENEWAL,
+    auth,
+    id_number,
+    login,
+    new_draft,
+    photo_id,
+    renewal_answers,
+    to_l3,
+)
 from tests.oa_pusher import (
     OA_APPID,
     OAPusher,
@@ -20,8 +30,6 @@ from tests.oa_pusher import (
     text_message,
     voice_message,
 )
-from tests.test_drafts import RENEWAL, new_draft, photo_id, renewal_answers
-from tests.test_identity import auth, id_number, login, to_l3
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -235,6 +243,7 @@ def test_voice_uses_recognition(oa, wechat_sim):
     assert reply.startswith("【公积金提取")
 
 
+@pytest.mark.slow
 def test_menu_push_reaches_wechat(server, wechat_sim, tmp_path):
     result = run_cli("menu", "push", env=server.env, cwd=tmp_path)
     assert result.returncode == 0, result.stderr

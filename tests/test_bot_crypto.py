@@ -726,6 +726,7 @@ def _expected_in_xml(s: str) -> str:
     return "".join(allowed).replace("\r\n", "\n").replace("\r", "\n")
 
 
+@pytest.mark.slow
 @settings(max_examples=100, deadline=None)
 @given(st.text(min_size=1, max_size=200).filter(lambda s: _expected_in_xml(s).strip()))
 def test_text_reply_survives_any_content(content: str):

@@ -5,11 +5,22 @@ from __future__ import annotations
 import uuid
 from datetime import date
 
+import pytest
+
 from core.china_time import add_working_days
 from handlers.cases.lifecycle import TRANSITIONS
 from storage.models import CaseStatus
-from tests.test_drafts import RENEWAL, new_draft, photo_id, renewal_answers
-from tests.test_identity import auth, id_number, login, to_l3
+from tests.helpers import (
+    RENEWAL,
+    auth,
+    id_number,
+    login,
+    new_draft,
+    photo_id,
+    renewal_answers,
+    submit_renewal,
+    to_l3,
+)
 
 S = CaseStatus
 
@@ -37,18 +48,7 @@ def test_working_days_skip_weekends():
     assert add_working_days(friday, 0) == friday
 
 
-def submit_renewal(server, wechat_sim, name: str) -> tuple[dict, str]:
-    tokens = to_l3(server, wechat_sim, name, id_number())
-    with server.client(headers=auth(tokens)) as c:
-        draft = new_draft(c, service_code=RENEWAL)
-        answers = renewal_answers(photo_id(server, tokens))
-        answers["applicant"]["phone"] = "13722223333"
-        c.patch(f"/api/v1/drafts/{draft['id']}", json={"version": 1, "data": answers})
-        response = c.post(f"/api/v1/drafts/{draft['id']}/submit", headers={"Idempotency-Key": uuid.uuid4().hex})
-    assert response.status_code == 201, response.text
-    return tokens, response.json()["case_no"]
-
-
+@pytest.mark.slow
 def test_case_view_timeline_and_withdrawal(server, wechat_sim):
     assert server.cli("load-demo").returncode == 0
     tokens, case_no = submit_renewal(server, wechat_sim, "朱二十")
@@ -76,6 +76,7 @@ def test_case_view_timeline_and_withdrawal(server, wechat_sim):
     assert [e[1] for e in events] in (["submitted", "withdrawn"], ["submitted", "delivered_to_platform", "withdrawn"])
 
 
+@pytest.mark.slow
 def test_another_users_case_is_404(server, wechat_sim):
     assert server.cli("load-demo").returncode == 0
     _, case_no = submit_renewal(server, wechat_sim, "秦二一")
@@ -86,6 +87,7 @@ def test_another_users_case_is_404(server, wechat_sim):
         assert c.get("/api/v1/cases").json()["items"] == []
 
 
+@pytest.mark.slow
 def test_keyset_pages_of_cases(server, wechat_sim):
     assert server.cli("load-demo").returncode == 0
     tokens = to_l3(server, wechat_sim, "尤二二", id_number())

@@ -9,8 +9,7 @@ from core.errors import ValidationFailed
 from handlers.catalog.publish import DEMO_CATALOGUE
 from handlers.catalog.reader import CatalogueReader, summary
 from handlers.catalog.schema import item_content, parse_catalogue
-from tests.conftest import TEST_DATABASE_URL, TEST_REDIS_URL
-from tests.test_identity import auth, login
+from tests.helpers import auth, login
 
 DEMO = yaml.safe_load(DEMO_CATALOGUE.read_text(encoding="utf-8"))
 BY_NAME = {item["name"]: item for item in DEMO["items"]}
@@ -128,7 +127,8 @@ def test_search_endpoint(server, wechat_sim):
         assert c.get("/api/v1/services/search").status_code == 422
 
 
-def _check_publish_invalidates(server, wechat_sim, tmp_path):
+@pytest.mark.production  # the CLI and the server share Redis only in production mode
+def test_publish_invalidates_the_cache_at_once(server, wechat_sim, tmp_path):
     _loaded(server)
     tokens, _ = login(server, wechat_sim)
     item = BY_NAME["公积金提取"]
@@ -147,7 +147,3 @@ def _check_publish_invalidates(server, wechat_sim, tmp_path):
             assert server.cli("load-demo").returncode == 0  # back to the demo (a new version again)
         restored = c.get(f"/api/v1/services/{item['code']}").json()
         assert restored["promised_days"] == item["promised_days"]
-
-
-if TEST_DATABASE_URL and TEST_REDIS_URL:  # the CLI and the server share Redis only in production mode
-    test_publish_invalidates_the_cache_at_once = _check_publish_invalidates

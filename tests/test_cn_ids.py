@@ -181,6 +181,7 @@ def test_generated_usccs_are_accepted(code):
     assert check_uscc(f" {code.lower()} ") == code
 
 
+@pytest.mark.slow
 @settings(max_examples=500)
 @given(usccs(), st.integers(min_value=0, max_value=17), st.characters(codec="utf-8"))
 def test_any_single_character_change_of_a_uscc_is_rejected(code, position, replacement):

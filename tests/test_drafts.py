@@ -5,20 +5,23 @@ from __future__ import annotations
 import random
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from datetime import date, timedelta
+from datetime import timedelta
 
 import httpx
 import pytest
-import yaml
 
-from handlers.catalog import DEMO_CATALOGUE
 from tests.conftest import SIM_MP_APPID
-from tests.test_identity import auth, id_number, login, to_l3
-
-DEMO = yaml.safe_load(DEMO_CATALOGUE.read_text(encoding="utf-8"))
-CODE = {item["name"]: item["code"] for item in DEMO["items"]}
-RENEWAL = CODE["居民身份证换领"]
-TODAY = date.today()
+from tests.helpers import (
+    RENEWAL,
+    TODAY,
+    auth,
+    id_number,
+    login,
+    new_draft,
+    photo_id,
+    renewal_answers,
+    to_l3,
+)
 
 
 @pytest.fixture(scope="module")
@@ -47,48 +50,6 @@ def citizen(server, wechat_sim):
     return tokens, "林小满", number, phone
 
 
-def photo_id(server, tokens: dict) -> str:
-    """A real uploaded photo of the citizen's, for the material slots."""
-    import io
-
-    from PIL import Image
-
-    image = Image.new("RGB", (900, 1200), (random.randint(0, 255), 150, 200))
-    for x in range(0, 900, 30):
-        for y in range(0, 1200, 30):
-            image.putpixel((x, y), (0, 0, 0))
-    out = io.BytesIO()
-    image.save(out, "JPEG", quality=90)
-    response = httpx.post(
-        server.url + "/api/v1/materials",
-        headers=auth(tokens),
-        data={"kind": "photo"},
-        files={"file": ("photo.jpg", out.getvalue(), "image/jpeg")},
-        timeout=30,
-    )
-    assert response.status_code == 201, response.text
-    return response.json()["id"]
-
-
-def renewal_answers(photo: str = "not-uploaded") -> dict:
-    return {
-        "applicant": {"old_expiry": (TODAY + timedelta(days=30)).isoformat()},
-        "appointment": {
-            "station": "jiangyang",
-            "date": (TODAY + timedelta(days=5)).isoformat(),
-            "period": "am",
-            "delivery": "pickup",
-        },
-        "materials": {"photo": [photo]},
-    }
-
-
-def new_draft(c: httpx.Client, **body) -> dict:
-    response = c.post("/api/v1/drafts", json=body)
-    assert response.status_code == 201, response.text
-    return response.json()
-
-
 def test_prefill_from_identity_and_profile(server, citizen):
     tokens, name, number, phone = citizen
     with server.client(headers=auth(tokens)) as c:
@@ -108,6 +69,7 @@ def test_prefill_from_identity_and_profile(server, citizen):
     assert number.encode() not in bytes(raw)
 
 
+@pytest.mark.slow
 def test_review_lists_every_problem_at_once(server, wechat_sim):
     assert server.cli("load-demo").returncode == 0
     tokens, _ = login(server, wechat_sim)  # L1: no identity to prefill
@@ -136,6 +98,7 @@ def test_review_lists_every_problem_at_once(server, wechat_sim):
     assert "appointment.mail_address" not in problems  # hidden until delivery is 'mail'
 
 
+@pytest.mark.slow
 def test_hidden_field_becomes_required(server, wechat_sim):
     assert server.cli("load-demo").returncode == 0
     tokens = to_l3(server, wechat_sim, "宋一一", id_number())
@@ -328,6 +291,7 @@ def test_newborn_bundle_one_form_three_linked_cases(server, citizen):
     assert len(rows) == 3 and {r[0] for r in rows} == {body["bundle_no"]}
 
 
+@pytest.mark.slow
 def test_history_prefill_after_a_case(server, wechat_sim):
     """A second application for the same item starts from the answers of the first."""
     assert server.cli("load-demo").returncode == 0

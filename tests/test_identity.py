@@ -10,40 +10,13 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from tests.conftest import SIM_MP_APPID, Server, WeChatSim, make_server
-
-
-def id_number(birth: str | None = None, region: str = "510502") -> str:
-    """A valid resident ID number (random birth date unless given), check digit computed here independently."""
-    if birth is None:
-        from datetime import date, timedelta
-
-        birth = (date(1950, 1, 1) + timedelta(days=random.randint(0, 18000))).strftime("%Y%m%d")
-    body = f"{region}{birth}{random.randint(0, 999):03d}"
-    weights = [2 ** (17 - i) % 11 for i in range(17)]
-    return body + "10X98765432"[sum(int(d) * w for d, w in zip(body, weights, strict=False)) % 11]
-
-
-def login(server: Server, sim: WeChatSim, openid: str | None = None) -> tuple[dict, str]:
-    code, openid = sim.login_code(openid)
-    response = httpx.post(server.url + "/api/v1/auth/login", json={"code": code})
-    assert response.status_code == 200, response.text
-    return response.json(), openid
-
-
-def auth(tokens: dict) -> dict:
-    return {"Authorization": f"Bearer {tokens['access_token']}"}
-
-
-def to_l3(server: Server, sim: WeChatSim, name: str, number: str, openid: str | None = None) -> dict:
-    tokens, _ = login(server, sim, openid)
-    with server.client(headers=auth(tokens)) as c:
-        assert c.post("/api/v1/identity/declare", json={"name": name, "id_number": number}).status_code == 200
-        verify_id = c.post("/api/v1/identity/face/start").json()["verify_id"]
-        sim.control("face/complete", {"verify_id": verify_id, "verify_ret": 10000})
-        finished = c.post("/api/v1/identity/face/finish", json={"verify_id": verify_id})
-        assert finished.status_code == 200, finished.text
-    return tokens
+from tests.conftest import SIM_MP_APPID, make_server
+from tests.helpers import (
+    auth,
+    id_number,
+    login,
+    to_l3,
+)
 
 
 def test_happy_path_to_l3(server, wechat_sim):
@@ -327,6 +300,7 @@ def test_log_of_a_full_journey_holds_no_clear_id_or_phone(server, wechat_sim):
     assert tokens["access_token"] not in log and tokens["refresh_token"] not in log
 
 
+@pytest.mark.slow
 def test_token_refresh_storm_fetches_one_token(server, wechat_sim):
     """50 concurrent calls on an expired token, from 3 'processes' sharing Redis: one refresh."""
     from core.settings import load_settings
@@ -375,6 +349,7 @@ def test_token_refresh_storm_fetches_one_token(server, wechat_sim):
     assert asyncio.run(storm()) == 1
 
 
+@pytest.mark.slow
 def test_login_is_rate_limited_per_ip(tmp_path_factory, databases, wechat_sim):
     srv, _ = make_server(tmp_path_factory, databases, wechat_sim, "loginlimit", RATE_LIMITS="login.ip=3/minute")
     try:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import time
 
-from tests.conftest import TEST_DATABASE_URL, TEST_REDIS_URL, production_env, run_cli
+import pytest
+
+from tests.conftest import production_env, run_cli
 
 
 def test_scheduled_heartbeat_reaches_a_worker(client):
@@ -20,7 +22,8 @@ def test_scheduled_heartbeat_reaches_a_worker(client):
     assert age is not None and 0 <= age < 60
 
 
-def _check_jobs_needs_a_running_worker(server, databases, tmp_path):
+@pytest.mark.production  # the Redis stream broker exists only in production mode
+def test_check_jobs_needs_a_running_worker(server, databases, tmp_path):
     # With the shared server's worker running, the probe job is done.
     ok = run_cli("check-jobs", env=server.env, cwd=tmp_path)
     assert ok.returncode == 0, ok.stdout + ok.stderr
@@ -30,7 +33,3 @@ def _check_jobs_needs_a_running_worker(server, databases, tmp_path):
     missed = run_cli("check-jobs", "--timeout", "2", env=lonely, cwd=tmp_path)
     assert missed.returncode == 1
     assert "no worker ran the probe job" in missed.stdout
-
-
-if TEST_REDIS_URL and TEST_DATABASE_URL:  # the Redis stream broker exists only in production mode
-    test_check_jobs_needs_a_running_worker = _check_jobs_needs_a_running_worker

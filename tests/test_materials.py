@@ -16,8 +16,7 @@ from core.errors import Forbidden, NotFound
 from handlers.materials.links import PLATFORM_VIEWER, file_url, verify
 from handlers.materials.service import IMAGE_LIMIT, PDF_LIMIT, limit_for
 from tests.conftest import make_server
-from tests.test_drafts import RENEWAL, new_draft, renewal_answers
-from tests.test_identity import auth, id_number, login, to_l3
+from tests.helpers import RENEWAL, auth, id_number, login, new_draft, renewal_answers, to_l3
 
 
 def jpeg(width=1600, height=1200, color=(30, 120, 200), exif: Image.Exif | None = None, quality=90) -> bytes:

@@ -50,6 +50,7 @@ def test_migrate_on_empty_database_then_again_does_nothing(kind, databases, tmp_
     assert _tables(db) == schema_after_first
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", backends())
 def test_demo_catalogue_loads_once(kind, databases, tmp_path):
     db = databases.new(kind)

@@ -9,9 +9,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import httpx
+import pytest
 
 from tests.conftest import base_env, run_cli, start_server, wechat_env
-from tests.test_identity import auth, id_number, login, to_l3
+from tests.helpers import (
+    auth,
+    id_number,
+    login,
+    to_l3,
+)
 
 
 def _official(server, *roles: str) -> tuple[str, str]:
@@ -55,6 +61,7 @@ def test_official_read_needs_role_and_reason_and_is_audited(server, wechat_sim):
     assert rows[0][0] == str(official_id)
 
 
+@pytest.mark.slow
 def test_rotate_keys_reseals_every_row(tmp_path, databases, wechat_sim):
     old_key = base64.urlsafe_b64encode(secrets.token_bytes(32)).decode()
     new_key = base64.urlsafe_b64encode(secrets.token_bytes(32)).decode()

@@ -29,10 +29,18 @@ from tests.conftest import (
     spawn,
     start_server,
 )
+from tests.helpers import (
+    RENEWAL,
+    auth,
+    case_of,
+    id_number,
+    new_draft,
+    photo_id,
+    renewal_answers,
+    to_l3,
+    wait_for,
+)
 from tests.oa_pusher import OA_APPID, event_message
-from tests.test_drafts import RENEWAL, new_draft, photo_id, renewal_answers
-from tests.test_identity import auth, id_number, to_l3
-from tests.test_platform import case_of, wait_for
 from wechat.simulator import WeChatError, _check_subscribe_data
 
 SUBSCRIBE_PATH = "/cgi-bin/message/subscribe/send"
@@ -179,6 +187,7 @@ def test_subscription_results_are_validated_and_counted(server, wechat_sim):
     )
 
 
+@pytest.mark.slow
 def test_whole_journey_with_correction_pushes_every_step_once(server, wechat_sim, platform_sim):
     openid, _ = sim_user(wechat_sim)
     tokens = to_l3(server, wechat_sim, "韦三二", id_number(), openid)
@@ -304,18 +313,6 @@ def test_43101_falls_through_to_the_official_accounts_template_message(server, w
     assert server.database.query(
         f"SELECT remaining FROM subscription_grants g JOIN users u ON u.id = g.user_id WHERE u.openid = '{openid}'"
     ) == [(0,)]
-
-
-def test_a_citizen_no_channel_reaches_still_gets_the_inbox(server, wechat_sim):
-    openid, _ = sim_user(wechat_sim, unionid=False)
-    tokens = to_l3(server, wechat_sim, "水三四", id_number(), openid)
-    case_no = submit(server, tokens)
-    wait_for(lambda: push_state(server, case_no, "delivered_to_platform") == ("inbox_only", "inbox"))
-    [(channel, result, _)] = attempts(server, case_no, "delivered_to_platform")
-    assert (channel, result) == ("inbox", "inbox_only")
-    assert messages_for(wechat_sim, case_no, openid) == []
-    inbox = httpx.get(f"{server.url}/api/v1/inbox", headers=auth(tokens)).json()
-    assert [(i["case_no"], i["kind"]) for i in inbox["items"]] == [(case_no, "delivered_to_platform")]
 
 
 def test_withdrawing_a_delivered_case_asks_the_platform(server, wechat_sim, platform_sim):
@@ -549,22 +546,3 @@ def test_the_overdue_sweep_marks_late_cases_and_tells_the_citizen_once(server, w
     assert case_of(server, tokens, case_no)["overdue"] is True
     inbox = httpx.get(f"{server.url}/api/v1/inbox", headers=auth(tokens)).json()
     assert [i["kind"] for i in inbox["items"] if i["case_no"] == case_no].count("overdue") == 1
-
-
-def test_a_busy_wechat_is_retried_later_and_the_grant_is_not_lost(server, wechat_sim):
-    openid, _ = sim_user(wechat_sim)
-    tokens = to_l3(server, wechat_sim, "鲁四一", id_number(), openid)
-    grant(server, wechat_sim, tokens, openid, 1)
-    # Busy for every try of the client's own quick retries: the push must come back later.
-    wechat_sim.control("fail", {"path": SUBSCRIBE_PATH, "errcode": -1, "times": 3})
-    case_no = submit(server, tokens)
-    wait_for(lambda: push_state(server, case_no, "delivered_to_platform") == ("sent", "subscribe"), timeout=60)
-    assert [a[:2] for a in attempts(server, case_no, "delivered_to_platform")] == [
-        ("subscribe", "transient"),
-        ("subscribe", "ok"),
-    ]
-    assert len(messages_for(wechat_sim, case_no, openid)) == 1
-    # The grant the busy try took was given back, and the successful one used it.
-    assert server.database.query(
-        f"SELECT remaining FROM subscription_grants g JOIN users u ON u.id = g.user_id WHERE u.openid = '{openid}'"
-    ) == [(0,)]

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import httpx
+import pytest
 
 from tests.conftest import ROOT, Server, base_env, free_port, spawn, wait_healthy
 
 
+@pytest.mark.slow
 def test_no_environment_at_all_serves_healthz_over_http(tmp_path):
     # No variables but PATH/HOME, no .env, a fresh folder: the embedded default must serve.
     port = free_port()
@@ -52,14 +54,13 @@ def test_help_lists_every_sub_command():
         assert command in out.stdout
 
 
+@pytest.mark.slow
 def test_embedded_default_journey_progresses_and_pushes_within_a_minute(tmp_path):
     """Nothing configured: the in-process platform moves the case and the in-process WeChat gets the pushes."""
     import uuid
 
     from tests.conftest import WeChatSim
-    from tests.test_drafts import RENEWAL, new_draft, photo_id, renewal_answers
-    from tests.test_identity import auth, id_number, to_l3
-    from tests.test_platform import wait_for
+    from tests.helpers import RENEWAL, auth, id_number, new_draft, photo_id, renewal_answers, to_l3, wait_for
 
     port = free_port()
     env = base_env(PUSH_QUIET_HOURS="")  # whatever the hour the test runs at

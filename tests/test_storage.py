@@ -26,7 +26,7 @@ def _settings(kind: str, monkeypatch, tmp_path):
     return load_settings(REDIS_URL=None)
 
 
-@pytest.mark.parametrize("kind", ["fakeredis", "redis"] if TEST_REDIS_URL else ["fakeredis"])
+@pytest.mark.parametrize("kind", ["fakeredis", pytest.param("redis", marks=pytest.mark.production)])
 async def test_lua_scripts_run(kind, monkeypatch, tmp_path):
     settings = _settings(kind, monkeypatch, tmp_path)
     redis = create_redis(settings)

@@ -1,0 +1,132 @@
+"""Helpers shared by test modules: citizens over HTTP, the demo catalogue's renewal item, waiting.
+
+Test modules import these from here, never from one another, so a test file can move or
+split without breaking the others.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+import uuid
+from datetime import date, timedelta
+
+import httpx
+import yaml
+
+from handlers.catalog.publish import DEMO_CATALOGUE
+from tests.conftest import Server, WeChatSim
+
+DEMO = yaml.safe_load(DEMO_CATALOGUE.read_text(encoding="utf-8"))
+CODE = {item["name"]: item["code"] for item in DEMO["items"]}
+RENEWAL = CODE["居民身份证换领"]
+TODAY = date.today()
+
+
+# -- identity -------------------------------------------------------------------------------
+
+
+def id_number(birth: str | None = None, region: str = "510502") -> str:
+    """A valid resident ID number (random birth date unless given), check digit computed here independently."""
+    if birth is None:
+        birth = (date(1950, 1, 1) + timedelta(days=random.randint(0, 18000))).strftime("%Y%m%d")
+    body = f"{region}{birth}{random.randint(0, 999):03d}"
+    weights = [2 ** (17 - i) % 11 for i in range(17)]
+    return body + "10X98765432"[sum(int(d) * w for d, w in zip(body, weights, strict=False)) % 11]
+
+
+def login(server: Server, sim: WeChatSim, openid: str | None = None) -> tuple[dict, str]:
+    code, openid = sim.login_code(openid)
+    response = httpx.post(server.url + "/api/v1/auth/login", json={"code": code})
+    assert response.status_code == 200, response.text
+    return response.json(), openid
+
+
+def auth(tokens: dict) -> dict:
+    return {"Authorization": f"Bearer {tokens['access_token']}"}
+
+
+def to_l3(server: Server, sim: WeChatSim, name: str, number: str, openid: str | None = None) -> dict:
+    tokens, _ = login(server, sim, openid)
+    with server.client(headers=auth(tokens)) as c:
+        assert c.post("/api/v1/identity/declare", json={"name": name, "id_number": number}).status_code == 200
+        verify_id = c.post("/api/v1/identity/face/start").json()["verify_id"]
+        sim.control("face/complete", {"verify_id": verify_id, "verify_ret": 10000})
+        finished = c.post("/api/v1/identity/face/finish", json={"verify_id": verify_id})
+        assert finished.status_code == 200, finished.text
+    return tokens
+
+
+# -- drafts and cases -----------------------------------------------------------------------
+
+
+def photo_id(server, tokens: dict) -> str:
+    """A real uploaded photo of the citizen's, for the material slots."""
+    import io
+
+    from PIL import Image
+
+    image = Image.new("RGB", (900, 1200), (random.randint(0, 255), 150, 200))
+    for x in range(0, 900, 30):
+        for y in range(0, 1200, 30):
+            image.putpixel((x, y), (0, 0, 0))
+    out = io.BytesIO()
+    image.save(out, "JPEG", quality=90)
+    response = httpx.post(
+        server.url + "/api/v1/materials",
+        headers=auth(tokens),
+        data={"kind": "photo"},
+        files={"file": ("photo.jpg", out.getvalue(), "image/jpeg")},
+        timeout=30,
+    )
+    assert response.status_code == 201, response.text
+    return response.json()["id"]
+
+
+def renewal_answers(photo: str = "not-uploaded") -> dict:
+    return {
+        "applicant": {"old_expiry": (TODAY + timedelta(days=30)).isoformat()},
+        "appointment": {
+            "station": "jiangyang",
+            "date": (TODAY + timedelta(days=5)).isoformat(),
+            "period": "am",
+            "delivery": "pickup",
+        },
+        "materials": {"photo": [photo]},
+    }
+
+
+def new_draft(c: httpx.Client, **body) -> dict:
+    response = c.post("/api/v1/drafts", json=body)
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+def submit_renewal(server, wechat_sim, name: str) -> tuple[dict, str]:
+    """A new L3 citizen's submitted ID-card renewal: (tokens, case_no)."""
+    tokens = to_l3(server, wechat_sim, name, id_number())
+    with server.client(headers=auth(tokens)) as c:
+        draft = new_draft(c, service_code=RENEWAL)
+        answers = renewal_answers(photo_id(server, tokens))
+        answers["applicant"]["phone"] = "13722223333"
+        c.patch(f"/api/v1/drafts/{draft['id']}", json={"version": 1, "data": answers})
+        response = c.post(f"/api/v1/drafts/{draft['id']}/submit", headers={"Idempotency-Key": uuid.uuid4().hex})
+    assert response.status_code == 201, response.text
+    return tokens, response.json()["case_no"]
+
+
+def case_of(server, tokens, case_no) -> dict:
+    return httpx.get(f"{server.url}/api/v1/cases/{case_no}", headers=auth(tokens)).json()
+
+
+# -- waiting --------------------------------------------------------------------------------
+
+
+def wait_for(predicate, timeout: float = 40, interval: float = 0.25):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError("condition not met in time")
