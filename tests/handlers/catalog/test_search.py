@@ -11,7 +11,6 @@ import json
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 
@@ -19,8 +18,7 @@ from handlers.catalog.publish import DEMO_CATALOGUE
 from handlers.catalog.reader import build_from_catalogue_file
 from handlers.catalog.schema import parse_catalogue
 from handlers.catalog.search import Hit, SearchIndex
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.conftest import ROOT
 
 # Birth questions: the demo has 出生医学证明; a birth-related item added later (新生儿入户,
 # 生育津贴 ...) is an acceptable answer too.

@@ -22,7 +22,6 @@ import time
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -30,9 +29,8 @@ import pytest
 
 from bridge import signing
 from bridge.signing import SignatureRejected, Verifier, dumps_body, nonce_of, sign
-from tests.conftest import free_port
+from tests.conftest import ROOT, free_port
 
-ROOT = Path(__file__).resolve().parent.parent
 APP_KEY = "zb_test_platform_app"
 SECRET = secrets.token_hex(24)
 STEP_DELAY_S = 0.05

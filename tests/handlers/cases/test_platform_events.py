@@ -1,7 +1,7 @@
 """Platform callbacks applied to cases (handlers.cases.platform_events.apply_platform_event), on factory rows.
 
 The HTTP side of callbacks (signatures, replays, validation, 20 concurrent duplicates) is in
-tests/test_platform.py; here, the ordering rules on the real database.
+tests/bridge/test_platform.py; here, the ordering rules on the real database.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Resubmission after a correction request (handlers.cases.resubmit), on factory rows.
 
 The whole journey over HTTP (the platform asks, the citizen corrects, the platform decides)
-is in tests/test_push.py; here, the rules: only what was asked, all of it, reviewed like a
+is in tests/miniprogram_api/test_push.py; here, the rules: only what was asked, all of it, reviewed like a
 submission, the same case.
 """
 

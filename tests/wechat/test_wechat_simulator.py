@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import free_port
+from tests.conftest import ROOT, free_port
 from wechat.simulator import (
     DEFAULT_MP_APPID,
     DEFAULT_MP_SECRET,
@@ -27,7 +27,6 @@ from wechat.simulator import (
     cert_hash,
 )
 
-ROOT = Path(__file__).resolve().parent.parent
 CERT = {"cert_type": "IDENTITY_CARD", "cert_name": "张三", "cert_no": "51050219900307001X"}
 TEMPLATE = "tmpl_case_progress_0001"
 

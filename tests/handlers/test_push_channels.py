@@ -1,7 +1,7 @@
 """Which channel carries a progress push (handlers.push.Pusher), on factory rows.
 
 WeChat is the simulator, run as its own server for this module (so no other test's server
-pushes through it meanwhile) and reset before each test. Over HTTP, tests/test_push.py keeps
+pushes through it meanwhile) and reset before each test. Over HTTP, tests/miniprogram_api/test_push.py keeps
 the whole journey, quiet hours, SIGKILLed workers and what officials see.
 """
 
