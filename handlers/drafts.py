@@ -382,9 +382,16 @@ class Drafts:
             data_enc=sealed, version=version + 1, updated_at=now, expires_at=now + self.ttl
         )
         if not won:
-            raise self._conflict(await Draft.get(id=draft.id))
+            raise await self._lost_to(draft.id)
         draft.data_enc, draft.version = sealed, version + 1
         return draft, data
+
+    async def _lost_to(self, draft_id: str) -> Conflict:
+        """The 409 for a save or submission that lost the draft to a concurrent one."""
+        current = await Draft.get(id=draft_id)
+        if current.status != "open":
+            return Conflict("该申请已提交", code="draft_submitted")
+        return self._conflict(current)
 
     def _conflict(self, draft: Draft) -> Conflict:
         return Conflict(
@@ -432,8 +439,9 @@ class Drafts:
                 submission = await Submission.create(
                     user=user, idempotency_key=idempotency_key, fingerprint=fingerprint, draft_id=draft.id
                 )
-                if not await Draft.filter(id=draft.id, status="open").update(status="submitted"):
-                    raise Conflict("该申请已提交", code="draft_submitted")
+                # Only the version reviewed above: a save that landed since then is not in `data`.
+                if not await Draft.filter(id=draft.id, status="open", version=draft.version).update(status="submitted"):
+                    raise await self._lost_to(draft.id)
                 cases = await self._create_cases(user, draft, application, data)
                 attached = data.get("materials") if isinstance(data.get("materials"), dict) else {}
                 await lock_for_case(

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import secrets
 import threading
+import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -19,7 +20,8 @@ import httpx
 import pytest
 
 from tests.conftest import Server, _drop_redis_prefix, make_server
-from tests.test_identity import auth, login
+from tests.test_drafts import RENEWAL, new_draft, photo_id, renewal_answers
+from tests.test_identity import auth, id_number, login, to_l3
 
 ROUNDS = 20
 
@@ -99,3 +101,45 @@ def test_a_logout_racing_a_refresh_leaves_no_token_alive(races, wechat_sim):
         assert refresh.status_code in (200, 401)
         for pair in [tokens] + ([refresh.json()] if refresh.status_code == 200 else []):
             assert _dead(races, pair), "a token of a logged-out family still works"
+
+
+# -- 7: a save racing a submission ----------------------------------------------------------
+
+
+def test_a_save_racing_a_submission_of_its_version_never_both_succeed(races, wechat_sim):
+    tokens = to_l3(races, wechat_sim, "罗小川", id_number())
+    photo = photo_id(races, tokens)
+    outcomes = set()
+    for i in range(ROUNDS):
+        with races.client(headers=auth(tokens)) as c:
+            draft = new_draft(c, service_code=RENEWAL)
+            answers = renewal_answers(photo)
+            answers["applicant"]["phone"] = "13711110000"
+            assert c.patch(f"/api/v1/drafts/{draft['id']}", json={"version": 1, "data": answers}).status_code == 200
+        url = f"{races.url}/api/v1/drafts/{draft['id']}"
+        save, submit = at_once(
+            lambda url=url, i=i: httpx.patch(
+                url,
+                json={"version": 2, "data": {"applicant": {"phone": f"137222{i:05d}"}}},
+                headers=auth(tokens),
+                timeout=30,
+            ),
+            lambda url=url: httpx.post(
+                url + "/submit",
+                json={"version": 2},
+                headers={**auth(tokens), "Idempotency-Key": uuid.uuid4().hex},
+                timeout=30,
+            ),
+        )
+        outcomes.add((save.status_code, submit.status_code))
+        assert not (save.status_code == 200 and submit.status_code == 201), (
+            "the edit was reported saved and the case was made from the version before it"
+        )
+        assert (save.status_code, submit.status_code) in ((200, 409), (409, 201)), (save.text, submit.text)
+        if submit.status_code == 409:
+            assert submit.json()["code"] == "version_conflict"
+            assert submit.json()["details"]["current_version"] == 3
+            cases = races.database.query(f"SELECT count(*) FROM cases WHERE draft_id = '{draft['id']}'")
+            assert cases == [(0,)]
+        else:
+            assert save.json()["code"] in ("draft_submitted", "version_conflict")
