@@ -140,13 +140,15 @@ def set_path(data: dict, path: str, value) -> None:
 
 def material_problems(application: Application, data: dict) -> list[Problem]:
     """Every required material the applicant has not attached (shared ones are never asked for)."""
-    attached = data.get("materials") if isinstance(data.get("materials"), dict) else {}
+    if "materials" in data and not isinstance(data["materials"], dict):
+        return [Problem("materials", "invalid_type", "材料的填写格式不正确，请重新上传")]
+    attached = data.get("materials") or {}
     problems = []
     for material in application.materials:
         if material["source"] != "applicant" or not material["required"]:
             continue
-        value = attached.get(material["key"])
-        if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
+        # A value that is there but malformed is for `review_attached` to name.
+        if not attached.get(material["key"]):
             problems.append(Problem(f"materials.{material['key']}", "material_missing", f"请上传“{material['name']}”"))
     return problems
 
@@ -444,9 +446,7 @@ class Drafts:
                     raise await self._lost_to(draft.id)
                 cases = await self._create_cases(user, draft, application, data)
                 attached = data.get("materials") if isinstance(data.get("materials"), dict) else {}
-                await lock_for_case(
-                    [i for ids in attached.values() if isinstance(ids, list) for i in ids if isinstance(i, str)]
-                )
+                await lock_for_case(user.id, attached, application.materials)
                 submission.case_nos = [c.case_no for c in cases]
                 await submission.save(update_fields=["case_nos"])
         except IntegrityError:

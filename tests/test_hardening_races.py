@@ -143,3 +143,65 @@ def test_a_save_racing_a_submission_of_its_version_never_both_succeed(races, wec
             assert cases == [(0,)]
         else:
             assert save.json()["code"] in ("draft_submitted", "version_conflict")
+
+
+# -- 8: material ids that are not the citizen's --------------------------------------------
+
+
+def test_review_refuses_unknown_keys_and_other_citizens_materials(races, wechat_sim):
+    victim = to_l3(races, wechat_sim, "苏小青", id_number())
+    theirs = photo_id(races, victim)
+    tokens = to_l3(races, wechat_sim, "钱小武", id_number())
+    mine = photo_id(races, tokens)
+    with races.client(headers=auth(tokens)) as c:
+        draft = new_draft(c, service_code=RENEWAL)
+        answers = renewal_answers(mine)
+        answers["applicant"]["phone"] = "13711112222"
+        answers["materials"].update({"x_extra": [theirs], "notes": [mine]})
+        assert c.patch(f"/api/v1/drafts/{draft['id']}", json={"version": 1, "data": answers}).status_code == 200
+        review = c.post(f"/api/v1/drafts/{draft['id']}/review").json()
+        assert {(p["path"], p["code"]) for p in review["problems"]} == {
+            ("materials.x_extra", "slot_not_found"),
+            ("materials.notes", "slot_not_found"),
+        }
+        submitted = c.post(f"/api/v1/drafts/{draft['id']}/submit", headers={"Idempotency-Key": uuid.uuid4().hex})
+        assert submitted.status_code == 422 and submitted.json()["code"] == "review_failed"
+        assert submitted.json()["details"]["problems"] == review["problems"]
+
+        # Under a slot the item has, beside the citizen's own file: refused all the same.
+        moved = c.patch(
+            f"/api/v1/drafts/{draft['id']}",
+            json={"version": 2, "data": {"materials": {"x_extra": None, "notes": None, "photo": [mine, theirs]}}},
+        )
+        assert moved.status_code == 200, moved.text
+        review = c.post(f"/api/v1/drafts/{draft['id']}/review").json()
+        assert [(p["path"], p["code"]) for p in review["problems"]] == [("materials.photo", "material_not_found")]
+
+        # Not a list of ids: a clear problem, not a silent pass.
+        c.patch(f"/api/v1/drafts/{draft['id']}", json={"version": 3, "data": {"materials": {"photo": mine}}})
+        review = c.post(f"/api/v1/drafts/{draft['id']}/review").json()
+        assert [(p["path"], p["code"]) for p in review["problems"]] == [("materials.photo", "invalid_type")]
+        c.patch(f"/api/v1/drafts/{draft['id']}", json={"version": 4, "data": {"materials": {"photo": [mine]}}})
+        assert c.post(f"/api/v1/drafts/{draft['id']}/review").json() == {"ok": True, "problems": []}
+        done = c.post(f"/api/v1/drafts/{draft['id']}/submit", headers={"Idempotency-Key": uuid.uuid4().hex})
+        assert done.status_code == 201, done.text
+        assert c.delete(f"/api/v1/materials/{mine}").json()["code"] == "material_in_use"
+    # The other citizen's file was never locked: they can still delete it.
+    with races.client(headers=auth(victim)) as c:
+        assert c.get(f"/api/v1/materials/{theirs}").json()["locked"] is False
+        assert c.delete(f"/api/v1/materials/{theirs}").status_code == 204
+
+
+def test_materials_that_are_not_an_object_are_a_review_problem(races, wechat_sim):
+    tokens = to_l3(races, wechat_sim, "周小木", id_number())
+    with races.client(headers=auth(tokens)) as c:
+        draft = new_draft(c, service_code=RENEWAL)
+        answers = renewal_answers()
+        answers["applicant"]["phone"] = "13711113333"
+        answers["materials"] = ["x"]
+        c.patch(f"/api/v1/drafts/{draft['id']}", json={"version": 1, "data": answers})
+        review = c.post(f"/api/v1/drafts/{draft['id']}/review").json()
+        assert [(p["path"], p["code"]) for p in review["problems"]] == [("materials", "invalid_type")]
+        # Attaching a file then replaces the malformed value instead of failing.
+        attached = c.put(f"/api/v1/drafts/{draft['id']}/materials/photo", json={"material_id": photo_id(races, tokens)})
+        assert attached.status_code == 200, attached.text
