@@ -10,6 +10,7 @@ Each race is run many times on its own server, so the interleaving that broke it
 
 from __future__ import annotations
 
+import random
 import secrets
 import threading
 import uuid
@@ -19,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from tests.conftest import Server, _drop_redis_prefix, make_server
+from tests.conftest import SIM_MP_APPID, Server, _drop_redis_prefix, make_server
 from tests.test_drafts import RENEWAL, new_draft, photo_id, renewal_answers
 from tests.test_identity import auth, id_number, login, to_l3
 
@@ -205,3 +206,41 @@ def test_materials_that_are_not_an_object_are_a_review_problem(races, wechat_sim
         # Attaching a file then replaces the malformed value instead of failing.
         attached = c.put(f"/api/v1/drafts/{draft['id']}/materials/photo", json={"material_id": photo_id(races, tokens)})
         assert attached.status_code == 200, attached.text
+
+
+# -- 17: where a citizen's own personal data is shown -----------------------------------------
+
+
+def test_the_owner_reads_back_their_draft_and_nobody_else_does(races, wechat_sim):
+    number = id_number(birth="19881111")
+    tokens = to_l3(races, wechat_sim, "唐小禾", number)
+    openid = races.database.query(f"SELECT openid FROM users WHERE id = {tokens['user']['id']}")[0][0]
+    phone = f"159{random.randint(10000000, 99999999)}"
+    code = wechat_sim.control("phone-code", {"appid": SIM_MP_APPID, "openid": openid, "phone": phone})["code"]
+    typed = f"186{random.randint(10000000, 99999999)}"
+    with races.client(headers=auth(tokens)) as c:
+        assert c.post("/api/v1/me/phone", json={"code": code}).status_code == 200
+        created = c.post("/api/v1/drafts", json={"service_code": RENEWAL})
+        draft = created.json()
+        # The owner's own answers come back as they are: the form shows them to be checked.
+        assert draft["data"]["applicant"]["id_number"] == number and draft["data"]["applicant"]["phone"] == phone
+        saved = c.patch(f"/api/v1/drafts/{draft['id']}", json={"version": 1, "data": {"applicant": {"phone": typed}}})
+        read = c.get(f"/api/v1/drafts/{draft['id']}")
+        assert read.json()["data"]["applicant"]["phone"] == typed
+        stale = c.patch(f"/api/v1/drafts/{draft['id']}", json={"version": 1, "data": {}})
+        assert stale.status_code == 409 and stale.json()["details"]["data"]["applicant"]["phone"] == typed
+        for response in (created, saved, read):
+            assert response.headers["cache-control"] == "no-store"
+        listing = c.get("/api/v1/drafts").text
+        assert number not in listing and typed not in listing
+    other, _ = login(races, wechat_sim)
+    with races.client(headers=auth(other)) as c:
+        for response in (
+            c.get(f"/api/v1/drafts/{draft['id']}"),
+            c.patch(f"/api/v1/drafts/{draft['id']}", json={"version": 2, "data": {}}),
+            c.post(f"/api/v1/drafts/{draft['id']}/review"),
+        ):
+            assert response.status_code == 404
+            assert number not in response.text and typed not in response.text and phone not in response.text
+    log = races.log()
+    assert number not in log and number[:-1] not in log and typed not in log and phone not in log
