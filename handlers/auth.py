@@ -3,7 +3,10 @@
 Access tokens live in Redis under their SHA-256 (never in clear) for `ACCESS_TTL_S`.
 Refresh tokens are rows (hashed) in a *family*: each refresh marks the presented token used
 and issues the next one in the same family. Presenting a used token means it was stolen or
-replayed, so the whole family is revoked, access tokens included.
+replayed, so the whole family is revoked, access tokens included. Rotations and revocations
+of one family are serialised on a lock of the family, and an access token granted by a
+rotation is checked against its family once it is in Redis, so no token outlives a revocation
+that a concurrent request decided.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from datetime import UTC, datetime, timedelta
 
 from redis.asyncio import Redis
 from tortoise.exceptions import IntegrityError
+from tortoise.transactions import in_transaction
 
 from core.errors import Forbidden, Unauthenticated
 from handlers import audit
@@ -86,20 +90,28 @@ class TokenStore:
     def _family_key(self, family: str) -> str:
         return self.keys("auth", "family", family)
 
-    async def issue(self, user: User, *, family: str | None = None) -> TokenPair:
-        """A new access + refresh pair for `user`, in `family` (a new family on login)."""
-        family = family or secrets.token_hex(16)
-        access, refresh = secrets.token_urlsafe(32), secrets.token_urlsafe(48)
+    async def issue(self, user: User) -> TokenPair:
+        """A new access + refresh pair for `user` in a new family (a login)."""
+        family = secrets.token_hex(16)
+        refresh = await self._new_refresh(user, family)
+        return TokenPair(await self._grant_access(user, family), refresh, self.access_ttl_s, user)
+
+    async def _new_refresh(self, user: User, family: str) -> str:
+        refresh = secrets.token_urlsafe(48)
         await RefreshToken.create(
             user=user, family=family, token_hash=_hash(refresh), expires_at=datetime.now(UTC) + REFRESH_TTL
         )
+        return refresh
+
+    async def _grant_access(self, user: User, family: str) -> str:
+        access = secrets.token_urlsafe(32)
         access_hash = _hash(access)
         pipe = self.redis.pipeline()
         pipe.set(self._access_key(access_hash), json.dumps({"uid": user.id, "fam": family}), ex=self.access_ttl_s)
         pipe.sadd(self._family_key(family), access_hash)
         pipe.expire(self._family_key(family), int(REFRESH_TTL.total_seconds()))
         await pipe.execute()
-        return TokenPair(access, refresh, self.access_ttl_s, user)
+        return access
 
     async def principal(self, access_token: str | None) -> Principal:
         """Who `access_token` stands for; raises Unauthenticated if it is missing, bad or expired."""
@@ -117,29 +129,66 @@ class TokenStore:
         if row is None:
             raise Unauthenticated("登录凭证无效，请重新登录", code="invalid_refresh_token")
         now = datetime.now(UTC)
-        if row.revoked_at is not None or row.used_at is not None:
-            await self.revoke_family(row.family)
-            raise Unauthenticated("登录凭证已被使用，为保护账号安全已退出所有登录，请重新登录", code="token_reused")
-        if row.expires_at <= now:
-            raise Unauthenticated("登录已过期，请重新登录", code="token_expired")
-        # Conditional update: of two concurrent refreshes with one token, exactly one wins.
-        won = await RefreshToken.filter(id=row.id, used_at=None, revoked_at=None).update(used_at=now)
-        if not won:
-            await self.revoke_family(row.family)
-            raise Unauthenticated("登录凭证已被使用，为保护账号安全已退出所有登录，请重新登录", code="token_reused")
-        if not row.user.is_active:
-            raise Unauthenticated("账号已停用", code="account_disabled")
-        return await self.issue(row.user, family=row.family)
+        refresh = None
+        async with in_transaction():
+            await _lock_family(row.family)
+            current = await RefreshToken.get(id=row.id)  # read under the lock, not before it
+            if current.revoked_at is None and current.used_at is None:
+                if current.expires_at <= now:
+                    raise Unauthenticated("登录已过期，请重新登录", code="token_expired")
+                if not row.user.is_active:
+                    raise Unauthenticated("账号已停用", code="account_disabled")
+                await RefreshToken.filter(id=row.id).update(used_at=now)
+                refresh = await self._new_refresh(row.user, row.family)
+            else:
+                await _revoke_rows(row.family)
+        if refresh is None:
+            await self._revoke_access(row.family)
+            raise _reused()
+        access = await self._grant_access(row.user, row.family)
+        # A revocation of the family may have committed after our rotation but read the family's
+        # access tokens in Redis before ours was added: look again now that it is there.
+        if not await RefreshToken.filter(token_hash=_hash(refresh), revoked_at=None).exists():
+            await self._revoke_access(row.family)
+            raise _reused()
+        return TokenPair(access, refresh, self.access_ttl_s, row.user)
 
     async def revoke_family(self, family: str) -> None:
         """Revokes every refresh and access token of `family`."""
-        await RefreshToken.filter(family=family, revoked_at=None).update(revoked_at=datetime.now(UTC))
+        async with in_transaction():
+            await _lock_family(family)
+            await _revoke_rows(family)
+        await self._revoke_access(family)
+
+    async def _revoke_access(self, family: str) -> None:
+        # Only after the rows are revoked: an access token granted later is then seen by its
+        # own rotation's check in `refresh`.
         members = await self.redis.smembers(self._family_key(family))
         pipe = self.redis.pipeline()
         for token_hash in members:
             pipe.delete(self._access_key(token_hash.decode() if isinstance(token_hash, bytes) else token_hash))
         pipe.delete(self._family_key(family))
         await pipe.execute()
+
+
+def _reused() -> Unauthenticated:
+    return Unauthenticated("登录凭证已被使用，为保护账号安全已退出所有登录，请重新登录", code="token_reused")
+
+
+async def _lock_family(family: str) -> None:
+    """Locks the family's first token (until the transaction ends) on PostgreSQL.
+
+    Every rotation and revocation of a family takes this lock first, so they happen one after
+    the other, and each statement after it sees every token the ones before it committed (a
+    revocation then catches the token a concurrent rotation just made). Rows are never deleted
+    one by one, so the first token stays the family's lock. SQLite runs transactions one at a
+    time anyway.
+    """
+    await RefreshToken.filter(family=family).order_by("id").select_for_update().only("id").first()
+
+
+async def _revoke_rows(family: str) -> None:
+    await RefreshToken.filter(family=family, revoked_at=None).update(revoked_at=datetime.now(UTC))
 
 
 async def signed_in(*, tokens: TokenStore, access_token: str | None) -> tuple[Principal, User]:

@@ -140,13 +140,15 @@ def set_path(data: dict, path: str, value) -> None:
 
 def material_problems(application: Application, data: dict) -> list[Problem]:
     """Every required material the applicant has not attached (shared ones are never asked for)."""
-    attached = data.get("materials") if isinstance(data.get("materials"), dict) else {}
+    if "materials" in data and not isinstance(data["materials"], dict):
+        return [Problem("materials", "invalid_type", "材料的填写格式不正确，请重新上传")]
+    attached = data.get("materials") or {}
     problems = []
     for material in application.materials:
         if material["source"] != "applicant" or not material["required"]:
             continue
-        value = attached.get(material["key"])
-        if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
+        # A value that is there but malformed is for `review_attached` to name.
+        if not attached.get(material["key"]):
             problems.append(Problem(f"materials.{material['key']}", "material_missing", f"请上传“{material['name']}”"))
     return problems
 
@@ -382,9 +384,16 @@ class Drafts:
             data_enc=sealed, version=version + 1, updated_at=now, expires_at=now + self.ttl
         )
         if not won:
-            raise self._conflict(await Draft.get(id=draft.id))
+            raise await self._lost_to(draft.id)
         draft.data_enc, draft.version = sealed, version + 1
         return draft, data
+
+    async def _lost_to(self, draft_id: str) -> Conflict:
+        """The 409 for a save or submission that lost the draft to a concurrent one."""
+        current = await Draft.get(id=draft_id)
+        if current.status != "open":
+            return Conflict("该申请已提交", code="draft_submitted")
+        return self._conflict(current)
 
     def _conflict(self, draft: Draft) -> Conflict:
         return Conflict(
@@ -432,13 +441,12 @@ class Drafts:
                 submission = await Submission.create(
                     user=user, idempotency_key=idempotency_key, fingerprint=fingerprint, draft_id=draft.id
                 )
-                if not await Draft.filter(id=draft.id, status="open").update(status="submitted"):
-                    raise Conflict("该申请已提交", code="draft_submitted")
+                # Only the version reviewed above: a save that landed since then is not in `data`.
+                if not await Draft.filter(id=draft.id, status="open", version=draft.version).update(status="submitted"):
+                    raise await self._lost_to(draft.id)
                 cases = await self._create_cases(user, draft, application, data)
                 attached = data.get("materials") if isinstance(data.get("materials"), dict) else {}
-                await lock_for_case(
-                    [i for ids in attached.values() if isinstance(ids, list) for i in ids if isinstance(i, str)]
-                )
+                await lock_for_case(user.id, attached, application.materials)
                 submission.case_nos = [c.case_no for c in cases]
                 await submission.save(update_fields=["case_nos"])
         except IntegrityError:

@@ -17,6 +17,10 @@ from miniprogram_api.deps import citizen
 
 bp = Blueprint("mp_drafts", url_prefix="/api/v1/drafts")
 
+# A draft's data is the owner's own answers in full (ID number, phone, address): no cache
+# between them and us may keep a copy.
+PRIVATE = {"Cache-Control": "no-store"}
+
 _KEY = re.compile(r"^[A-Za-z0-9._:-]{8,128}$")
 
 
@@ -74,7 +78,7 @@ async def create(request: Request) -> HTTPResponse:
     draft, data, prefill, materials = await Services.of(request).drafts.create(
         user=request.ctx.user, service_code=body.service_code, bundle_code=body.bundle_code
     )
-    return json({**_view(draft, data, prefill), "materials": materials}, status=201)
+    return json({**_view(draft, data, prefill), "materials": materials}, status=201, headers=PRIVATE)
 
 
 @bp.get("/")
@@ -105,7 +109,7 @@ async def mine(request: Request) -> HTTPResponse:
 async def read(request: Request, draft_id: str) -> HTTPResponse:
     service = Services.of(request).drafts
     draft = await service.get(user=request.ctx.user, draft_id=draft_id)
-    return json(_view(draft, service.data_of(draft)))
+    return json(_view(draft, service.data_of(draft)), headers=PRIVATE)
 
 
 @bp.patch("/<draft_id:str>")
@@ -121,7 +125,7 @@ async def patch(request: Request, draft_id: str) -> HTTPResponse:
     draft, data = await Services.of(request).drafts.patch(
         user=request.ctx.user, draft_id=draft_id, version=body.version, patch=body.data
     )
-    return json(_view(draft, data))
+    return json(_view(draft, data), headers=PRIVATE)
 
 
 @bp.post("/<draft_id:str>/review")

@@ -71,7 +71,7 @@ async def resubmit(
             form_snapshot_enc=cipher.encrypt(json.dumps(data, ensure_ascii=False), column=SNAPSHOT_COLUMN),
             materials={**(case.materials or {}), **materials},
         )
-        await lock_for_case([i for ids in materials.values() for i in ids])
+        await lock_for_case(user.id, materials, application.materials)
         await Outbox.create(
             kind="resubmit_case",
             case_id=case.id,

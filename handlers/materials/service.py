@@ -173,7 +173,8 @@ class Materials:
                 code="material_kind_not_allowed",
             )
         data = drafts.data_of(draft)
-        current = list((data.get("materials") or {}).get(slot) or [])
+        attached = data.get("materials") if isinstance(data.get("materials"), dict) else {}
+        current = list(attached[slot]) if isinstance(attached.get(slot), list) else []
         if material.id not in current:
             current.append(material.id)
         draft, data = await drafts.patch(
@@ -219,38 +220,51 @@ class Materials:
 
 
 async def review_attached(user_id: int, attached: dict, materials: list[dict]) -> list[tuple[str, str, str]]:
-    """(path, code, message) for attached ids that are not the citizen's or of a kind the slot refuses."""
-    problems = []
+    """(path, code, message) for every key of `data.materials` that may not go into a case.
+
+    A key must be one of the application's slots, its value a list of ids, and each id one of
+    the citizen's own materials of a kind the slot accepts. An id that is not theirs is refused
+    under any key: a case locks what it holds, and another citizen's file must never be locked
+    (or sent to the platform) through someone else's application.
+    """
+    slots = {m["key"]: m for m in materials}
     ids = {i for v in attached.values() if isinstance(v, list) for i in v if isinstance(i, str)}
     rows = {m.id: m for m in await Material.filter(id__in=list(ids), user_id=user_id)} if ids else {}
-    for slot in materials:
-        value = attached.get(slot["key"])
-        if not isinstance(value, list) or not value:
+    problems = []
+    for key, value in attached.items():
+        path, slot = f"materials.{key}", slots.get(key)
+        if slot is None:
+            problems.append((path, "slot_not_found", "该事项没有这项材料，请删除后再提交"))
+            continue
+        if not value:  # nothing attached: `material_problems` asks for it when it is required
+            continue
+        if not isinstance(value, list) or not all(isinstance(i, str) for i in value):
+            problems.append((path, "invalid_type", f"“{slot['name']}”应为已上传文件的列表，请重新上传"))
             continue
         allowed = set().union(*(KIND_MIMES.get(k, set()) for k in slot["kinds"]))
         for material_id in value:
-            material = rows.get(material_id) if isinstance(material_id, str) else None
+            material = rows.get(material_id)
             if material is None:
-                problems.append(
-                    (f"materials.{slot['key']}", "material_not_found", f"“{slot['name']}”中的文件不存在，请重新上传")
-                )
+                problems.append((path, "material_not_found", f"“{slot['name']}”中的文件不存在，请重新上传"))
                 break
             if material.mime not in allowed:
                 problems.append(
-                    (
-                        f"materials.{slot['key']}",
-                        "material_kind_not_allowed",
-                        f"“{slot['name']}”只接受 {'、'.join(slot['kinds'])} 格式",
-                    )
+                    (path, "material_kind_not_allowed", f"“{slot['name']}”只接受 {'、'.join(slot['kinds'])} 格式")
                 )
                 break
     return problems
 
 
-async def lock_for_case(material_ids: list[str]) -> None:
-    """Marks materials as used by a submitted case: they can no longer be deleted."""
-    if material_ids:
-        await Material.filter(id__in=material_ids, locked_at=None).update(locked_at=datetime.now(UTC))
+async def lock_for_case(user_id: int, attached: dict, materials: list[dict]) -> None:
+    """Marks the citizen's own materials listed under the application's slots as used by a case.
+
+    Locked materials can no longer be deleted. Review has refused anything else already; the
+    filters here keep a lock from ever reaching another citizen's file all the same.
+    """
+    slots = {m["key"] for m in materials}
+    ids = [i for key, v in attached.items() if key in slots and isinstance(v, list) for i in v if isinstance(i, str)]
+    if ids:
+        await Material.filter(id__in=ids, user_id=user_id, locked_at=None).update(locked_at=datetime.now(UTC))
 
 
 async def official_copy(
