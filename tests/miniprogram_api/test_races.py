@@ -21,8 +21,7 @@ import httpx
 import pytest
 
 from tests.conftest import SIM_MP_APPID, Server, _drop_redis_prefix, make_server
-from tests.test_drafts import RENEWAL, new_draft, photo_id, renewal_answers
-from tests.test_identity import auth, id_number, login, to_l3
+from tests.helpers import RENEWAL, auth, id_number, login, new_draft, photo_id, renewal_answers, to_l3
 
 ROUNDS = 20
 
