@@ -171,11 +171,17 @@ def install(app: Sanic) -> None:
 
     @app.exception(Exception)
     async def _handle(request: Request, exc: Exception) -> HTTPResponse:
-        error = _as_domain_error(exc)
-        if not isinstance(exc, errors.DomainError) and status_of(error) >= 500:
-            log.error("unhandled error on %s %s", request.method, request.path, exc_info=exc)
-        elif status_of(error) >= 500:
-            log.warning("%s on %s %s", error.code, request.method, request.path)
+        part = None if isinstance(exc, errors.DomainError) else outage_of(exc)
+        if part is not None:
+            # A part of ours is down: the client may retry, the operator needs one line, not a trace.
+            error: errors.DomainError = errors.NotReady(retry_after=OUTAGE_RETRY_AFTER_S)
+            log.warning("%s unavailable on %s %s: %s", part, request.method, request.path, type(exc).__name__)
+        else:
+            error = _as_domain_error(exc)
+            if not isinstance(exc, errors.DomainError) and status_of(error) >= 500:
+                log.error("unhandled error on %s %s", request.method, request.path, exc_info=exc)
+            elif status_of(error) >= 500:
+                log.warning("%s on %s %s", error.code, request.method, request.path)
         _close_if_body_unread(request)
         return error_response(request, error)
 
@@ -186,6 +192,33 @@ def _close_if_body_unread(request: Request) -> None:
     stream = getattr(request, "stream", None)
     if stream is not None and getattr(stream, "request_body", None) and hasattr(stream, "keep_alive"):
         stream.keep_alive = False
+
+
+# -- outages -------------------------------------------------------------------------------
+
+OUTAGE_RETRY_AFTER_S = 5
+# Exception classes that mean a part of ours (Redis, the database) cannot be reached, and its
+# name; the storage layer registers its drivers' classes, so core imports no driver.
+_OUTAGES: dict[type[BaseException], str] = {}
+
+
+def register_outage(part: str, *classes: type[BaseException]) -> None:
+    """Makes `classes` (raised anywhere in a request) a `503 not_ready` naming `part` in the log."""
+    for cls in classes:
+        _OUTAGES[cls] = part
+
+
+def outage_of(exc: BaseException) -> str | None:
+    """The part that is down if `exc`, or an exception it was raised from, is a registered outage."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        for cls, part in _OUTAGES.items():
+            if isinstance(current, cls):
+                return part
+        current = current.__cause__ or current.__context__
+    return None
 
 
 # -- request bodies ----------------------------------------------------------------------
