@@ -169,6 +169,19 @@ def test_integers_beyond_64_bits_are_422_or_404(server, citizen_tokens, official
         assert_error(official_client.get(f"/console/api/citizens/{huge}", params={"reason": "核查"}), 404)
 
 
+def test_a_number_field_holding_a_huge_integer_is_a_review_problem(server, citizen_tokens):
+    business = "510500000000-000128001002"  # 个体工商户登记: capital, employees and area are numbers
+    with server.client(headers=auth(citizen_tokens)) as c:
+        draft = new_draft(c, service_code=business)
+        data = {"business": {"employees": 10**400, "capital": -(10**30)}}
+        assert c.patch(f"/api/v1/drafts/{draft['id']}", json={"version": 1, "data": data}).status_code == 200
+        review = c.post(f"/api/v1/drafts/{draft['id']}/review")
+        assert review.status_code == 200, review.text
+    problems = {p["path"]: p for p in review.json()["problems"]}
+    assert problems["business.employees"]["code"] == "invalid_number"
+    assert problems["business.capital"]["code"] in ("invalid_number", "out_of_range")
+
+
 # -- finding 5: U+0000 -----------------------------------------------------------------------
 
 

@@ -402,8 +402,11 @@ def _number(value: Any) -> float | int | None:
         return None
     if isinstance(value, str) and re.fullmatch(r"\s*[+-]?[0-9]{1,15}(\.[0-9]{1,10})?\s*", value):
         value = float(value) if "." in value else int(value)
-    if isinstance(value, (int, float)) and math.isfinite(value):
-        return value
+    if isinstance(value, (int, float)):
+        try:
+            return value if math.isfinite(value) else None
+        except OverflowError:  # an int past any float (JSON allows 4,300 digits): not a quantity
+            return None
     return None
 
 
