@@ -8,7 +8,6 @@ changes nothing. Duplicates and late events are acknowledged without effect (see
 
 from __future__ import annotations
 
-import json as json_module
 import logging
 from typing import Annotated, Literal
 
@@ -18,8 +17,8 @@ from sanic.response import HTTPResponse, json
 
 from bridge.signing import SignatureRejected, nonce_of
 from container import Services
-from core.errors import BadRequest, NotFound, Unauthenticated, ValidationFailed
-from core.http import field_errors, validate
+from core.errors import NotFound, Unauthenticated, ValidationFailed
+from core.http import field_errors, parse_json, validate
 from core.schema import StrictOpen
 from handlers.cases.platform_events import apply_platform_event
 
@@ -101,10 +100,7 @@ async def callback(request: Request) -> HTTPResponse:
     nonce_key = services.keys("bridge", "nonce", nonce_of(request.headers))
     if not await services.redis.set(nonce_key, b"1", nx=True, ex=NONCE_TTL_S):
         raise Unauthenticated("请求已处理过（nonce 重复）", code="nonce_reused")
-    try:
-        body = validate(Callback, json_module.loads(request.body or b"null"))
-    except ValueError:
-        raise BadRequest("请求内容不是有效的 JSON", code="malformed_json") from None
+    body = validate(Callback, parse_json(request.body or b"null"))
     model = EVENT_DATA.get(body.event)
     if model is not None:
         try:

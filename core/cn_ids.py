@@ -76,7 +76,7 @@ def id_check_char(first17: str) -> str:
 
 def parse_id_number(raw: str, *, today: date | None = None) -> IdNumber:
     """The checked ID number (a final `x` becomes `X`); raises InvalidIdentifier saying what is wrong."""
-    value = (raw or "").strip().upper()
+    value = ascii_digits(raw or "").strip().upper()
     if len(value) != 18:
         raise InvalidIdentifier(f"身份证号码应为18位，您输入了{len(value)}位")
     if not re.fullmatch(r"[0-9]{17}[0-9X]", value):
@@ -95,12 +95,34 @@ def parse_id_number(raw: str, *, today: date | None = None) -> IdNumber:
     return IdNumber(value=value, region=value[:6], birth_date=birth, sex="male" if int(value[16]) % 2 else "female")
 
 
-_NAME = re.compile(r"^[\u4e00-\u9fff\u3400-\u4dbfA-Za-z·•\s]{2,30}$")
+# Full-width digits (and X) as a Chinese input method types them, read as the ASCII ones.
+_FULL_WIDTH = str.maketrans("０１２３４５６７８９Ｘｘ", "0123456789Xx")
+
+
+def ascii_digits(raw: str) -> str:
+    """`raw` with full-width digits (０-９, Ｘ) made ASCII; other non-ASCII digits stay, to be refused."""
+    return raw.translate(_FULL_WIDTH)
+
+
+def has_full_width_digits(raw: str) -> bool:
+    return raw != ascii_digits(raw)
+
+
+# Every CJK ideograph block, so that rare characters (生僻字) in real names pass: Extension A,
+# the URO, compatibility ideographs, 〇, and Extensions B-I with their compatibility supplement
+# (planes 2 and 3, all CJK). ASCII letters for foreign names; the middle dot of minority names.
+_NAME = re.compile(
+    r"^[\u3007\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0003134f\U00031350-\U000323af"
+    r"A-Za-z\u00b7 ]{2,30}$"
+)
+# Look-alikes of the middle dot (·, U+00B7) that input methods produce: bullet, katakana and
+# half-width katakana middle dots, hyphenation point, bullet and dot operators, Greek ano teleia.
+_MIDDLE_DOTS = str.maketrans(dict.fromkeys("\u2022\u30fb\uff65\u2027\u2219\u22c5\u0387", "\u00b7"))
 
 
 def check_name(raw: str) -> str:
     """The normalised personal name; raises InvalidIdentifier if it cannot be a name."""
-    value = re.sub(r"\s+", " ", (raw or "").strip()).replace("•", "·")
+    value = re.sub(r"\s+", " ", (raw or "").strip()).translate(_MIDDLE_DOTS)
     if len(value) < 2 or len(value) > 30:
         raise InvalidIdentifier("姓名应为2至30个字符")
     if not _NAME.fullmatch(value):

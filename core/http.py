@@ -3,7 +3,10 @@
 - errors leave as `{"code", "message", "details"}` JSON with the right status, never a trace;
 - every response carries `X-Request-ID` (the client's, if sane, else a new one);
 - request bodies are parsed by `json_body()` against a pydantic model, and every bad field is
-  reported at once in `details.fields` as `{path: Chinese message}`.
+  reported at once in `details.fields` as `{path: Chinese message}`;
+- no input reaches a handler that the storage could not hold: JSON nested deeper than
+  `MAX_JSON_DEPTH`, strings with U+0000, path ids longer or of another shape than ours, integers
+  beyond 64 bits in a path.
 """
 
 from __future__ import annotations
@@ -73,6 +76,20 @@ class _ResponseTimeout(errors.DomainError):
 
 
 STATUS.update({_Unexpected: 500, _RequestTimeout: 408, _ResponseTimeout: 503})
+
+# Deep enough for any form we define (steps, repeated entries, addresses); far below the
+# parser's recursion limit, which would otherwise surface as a RecursionError (a 500).
+MAX_JSON_DEPTH = 32
+# The largest id a BIGINT column holds, and the largest INTEGER (versions, counters): a larger
+# number names nothing, and PostgreSQL's driver fails on it (a 500) instead of finding nothing.
+INT64_MAX = 2**63 - 1
+INT32_MAX = 2**31 - 1
+# PostgreSQL text cannot hold U+0000: refused everywhere, so both backends answer alike.
+NUL_MESSAGE = "不能包含空字符（U+0000）"
+# Every id and code we issue is short ASCII; a path parameter of another shape names nothing.
+_PATH_PARAM = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+# Parameters whose column is narrower than the default 64 characters.
+_PATH_PARAM_MAX = {"draft_id": 32, "material_id": 32, "case_no": 32}
 
 
 def status_of(error: errors.DomainError | type[errors.DomainError]) -> int:
@@ -147,14 +164,61 @@ def install(app: Sanic) -> None:
     async def _stamp_request_id(request: Request, response: HTTPResponse) -> None:
         response.headers[REQUEST_ID_HEADER] = request_id(request)
 
+    @app.on_request(priority=999)
+    async def _refuse_impossible_inputs(request: Request) -> None:
+        check_path_params(request.match_info)
+        check_query_strings(request)
+
     @app.exception(Exception)
     async def _handle(request: Request, exc: Exception) -> HTTPResponse:
-        error = _as_domain_error(exc)
-        if not isinstance(exc, errors.DomainError) and status_of(error) >= 500:
-            log.error("unhandled error on %s %s", request.method, request.path, exc_info=exc)
-        elif status_of(error) >= 500:
-            log.warning("%s on %s %s", error.code, request.method, request.path)
+        part = None if isinstance(exc, errors.DomainError) else outage_of(exc)
+        if part is not None:
+            # A part of ours is down: the client may retry, the operator needs one line, not a trace.
+            error: errors.DomainError = errors.NotReady(retry_after=OUTAGE_RETRY_AFTER_S)
+            log.warning("%s unavailable on %s %s: %s", part, request.method, request.path, type(exc).__name__)
+        else:
+            error = _as_domain_error(exc)
+            if not isinstance(exc, errors.DomainError) and status_of(error) >= 500:
+                log.error("unhandled error on %s %s", request.method, request.path, exc_info=exc)
+            elif status_of(error) >= 500:
+                log.warning("%s on %s %s", error.code, request.method, request.path)
+        _close_if_body_unread(request)
         return error_response(request, error)
+
+
+def _close_if_body_unread(request: Request) -> None:
+    """Asks Sanic to close the connection when an error cuts a streamed body short (a 413
+    mid-upload): the unread rest would otherwise be read as the next request on it."""
+    stream = getattr(request, "stream", None)
+    if stream is not None and getattr(stream, "request_body", None) and hasattr(stream, "keep_alive"):
+        stream.keep_alive = False
+
+
+# -- outages -------------------------------------------------------------------------------
+
+OUTAGE_RETRY_AFTER_S = 5
+# Exception classes that mean a part of ours (Redis, the database) cannot be reached, and its
+# name; the storage layer registers its drivers' classes, so core imports no driver.
+_OUTAGES: dict[type[BaseException], str] = {}
+
+
+def register_outage(part: str, *classes: type[BaseException]) -> None:
+    """Makes `classes` (raised anywhere in a request) a `503 not_ready` naming `part` in the log."""
+    for cls in classes:
+        _OUTAGES[cls] = part
+
+
+def outage_of(exc: BaseException) -> str | None:
+    """The part that is down if `exc`, or an exception it was raised from, is a registered outage."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        for cls, part in _OUTAGES.items():
+            if isinstance(current, cls):
+                return part
+        current = current.__cause__ or current.__context__
+    return None
 
 
 # -- request bodies ----------------------------------------------------------------------
@@ -225,11 +289,60 @@ def json_body(request: Request, model: type[ModelT]) -> ModelT:
         raise errors.UnsupportedMediaType("请以 JSON 格式提交", code="unsupported_media_type")
     if not request.body:
         raise errors.MalformedJSON("请求内容为空")
+    return validate(model, parse_json(request.body))
+
+
+def parse_json(raw: bytes | str) -> Any:
+    """A request body's JSON; MalformedJSON if it is not JSON or nests deeper than MAX_JSON_DEPTH,
+    ValidationFailed naming every string (or key) that holds U+0000."""
     try:
-        data = json.loads(request.body)
-    except (ValueError, UnicodeDecodeError):
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise errors.MalformedJSON() from None
-    return validate(model, data)
+    nul_fields: dict[str, str] = {}
+    # Iterative, so checking a deep document cannot itself exhaust the stack.
+    stack: list[tuple[Any, int, str]] = [(data, 0, "")]
+    while stack:
+        value, depth, path = stack.pop()
+        if isinstance(value, str):
+            if "\x00" in value:
+                nul_fields.setdefault(path or "body", NUL_MESSAGE)
+            continue
+        if not isinstance(value, dict | list):
+            continue
+        if depth >= MAX_JSON_DEPTH:
+            raise errors.MalformedJSON(f"请求内容的嵌套层级不能超过 {MAX_JSON_DEPTH} 层")
+        items = value.items() if isinstance(value, dict) else enumerate(value)
+        for key, item in items:
+            sub = f"{path}.{key}" if path else str(key)
+            if isinstance(key, str) and "\x00" in key:
+                nul_fields.setdefault(sub, NUL_MESSAGE)
+            stack.append((item, depth + 1, sub))
+    if nul_fields:
+        raise errors.ValidationFailed(nul_fields)
+    return data
+
+
+def check_path_params(params: dict[str, Any]) -> None:
+    """NotFound if a path parameter cannot name anything we store (too long, odd shape, > 64 bits)."""
+    for name, value in params.items():
+        if isinstance(value, bool):
+            continue
+        if isinstance(value, int):
+            fits = 0 <= value <= INT64_MAX
+        elif isinstance(value, str):
+            fits = len(value) <= _PATH_PARAM_MAX.get(name, 64) and _PATH_PARAM.match(value) is not None
+        else:
+            fits = True
+        if not fits:
+            raise errors.NotFound()
+
+
+def check_query_strings(request: Request) -> None:
+    """ValidationFailed naming every query parameter that holds U+0000."""
+    fields = {name: NUL_MESSAGE for name, values in request.args.items() if any("\x00" in v for v in values)}
+    if fields:
+        raise errors.ValidationFailed(fields)
 
 
 def query_args(request: Request, model: type[ModelT]) -> ModelT:

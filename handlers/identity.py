@@ -13,7 +13,16 @@ from datetime import UTC, datetime, timedelta
 
 from tortoise.transactions import in_transaction
 
-from core.cn_ids import PROVINCES, InvalidIdentifier, check_name, mask_id_number, mask_name, mask_phone, parse_id_number
+from core.cn_ids import (
+    PROVINCES,
+    InvalidIdentifier,
+    ascii_digits,
+    check_name,
+    mask_id_number,
+    mask_name,
+    mask_phone,
+    parse_id_number,
+)
 from core.errors import Conflict, NotFound, Unprocessable, ValidationFailed
 from handlers import audit
 from handlers.upstream import wechat_errors
@@ -24,7 +33,9 @@ from wechat.client import WeChatClient, cert_hash
 FACE_PASSED = 10000
 FACE_NOT_FINISHED = 90000  # the scan was not done (yet); the session stays usable
 MAX_ADDRESSES = 10
-_PHONE = re.compile(r"^1[3-9]\d{9}$")
+# ASCII digits only: Python's \d also matches "٣" and "３" (full-width ones are made ASCII first).
+_PHONE = re.compile(r"^1[3-9][0-9]{9}$")
+_REGION = re.compile(r"^[0-9]{6}$")
 
 FACE_FAILURES = {
     90001: "设备不支持人脸检测",
@@ -136,12 +147,12 @@ def check_address(data: dict) -> dict:
         out["recipient"] = check_name(str(data.get("recipient", "")))
     except InvalidIdentifier as exc:
         fields["recipient"] = str(exc).replace("姓名", "收件人姓名")
-    phone = str(data.get("phone", "")).strip()
+    phone = ascii_digits(str(data.get("phone", ""))).strip()
     if not _PHONE.fullmatch(phone):
         fields["phone"] = "请输入11位手机号码"
     out["phone"] = phone
-    region = str(data.get("region_code", ""))
-    if not re.fullmatch(r"\d{6}", region) or region[:2] not in PROVINCES:
+    region = ascii_digits(str(data.get("region_code", "")))
+    if not _REGION.fullmatch(region) or region[:2] not in PROVINCES:
         fields["region_code"] = "请选择正确的所在地区"
     out["region_code"] = region
     detail = re.sub(r"\s+", " ", str(data.get("detail", "")).strip())

@@ -9,7 +9,7 @@ from sanic import Blueprint, Request
 from sanic.response import HTTPResponse, json
 
 from container import Services
-from core.http import json_body, query_args
+from core.http import INT64_MAX, json_body, query_args
 from core.openapi import document
 from handlers.cases import resubmission, views, withdrawal
 from miniprogram_api.deps import citizen
@@ -18,7 +18,7 @@ bp = Blueprint("mp_cases", url_prefix="/api/v1/cases")
 
 
 class ListQuery(BaseModel):
-    before: int | None = Field(None, ge=1, description="cursor: the next_cursor of the previous page")
+    before: int | None = Field(None, ge=1, le=INT64_MAX, description="cursor: the next_cursor of the previous page")
     limit: int = Field(20, ge=1, le=100)
 
 

@@ -10,7 +10,7 @@ from sanic.response import HTTPResponse, json
 
 from container import Services
 from core.errors import BadRequest
-from core.http import json_body
+from core.http import INT32_MAX, json_body
 from core.openapi import document
 from handlers.drafts import problem_body
 from miniprogram_api.deps import citizen
@@ -30,12 +30,14 @@ class CreateIn(BaseModel):
 
 
 class PatchIn(BaseModel):
-    version: int = Field(ge=1)
+    version: int = Field(ge=1, le=INT32_MAX)
     data: dict
 
 
 class SubmitIn(BaseModel):
-    version: int | None = Field(None, ge=1, description="submit only if the draft is still at this version")
+    version: int | None = Field(
+        None, ge=1, le=INT32_MAX, description="submit only if the draft is still at this version"
+    )
 
 
 class ProblemOut(BaseModel):

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, field_validator
 from sanic import Blueprint, Request
 from sanic.response import HTTPResponse, json
 
 from core.errors import ValidationFailed
-from core.http import json_body, query_args
+from core.http import INT64_MAX, json_body, query_args
 from core.openapi import document
 from handlers import push
 from miniprogram_api.deps import citizen
@@ -44,12 +44,14 @@ class SubscriptionsIn(BaseModel):
 
 
 class InboxQuery(BaseModel):
-    before: int | None = Field(None, ge=1, description="cursor: the next_cursor of the previous page")
+    before: int | None = Field(None, ge=1, le=INT64_MAX, description="cursor: the next_cursor of the previous page")
     limit: int = Field(20, ge=1, le=100)
 
 
 class ReadIn(BaseModel):
-    ids: list[int] | None = Field(None, max_length=200, description="the items to mark read; omit for all")
+    ids: list[Annotated[int, Field(ge=1, le=INT64_MAX)]] | None = Field(
+        None, max_length=200, description="the items to mark read; omit for all"
+    )
     all: Literal[True] | None = None
 
 

@@ -7,18 +7,52 @@ database is current.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from asyncpg import exceptions as pg
 from tortoise import Tortoise, connections
+from tortoise.exceptions import DBConnectionError
 from tortoise.migrations.api import migrate as _tortoise_migrate
 
+from core.http import register_outage
 from core.settings import Settings, load_settings
 
 APP_LABEL = "models"
 MODELS_MODULE = "storage.models"
 MIGRATIONS_MODULE = "storage.migrations"
+
+# The database restarting or unreachable (the pool reconnects by itself once it is back): a
+# request meeting it is a 503 with Retry-After and one log line. A refused or reset socket is
+# the pool reconnecting; Redis's own failures come wrapped in redis's classes.
+DATABASE_OUTAGES = (
+    pg.PostgresConnectionError,  # class 08, and a connection dropped mid-query
+    pg.AdminShutdownError,
+    pg.CrashShutdownError,
+    pg.CannotConnectNowError,
+    DBConnectionError,
+    ConnectionRefusedError,
+    ConnectionResetError,
+)
+register_outage("database", *DATABASE_OUTAGES)
+
+
+class _NoTraceForOutages(logging.Filter):
+    """The pool's own reconnection attempts while the database is down, as one line each,
+    without the trace: the outage is expected and already answered with 503s."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is not None and isinstance(exc, DATABASE_OUTAGES):
+            record.msg = f"{record.getMessage()} ({type(exc).__name__})"
+            record.args = None
+            record.exc_info = record.exc_text = None
+        return True
+
+
+logging.getLogger("asyncpg.pool").addFilter(_NoTraceForOutages())
 
 
 def database_url(settings: Settings) -> str:

@@ -13,11 +13,20 @@ from contextlib import asynccontextmanager
 
 import fakeredis
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import LockError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from core.http import register_outage
 from core.settings import Settings
 
 log = logging.getLogger("zhangban.redis")
+
+# Redis down or unreachable: a request meeting it is a 503 with Retry-After and one log line.
+REDIS_OUTAGES = (RedisConnectionError, RedisTimeoutError)
+register_outage("redis", *REDIS_OUTAGES)
 
 _fake_server = None
 
@@ -31,6 +40,10 @@ def create_redis(settings: Settings) -> aioredis.Redis:
             socket_connect_timeout=2,
             socket_timeout=5,
             health_check_interval=30,
+            # After a Redis restart every pooled connection is dead: one quick retry on a new
+            # connection, so its first command does not fail while Redis is already back.
+            retry=Retry(ExponentialBackoff(cap=0.2, base=0.05), 1),
+            retry_on_error=list(REDIS_OUTAGES),
         )
     global _fake_server
     if _fake_server is None:

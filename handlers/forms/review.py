@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
-from core.cn_ids import PROVINCES, InvalidIdentifier, check_uscc, parse_id_number
+from core.cn_ids import PROVINCES, InvalidIdentifier, check_uscc, has_full_width_digits, parse_id_number
 from handlers.forms.definitions import DEFAULT_MAX_LENGTH, FieldDef, FieldType, FormDef, StepDef
 from handlers.forms.expressions import Evaluator, as_date, compile_expression, is_empty
 
@@ -47,6 +47,9 @@ _PHONE = re.compile(r"^1[3-9][0-9]{9}$")
 _REGION = re.compile(r"^[0-9]{6}$")
 _PLAIN_ID_LABELS = {"身份证号码", "身份证号", "公民身份号码", "居民身份证号码"}
 _PLAIN_USCC_LABELS = {"统一社会信用代码"}
+# The draft keeps what the citizen typed and goes to the platform as is: full-width digits are
+# refused with this message rather than silently read as others.
+_FULL_WIDTH_MESSAGE = "{label}请使用半角数字（0-9），不要使用全角数字"
 _CHOSEN = frozenset({"select", "multiselect", "date", "region"})  # "请选择…" when missing, not "请填写…"
 
 Finding = tuple[str, str]  # (code, message) of a Problem
@@ -288,8 +291,10 @@ def _check_multiselect(a: Answer) -> Finding | None:
 def _check_id_number(a: Answer) -> Finding | None:
     if not isinstance(a.value, str):
         return a.wrong_type()
+    if has_full_width_digits(a.value):
+        return "invalid_id_number", _FULL_WIDTH_MESSAGE.format(label=a.label)
     try:
-        if not a.value.isascii():  # core.cn_ids reads any Unicode digit as a digit
+        if not a.value.isascii():
             raise InvalidIdentifier("身份证号码前17位应为数字，最后一位为数字或X")
         parse_id_number(a.value, today=a.today)
     except InvalidIdentifier as exc:
@@ -311,6 +316,8 @@ def _check_phone(a: Answer) -> Finding | None:
     if not isinstance(a.value, str):
         return a.wrong_type()
     digits = a.value.strip()
+    if has_full_width_digits(digits):
+        return "invalid_phone", _FULL_WIDTH_MESSAGE.format(label=a.label)
     if not re.fullmatch(r"[0-9]+", digits):
         return "invalid_phone", f"{a.label}只能填写数字"
     if len(digits) != 11:
@@ -381,6 +388,8 @@ def _length_problem(label: str, text: str, field: FieldDef, part: str) -> Findin
 
 
 def _region_problem(label: str, value: str, part: str) -> Finding | None:
+    if has_full_width_digits(value):
+        return "invalid_region", _FULL_WIDTH_MESSAGE.format(label=f"{label}{part}")
     if not _REGION.fullmatch(value):
         return "invalid_region", f"{label}{part}应为6位行政区划代码，请重新选择"
     if value[:2] not in PROVINCES:
@@ -393,8 +402,11 @@ def _number(value: Any) -> float | int | None:
         return None
     if isinstance(value, str) and re.fullmatch(r"\s*[+-]?[0-9]{1,15}(\.[0-9]{1,10})?\s*", value):
         value = float(value) if "." in value else int(value)
-    if isinstance(value, (int, float)) and math.isfinite(value):
-        return value
+    if isinstance(value, (int, float)):
+        try:
+            return value if math.isfinite(value) else None
+        except OverflowError:  # an int past any float (JSON allows 4,300 digits): not a quantity
+            return None
     return None
 
 

@@ -91,7 +91,7 @@ def usccs(draw) -> str:
 
 
 def _not_a_foreign_digit(c: str) -> bool:
-    # core.cn_ids reads "٣" or "３" as a digit (see test_id_number_with_a_non_ascii_digit_is_rejected).
+    # Other scripts' digits are refused and full-width ones read as ASCII (see the tests below).
     return c.isascii() or unicodedata.decimal(c, None) is None
 
 
@@ -165,10 +165,14 @@ def test_id_number_born_tomorrow_is_rejected():
         parse_id_number(first17 + ref_id_check(first17), today=TODAY)
 
 
-@pytest.mark.parametrize("changed", ["1101051949123100٢X", "1101051949123100２X"])
+@pytest.mark.parametrize("changed", ["1101051949123100٢X", "1101051949123100߂X"])
 def test_id_number_with_a_non_ascii_digit_is_rejected(changed):
     with pytest.raises(InvalidIdentifier):
         parse_id_number(changed)
+
+
+def test_id_number_typed_with_full_width_digits_is_read_as_ascii():
+    assert parse_id_number("1101051949123100２ｘ").value == "11010519491231002X"
 
 
 # -- unified social credit codes ------------------------------------------------------------------

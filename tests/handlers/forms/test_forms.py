@@ -250,7 +250,8 @@ def test_five_mistakes_give_five_problems_in_form_order(move):
         ("phone", "23800138000", "invalid_phone", "“联系电话”不是有效的手机号码，请核对"),
         ("phone", "138-0013-800", "invalid_phone", "“联系电话”只能填写数字"),
         ("phone", 13800138000, "invalid_type", "“联系电话”的填写格式不正确，请重新填写"),
-        ("phone", "１３８００１３８０００", "invalid_phone", "“联系电话”只能填写数字"),
+        ("phone", "１３８００１３８０００", "invalid_phone", "“联系电话”请使用半角数字（0-9），不要使用全角数字"),
+        ("phone", "١٣٨٠٠١٣٨٠٠٠", "invalid_phone", "“联系电话”只能填写数字"),
         ("reason", ["own"], "not_an_option", "“迁移原因”的选项无效，请重新选择"),  # found by the fuzz test below
         ("rooms", 0, "out_of_range", "“房间数”不能小于1"),
         ("rooms", 21.5, "out_of_range", "“房间数”不能大于20"),
