@@ -15,9 +15,7 @@ import httpx
 import pytest
 
 from tests.conftest import PLATFORM_KEY, PLATFORM_SECRET
-from tests.test_cases import submit_renewal
-from tests.test_drafts import RENEWAL, new_draft
-from tests.test_identity import auth, id_number, login
+from tests.helpers import RENEWAL, auth, id_number, login, new_draft, submit_renewal
 
 DEEP = b"[" * 60_000  # far past the parser's recursion limit, within the test servers' REQUEST_MAX_SIZE
 HUGE = 2**64 + 5  # beyond any 64-bit column

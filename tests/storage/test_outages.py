@@ -30,7 +30,7 @@ from tests.conftest import (
     start_server,
     wechat_env,
 )
-from tests.test_identity import auth
+from tests.helpers import auth
 
 REDIS_SERVER = shutil.which("redis-server")
 PG_BINS = sorted(glob.glob("/usr/lib/postgresql/*/bin"))
