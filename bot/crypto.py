@@ -194,7 +194,9 @@ class OACrypto:
         self.check_signature(signature, timestamp, nonce)
         return echostr
 
-    def _verified(self, method: str, timestamp: str, nonce: str, carried: bytes, xml: bytes | None, encrypted: bool):
+    def _verified(
+        self, method: str, timestamp: str, nonce: str, carried: bytes, xml: bytes | None, encrypted: bool
+    ) -> Verified:
         # Remembered until the timestamp leaves the window (at most twice the skew, for a timestamp
         # from the future), so no replay outlives its memory.
         ttl = int(timestamp) + self._max_skew_s - int(self._now()) + 1

@@ -15,6 +15,7 @@ import time
 import httpx
 import pytest
 
+from bot.crypto import CallbackRejected, OACrypto
 from tests.conftest import OA_AES_KEY, OA_TOKEN, base_env, make_server, run_cli
 from tests.oa_pusher import OA_APPID, OAPusher, text_message
 
@@ -150,3 +151,28 @@ def test_an_unknown_mode_stops_start_up(tmp_path):
     result = run_cli("migrate", env=base_env(WECHAT_OA_MODE="plain"), cwd=tmp_path)
     assert result.returncode == 2, result.stderr
     assert result.stderr.strip() == "WECHAT_OA_MODE: must be 'safe' or 'compatible', got 'plain'"
+
+
+# -- OACrypto on its own ----------------------------------------------------------------------
+
+
+def _signed(timestamp: str, nonce: str) -> dict:
+    signature = hashlib.sha1("".join(sorted([OA_TOKEN, timestamp, nonce])).encode()).hexdigest()
+    return {"signature": signature, "timestamp": timestamp, "nonce": nonce}
+
+
+def test_the_crypto_takes_plain_messages_only_in_compatible_mode():
+    now = 1_800_000_000
+    body = text_message("o_sender", "你好", create_time=now).encode()
+    safe = OACrypto(OA_TOKEN, OA_AES_KEY, OA_APPID, now=lambda: now)
+    with pytest.raises(CallbackRejected, match="plain-mode"):
+        safe.open(body, **_signed(str(now), "12345"), encrypt_type=None, msg_signature=None)
+    compatible = OACrypto(OA_TOKEN, OA_AES_KEY, OA_APPID, mode="compatible", now=lambda: now)
+    opened = compatible.open(body, **_signed(str(now), "12345"), encrypt_type=None, msg_signature=None)
+    assert opened.xml == body and not opened.encrypted
+    # Remembered for as long as the timestamp is accepted, from the past or the future.
+    assert opened.ttl_s == 301
+    future = compatible.open(body, **_signed(str(now + 300), "12345"), encrypt_type=None, msg_signature=None)
+    assert future.ttl_s == 601 and future.replay_key != opened.replay_key
+    with pytest.raises(ValueError):
+        OACrypto(OA_TOKEN, OA_AES_KEY, OA_APPID, mode="plain")  # type: ignore[arg-type]
