@@ -169,6 +169,7 @@ SIM_OA_AES_KEY = "emhhbmdiYW4tc2ltdWxhdGVkLW9hLWFlcy1rZXkhISE"
 
 def oa_crypto(settings: Settings) -> OACrypto:
     """The official-account callback crypto: configured, or the simulated account's."""
+    mode = settings.WECHAT_OA_MODE
     if settings.simulated("WeChat official account"):
-        return OACrypto(SIM_OA_TOKEN, SIM_OA_AES_KEY, SIM_APPS["oa"][0])
-    return OACrypto(settings.WECHAT_OA_TOKEN, settings.WECHAT_OA_AES_KEY, settings.WECHAT_OA_APPID)
+        return OACrypto(SIM_OA_TOKEN, SIM_OA_AES_KEY, SIM_APPS["oa"][0], mode=mode)
+    return OACrypto(settings.WECHAT_OA_TOKEN, settings.WECHAT_OA_AES_KEY, settings.WECHAT_OA_APPID, mode=mode)

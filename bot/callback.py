@@ -2,11 +2,15 @@
 
 Order of work for a POST, each step refusing before the next reads anything:
 1. body size (64 KiB) and the URL signature (constant time, timestamp within 5 minutes) → 403;
-2. safe mode (`encrypt_type=aes`): msg_signature over the ciphertext, then decryption → 403;
-3. parsing with defusedxml (no DTDs or entities) → 400;
-4. de-duplication in Redis (SET NX, 60 s): WeChat retries a message up to three times when it
+2. safe mode (`encrypt_type=aes`): msg_signature over the ciphertext, then decryption → 403; a
+   plain-mode message is refused (403) unless the account is set to compatible mode;
+3. the signature's (timestamp, nonce) claimed in Redis for as long as the timestamp is accepted:
+   the same pair with another body (or first seen on the GET verification) is a replay → 403; with
+   the same body it is a resend, answered with the first delivery's reply and never acted on;
+4. parsing with defusedxml (no DTDs or entities) → 400;
+5. de-duplication in Redis (SET NX, 60 s): WeChat retries a message up to three times when it
    gets no answer in 5 s; a retry gets the first request's reply, never a second action;
-5. the answer (`handlers.bot.answer`), under a deadline (~4 s): if it is late the callback answers
+6. the answer (`handlers.bot.answer`), under a deadline (~4 s): if it is late the callback answers
    `success` and the answer follows as a customer-service message.
 Replies go back encrypted when the request came encrypted.
 """
@@ -20,7 +24,7 @@ import time
 from sanic import Blueprint, Request
 from sanic.response import HTTPResponse, text
 
-from bot.crypto import CallbackRejected, OACrypto
+from bot.crypto import CallbackRejected, OACrypto, Verified
 from bot.messages import BadMessage, Message, dedup_key, parse, text_reply
 from container import Services
 from core.errors import BadRequest, Forbidden, PayloadTooLarge
@@ -38,17 +42,37 @@ def _crypto(request: Request) -> OACrypto:
     return request.app.ctx.oa_crypto
 
 
+def _refused(what: str, exc: CallbackRejected) -> Forbidden:
+    log.warning("%s refused: %s", what, exc)
+    return Forbidden("签名校验失败", code="oa_signature_invalid")
+
+
+async def _first_use(request: Request, verified: Verified) -> bool:
+    """Claims the request's signature; True the first time, False for a resend of the same request.
+
+    Raises CallbackRejected when the signature was already used with another body: a replay.
+    """
+    services = Services.of(request)
+    key = services.keys("bot", "sig", verified.replay_key)
+    digest = verified.body_digest.encode()
+    if await services.redis.set(key, digest, nx=True, ex=verified.ttl_s):
+        return True
+    if await services.redis.get(key) == digest:
+        return False
+    raise CallbackRejected("replayed signature")
+
+
 @bp.get("/wechat/oa")
 async def verify(request: Request) -> HTTPResponse:
     args = request.args
     try:
-        echo = _crypto(request).verify_url(
+        verified = _crypto(request).open_verification(
             args.get("signature", ""), args.get("timestamp", ""), args.get("nonce", ""), args.get("echostr", "")
         )
+        await _first_use(request, verified)
     except CallbackRejected as exc:
-        log.warning("official-account URL verification refused: %s", exc)
-        raise Forbidden("签名校验失败", code="oa_signature_invalid") from None
-    return text(echo)
+        raise _refused("official-account URL verification", exc) from None
+    return text(args.get("echostr", ""))
 
 
 @bp.post("/wechat/oa")
@@ -56,28 +80,29 @@ async def receive(request: Request) -> HTTPResponse:
     args, crypto = request.args, _crypto(request)
     if len(request.body or b"") > BODY_LIMIT:
         raise PayloadTooLarge("消息过大", code="payload_too_large")
-    timestamp, nonce = args.get("timestamp", ""), args.get("nonce", "")
-    encrypted = args.get("encrypt_type", "raw") == "aes"
+    nonce = args.get("nonce", "")
     try:
-        crypto.check_signature(args.get("signature", ""), timestamp, nonce)
-        plain = (
-            crypto.decrypt(request.body, msg_signature=args.get("msg_signature", ""), timestamp=timestamp, nonce=nonce)
-            if encrypted
-            else request.body
+        verified = crypto.open(
+            request.body or b"",
+            signature=args.get("signature", ""),
+            timestamp=args.get("timestamp", ""),
+            nonce=nonce,
+            encrypt_type=args.get("encrypt_type", "raw"),
+            msg_signature=args.get("msg_signature", ""),
         )
+        first = await _first_use(request, verified)
     except CallbackRejected as exc:
-        log.warning("official-account callback refused: %s", exc)
-        raise Forbidden("签名校验失败", code="oa_signature_invalid") from None
+        raise _refused("official-account callback", exc) from None
     try:
-        message = parse(plain, limit=BODY_LIMIT)
+        message = parse(verified.xml, limit=BODY_LIMIT)
     except BadMessage as exc:
         log.warning("official-account message unreadable: %s", exc)
         raise BadRequest("消息格式错误", code="bad_message") from None
 
-    reply = await _reply_once(request, message)
+    reply = await (_reply_once(request, message) if first else _first_reply(request, message))
     if reply == "success":
         return text("success")
-    if encrypted:
+    if verified.encrypted:
         return text(crypto.encrypt(reply, nonce=nonce), content_type="application/xml")
     return text(reply, content_type="application/xml")
 
@@ -87,18 +112,30 @@ async def _reply_once(request: Request, message: Message) -> str:
     services = Services.of(request)
     key = dedup_key(message)
     seen_key, reply_key = services.keys("bot", "seen", key), services.keys("bot", "reply", key)
-    deadline = services.settings.BOT_DEADLINE_S
     if not await services.redis.set(seen_key, b"1", nx=True, ex=SEEN_TTL_S):
-        waited_until = time.monotonic() + deadline
-        while time.monotonic() < waited_until:
-            cached = await services.redis.get(reply_key)
-            if cached is not None:
-                return cached.decode()
-            await asyncio.sleep(0.05)
-        return "success"
-    reply = await _answer_within(request, message, key, deadline)
+        return await _first_reply(request, message)
+    reply = await _answer_within(request, message, key, services.settings.BOT_DEADLINE_S)
     await services.redis.set(reply_key, reply.encode(), ex=SEEN_TTL_S)
     return reply
+
+
+async def _first_reply(request: Request, message: Message) -> str:
+    """The first delivery's reply, waited for up to the deadline; "success" once it is gone.
+
+    Never answers anew: a resend of a request seen minutes ago, its dedup keys expired, must not
+    act a second time.
+    """
+    services, key = Services.of(request), dedup_key(message)
+    reply_key = services.keys("bot", "reply", key)
+    if not await services.redis.exists(services.keys("bot", "seen", key)):
+        return "success"
+    waited_until = time.monotonic() + services.settings.BOT_DEADLINE_S
+    while time.monotonic() < waited_until:
+        cached = await services.redis.get(reply_key)
+        if cached is not None:
+            return cached.decode()
+        await asyncio.sleep(0.05)
+    return "success"
 
 
 async def _answer_within(request: Request, message: Message, key: str, deadline: float) -> str:

@@ -13,6 +13,18 @@ added here: constant-time signature comparisons, a replay window on `timestamp`,
 that refuses DTDs and entities, strict padding/length/appid checks on the plaintext, and a CSPRNG for
 the 16-byte prefix (wechatpy uses `random.sample`).
 
+Modes. The account's console offers plain (明文), compatible (兼容) and safe (安全) mode. With an
+EncodingAESKey configured only safe mode is taken: a plain-mode body is covered by no signature
+(`signature` signs only token, timestamp and nonce), so a captured query string would carry any
+body, any sender. `mode="compatible"` also takes plain messages, for the switch-over in WeChat's
+console, and only when set explicitly.
+
+Replays. `open` answers a `Verified` whose `replay_key` names the (timestamp, nonce) pair that
+every signature of the request is made of, with `body_digest` over what was signed or sent and
+`ttl_s` (how much longer the timestamp is accepted). The caller remembers the pair in Redis for
+that long: the same pair with another body is a replay and is refused; the same pair with the
+same body is WeChat resending a message, answered from the first delivery and never acted on.
+
 Every refusal raises `CallbackRejected` with a short English reason for the log; the caller answers
 WeChat without detail.
 """
@@ -28,6 +40,8 @@ import secrets
 import struct
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
 from xml.etree.ElementTree import ParseError
 
 from defusedxml import DefusedXmlException
@@ -52,6 +66,22 @@ class CallbackRejected(Exception):
     def __init__(self, reason: str):
         super().__init__(reason)
         self.reason = reason
+
+
+Mode = Literal["safe", "compatible"]
+MODES: tuple[Mode, ...] = ("safe", "compatible")
+
+
+@dataclass(frozen=True)
+class Verified:
+    """A callback whose signatures hold: its plaintext XML (None for the GET verification) and
+    what to remember against replays."""
+
+    xml: bytes | None
+    encrypted: bool
+    replay_key: str  # hex digest of (timestamp, nonce): every signature of the request is made of them
+    body_digest: str  # hex digest of the method and what the request carried
+    ttl_s: int  # seconds the timestamp stays acceptable; the pair must be remembered that long
 
 
 class _Prp(PrpCrypto):
@@ -110,6 +140,7 @@ class OACrypto:
         encoding_aes_key: str,
         appid: str,
         *,
+        mode: Mode = "safe",
         max_skew_s: int = MAX_SKEW_S,
         now: Callable[[], float] = time.time,
     ):
@@ -117,7 +148,9 @@ class OACrypto:
             raise ValueError("token is required")
         if not appid:
             raise ValueError("appid is required")
-        self._token, self.appid = token, appid
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}")
+        self._token, self.appid, self.mode = token, appid, mode
         self._prp = _Prp(_aes_key(encoding_aes_key))
         self._max_skew_s, self._now = max_skew_s, now
 
@@ -160,6 +193,50 @@ class OACrypto:
             raise CallbackRejected("missing parameter")
         self.check_signature(signature, timestamp, nonce)
         return echostr
+
+    def _verified(
+        self, method: str, timestamp: str, nonce: str, carried: bytes, xml: bytes | None, encrypted: bool
+    ) -> Verified:
+        # Remembered until the timestamp leaves the window (at most twice the skew, for a timestamp
+        # from the future), so no replay outlives its memory.
+        ttl = int(timestamp) + self._max_skew_s - int(self._now()) + 1
+        return Verified(
+            xml=xml,
+            encrypted=encrypted,
+            replay_key=hashlib.sha256(f"{timestamp}\n{nonce}".encode()).hexdigest(),
+            body_digest=hashlib.sha256(method.encode() + b"\n" + carried).hexdigest(),
+            ttl_s=max(1, min(ttl, 2 * self._max_skew_s + 1)),
+        )
+
+    def open_verification(
+        self, signature: str | None, timestamp: str | None, nonce: str | None, echostr: str | None
+    ) -> Verified:
+        """`verify_url`, with what to remember: the same signature must not come back with another echostr
+        or as a plain-mode POST."""
+        echo = self.verify_url(signature, timestamp, nonce, echostr)
+        return self._verified("GET", timestamp, nonce, echo.encode("utf-8"), None, False)  # type: ignore[arg-type]
+
+    def open(
+        self,
+        body: bytes,
+        *,
+        signature: str | None,
+        timestamp: str | None,
+        nonce: str | None,
+        encrypt_type: str | None,
+        msg_signature: str | None,
+    ) -> Verified:
+        """A POSTed callback checked for the account's mode: signatures, freshness, and in safe mode the
+        decrypted message. Raises CallbackRejected."""
+        self.check_signature(signature, timestamp, nonce)
+        if isinstance(body, str):
+            body = body.encode("utf-8")
+        if encrypt_type == "aes":
+            xml = self.decrypt(body, msg_signature=msg_signature, timestamp=timestamp, nonce=nonce)
+            return self._verified("POST", timestamp, nonce, bytes(body), xml, True)  # type: ignore[arg-type]
+        if self.mode != "compatible":
+            raise CallbackRejected("plain-mode message refused in safe mode")
+        return self._verified("POST", timestamp, nonce, bytes(body), bytes(body), False)  # type: ignore[arg-type]
 
     # -- safe mode ------------------------------------------------------------------------
 

@@ -10,6 +10,7 @@ from container import Services
 from core.http import client_ip, request_id
 from core.openapi import document
 from handlers.cases.views import pushes_for_official
+from handlers.materials.pipeline import serving_headers
 from handlers.materials.service import official_copy
 
 bp = Blueprint("console_cases", url_prefix="/console/api/cases")
@@ -32,7 +33,8 @@ async def material(request: Request, case_no: str, material_id: str) -> HTTPResp
         ip=client_ip(request),
         request_id=request_id(request),
     )
-    return raw(data, content_type=mime, headers={"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"})
+    headers = {"Cache-Control": "no-store", **serving_headers(mime, f"{case_no}-{material_id}")}
+    return raw(data, content_type=mime, headers=headers)
 
 
 @bp.get("/<case_no:str>/pushes")

@@ -103,6 +103,10 @@ class Settings(BaseSettings):
     WECHAT_OA_SECRET: str | None = None
     WECHAT_OA_TOKEN: str | None = None
     WECHAT_OA_AES_KEY: str | None = None
+    # The callback's message mode. "safe" takes only encrypted messages; "compatible" (WeChat's
+    # 兼容模式, while switching modes in its console) also takes plain ones, whose body no
+    # signature covers, so it is never the default.
+    WECHAT_OA_MODE: Literal["safe", "compatible"] = "safe"
 
     WECHATPAY_API_BASE: str = "https://api.mch.weixin.qq.com"
     WECHATPAY_MCHID: str | None = None

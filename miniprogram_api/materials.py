@@ -15,6 +15,7 @@ from container import Services
 from core.errors import BadRequest, DomainError, PayloadTooLarge, UnsupportedMediaType, ValidationFailed
 from core.http import json_body
 from core.openapi import document
+from handlers.materials.pipeline import serving_headers
 from handlers.materials.service import UPLOAD_LIMIT, limit_for, view
 from miniprogram_api.deps import citizen
 
@@ -206,6 +207,6 @@ async def download(request: Request, material_id: str, variant: str) -> HTTPResp
         expires=args.get("e", ""),
         signature=args.get("s", ""),
     )
-    return raw(
-        data, content_type=mime, headers={"Cache-Control": "private, max-age=300", "X-Content-Type-Options": "nosniff"}
-    )
+    name = f"material-{material_id}" + ("-thumb" if variant == "thumb" else "")
+    headers = {"Cache-Control": "private, max-age=300", **serving_headers(mime, name)}
+    return raw(data, content_type=mime, headers=headers)

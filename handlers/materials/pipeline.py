@@ -1,6 +1,6 @@
 """Uploaded materials: identify, check, clean and thumbnail citizens' photos and PDFs.
 
-This module is the pure processing pipeline: bytes in, bytes out. It does no HTTP, no
+This module is the pure processing pipeline: bytes in, bytes out. It does no HTTP I/O, no
 storage and no database work, so the upload route, the storage layer and the jobs can all
 call it. Every function is synchronous and CPU-bound; run it in a worker pool, never on the
 event loop. A process pool is the better choice: a hostile file that crashes or hangs a
@@ -40,6 +40,21 @@ API
     the page count, `width`/`height` are None and `thumbnail` is the first page rendered by
     PDFium as JPEG, or None when PDFium cannot render a file that pypdf accepted.
 
+    A PDF with active content is refused (`pdf_active_content`, its `details.found` naming
+    what was found), never stored: JavaScript (actions, `/JS`, the `/JavaScript` name tree),
+    `/Launch`, form submission or import, links into other files (`/GoToR`, `/GoToE`),
+    renditions and rich media, embedded files and file attachments, XFA forms, and an
+    `/OpenAction` or `/AA` (additional actions) that does anything but go to a place in the
+    document. Every object reachable from the trailer is looked at, so nothing hides in an
+    `/AA` of a form field or a `/Next` of a harmless action.
+
+    Refused rather than rewritten without those parts: a material is the citizen's evidence,
+    and what the official reviews must be the file the citizen sent (its `sha256` included);
+    a rewrite would also drop what an XFA-only form shows. Scans, photos printed to PDF and
+    the exports of office software carry none of these, except an `/OpenAction` that opens
+    at a page, which is let through. A file with more than `MAX_PDF_OBJECTS` objects to look
+    at is refused as `pdf_too_complex`, so the check stays cheap.
+
 `watermark(jpeg, text, *, font_path=None) -> bytes`
     The official's copy of an identity document: the picture with `text` repeated
     diagonally across all of it, semi-transparent, re-encoded as JPEG without metadata.
@@ -50,12 +65,20 @@ API
     The CJK font `watermark` uses, or None when the machine has none (ops should install
     Debian's `fonts-noto-cjk` or `fonts-wqy-zenhei`).
 
+`serving_headers(mime, name) -> dict`
+    The headers a stored file is served with, to citizens and officials alike: a
+    `Content-Disposition` (`attachment` for PDFs, which a browser would open in a viewer
+    that may run scripts; `inline` for pictures) with an ASCII `filename` and the UTF-8
+    `filename*`, a `Content-Security-Policy` that sandboxes the document and loads nothing,
+    and `X-Content-Type-Options: nosniff`.
+
 Errors are `core.errors.DomainError`s with a stable code and a Chinese message:
 `unsupported_file_type` (unknown magic bytes), 422 `corrupt_file` (truncated or
 undecodable image or PDF; a truncated JPEG is refused, never padded with grey), 422
 `image_too_large_pixels` (more than `max_pixels` pixels, judged from the header), 422
 `pdf_encrypted` (any encryption, even one the empty password opens: reviewers must be able
-to read it), 422 `too_many_pages` (more than `max_pdf_pages`).
+to read it), 422 `too_many_pages` (more than `max_pdf_pages`), 422 `pdf_active_content` and
+422 `pdf_too_complex` (see PDFs above).
 """
 
 from __future__ import annotations
@@ -64,9 +87,11 @@ import glob
 import io
 import math
 import os
+import re
 import threading
 from dataclasses import dataclass, field
 from functools import lru_cache
+from urllib.parse import quote
 
 from PIL import Image, ImageCms, ImageDraw, ImageFile, ImageFilter, ImageFont, ImageOps, ImageStat, JpegImagePlugin
 from pillow_heif import register_heif_opener
@@ -103,6 +128,17 @@ class TooManyPages(MediaError, Unprocessable):
 
 class ImageTooLarge(MediaError, Unprocessable):
     code, message = "image_too_large_pixels", "图片像素过大，请压缩后重新上传"
+
+
+class PdfActiveContent(MediaError, Unprocessable):
+    code, message = (
+        "pdf_active_content",
+        "PDF 含有脚本、自动执行的操作或附件，不能提交。请用“打印为 PDF”另存一份后重新上传",
+    )
+
+
+class PdfTooComplex(MediaError, Unprocessable):
+    code, message = "pdf_too_complex", "PDF 结构过于复杂，请用“打印为 PDF”另存一份后重新上传"
 
 
 # -- result -----------------------------------------------------------------------------------
@@ -423,6 +459,9 @@ def _process_pdf(data: bytes, *, thumb_edge: int, max_pdf_pages: int) -> Process
             f"PDF 页数过多（共 {pages} 页，最多 {max_pdf_pages} 页），请拆分后分别上传",
             details={"pages": pages, "max_pages": max_pdf_pages},
         )
+    found = pdf_active_content(reader)
+    if found:
+        raise PdfActiveContent(details={"found": found})
     return Processed(
         mime=PDF,
         data=data,
@@ -432,6 +471,108 @@ def _process_pdf(data: bytes, *, thumb_edge: int, max_pdf_pages: int) -> Process
         pages=pages,
         warnings=[],
     )
+
+
+MAX_PDF_OBJECTS = 200_000  # a 50-page scan has hundreds; a text-heavy report a few thousand
+
+# Actions that run code, reach outside the document, or send or load data.
+_ACTIVE_ACTIONS = {
+    "/JavaScript": "JavaScript",
+    "/Launch": "Launch",
+    "/SubmitForm": "SubmitForm",
+    "/ImportData": "ImportData",
+    "/GoToR": "GoToR",
+    "/GoToE": "GoToE",
+    "/Rendition": "Rendition",
+    "/RichMediaExecute": "RichMedia",
+}
+# Keys that are active content wherever they appear (the /JavaScript name tree, an action's
+# script, XFA forms, embedded files and their name tree, rich media).
+_ACTIVE_KEYS = {
+    "/JS": "JavaScript",
+    "/JavaScript": "JavaScript",
+    "/XFA": "XFA",
+    "/EmbeddedFiles": "EmbeddedFile",
+    "/EF": "EmbeddedFile",
+    "/RichMediaContent": "RichMedia",
+}
+_ACTIVE_SUBTYPES = {"/FileAttachment": "EmbeddedFile", "/RichMedia": "RichMedia", "/Screen": "Rendition"}
+# Actions a reader runs by itself (on opening, on showing a page, on focusing a field, ...).
+_TRIGGERS = {"/OpenAction": "OpenAction", "/AA": "AA"}
+
+
+def pdf_active_content(reader) -> list[str]:
+    """What active content a PDF holds (sorted names, empty when none), over every object
+    reachable from its trailer. Raises PdfTooComplex past MAX_PDF_OBJECTS, CorruptFile when an
+    object cannot be read."""
+    # Imported on first use, as in _process_pdf: photo-only workers never load pypdf.
+    from pypdf.generic import ArrayObject, DictionaryObject, IndirectObject
+
+    found: set[str] = set()
+    seen: set[tuple[int, int]] = set()
+    stack: list = [reader.trailer]
+    visited = 0
+    try:
+        while stack:
+            obj = stack.pop()
+            if isinstance(obj, IndirectObject):
+                ref = (obj.idnum, obj.generation)
+                if ref in seen:
+                    continue
+                seen.add(ref)
+                obj = obj.get_object()
+            visited += 1
+            if visited > MAX_PDF_OBJECTS:
+                raise PdfTooComplex(details={"max_objects": MAX_PDF_OBJECTS})
+            if isinstance(obj, DictionaryObject):
+                for key, value in obj.items():
+                    if key in _ACTIVE_KEYS:
+                        found.add(_ACTIVE_KEYS[key])
+                    elif key == "/S" and (name := _resolved(value)) in _ACTIVE_ACTIONS:
+                        found.add(_ACTIVE_ACTIONS[name])
+                    elif key == "/Subtype" and (name := _resolved(value)) in _ACTIVE_SUBTYPES:
+                        found.add(_ACTIVE_SUBTYPES[name])
+                    elif key in _TRIGGERS and not _only_goto(value, trigger=key):
+                        found.add(_TRIGGERS[key])
+                    stack.append(value)
+            elif isinstance(obj, ArrayObject):
+                stack.extend(obj)
+    except MediaError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - an object a reader might see and pypdf cannot
+        raise CorruptFile() from exc
+    return sorted(found)
+
+
+def _resolved(value):
+    return value.get_object() if hasattr(value, "get_object") else value
+
+
+def _only_goto(value, *, trigger: str) -> bool:
+    """True when a trigger only moves within the document: an /OpenAction destination, or
+    /GoTo actions (with their /Next chains) for /OpenAction and each event of an /AA."""
+    from pypdf.generic import ArrayObject, DictionaryObject  # on first use, as in _process_pdf
+
+    value = _resolved(value)
+    if trigger == "/OpenAction" and isinstance(value, ArrayObject):
+        return True  # an explicit destination: open at a page
+    if not isinstance(value, DictionaryObject):
+        return False
+    actions = list(value.values()) if trigger == "/AA" else [value]
+    seen: set[int] = set()
+    while actions:
+        action = _resolved(actions.pop())
+        if id(action) in seen:
+            continue
+        seen.add(id(action))
+        if not isinstance(action, DictionaryObject) or _resolved(action.get("/S")) != "/GoTo":
+            return False
+        following = _resolved(action.get("/Next"))
+        if isinstance(following, ArrayObject):
+            actions.extend(following)
+        elif isinstance(following, DictionaryObject):
+            actions.append(following)
+    return True
 
 
 def pdf_thumbnail(data: bytes, thumb_edge: int) -> bytes | None:
@@ -458,6 +599,28 @@ def pdf_thumbnail(data: bytes, thumb_edge: int) -> bytes | None:
         return _encode_jpeg(image, THUMB_QUALITY)
     except Exception:  # noqa: BLE001 - PDFium refusing a file pypdf accepted is not an error
         return None
+
+
+# -- serving --------------------------------------------------------------------------------
+
+# No script, plugin, form or fetch even if a browser renders the file as a document.
+FILE_CSP = "sandbox; default-src 'none'"
+_EXTENSIONS = {JPEG: "jpg", PDF: "pdf"}
+_UNSAFE_FILENAME = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def serving_headers(mime: str, name: str) -> dict[str, str]:
+    """The headers every stored file is served with; `name` is the file name without extension."""
+    ext = _EXTENSIONS.get(mime, "bin")
+    ascii_name = f"{_UNSAFE_FILENAME.sub('_', name).strip('._') or 'material'}.{ext}"
+    # A PDF viewer may run what the upload check missed; a picture has nothing to run.
+    disposition = "attachment" if mime == PDF else "inline"
+    utf8_name = quote(f"{name}.{ext}", safe="")
+    return {
+        "Content-Disposition": f"{disposition}; filename=\"{ascii_name}\"; filename*=UTF-8''{utf8_name}",
+        "Content-Security-Policy": FILE_CSP,
+        "X-Content-Type-Options": "nosniff",
+    }
 
 
 # -- watermark --------------------------------------------------------------------------------
