@@ -6,6 +6,7 @@ split without breaking the others.
 
 from __future__ import annotations
 
+import io
 import random
 import time
 import uuid
@@ -13,6 +14,7 @@ from datetime import date, timedelta
 
 import httpx
 import yaml
+from PIL import Image
 
 from handlers.catalog.publish import DEMO_CATALOGUE
 from tests.conftest import Server, WeChatSim
@@ -130,3 +132,27 @@ def wait_for(predicate, timeout: float = 40, interval: float = 0.25):
             return value
         time.sleep(interval)
     raise AssertionError("condition not met in time")
+
+
+# -- materials ----------------------------------------------------------------------------
+
+
+def jpeg(width=1600, height=1200, color=(30, 120, 200), exif: Image.Exif | None = None, quality=90) -> bytes:
+    image = Image.new("RGB", (width, height), color)
+    # Some detail, so the photo is not flagged as blurry or flat.
+    for x in range(0, width, 40):
+        for y in range(0, height, 40):
+            image.putpixel((x, y), (255, 255, 255))
+    out = io.BytesIO()
+    image.save(out, "JPEG", quality=quality, exif=exif or Image.Exif())
+    return out.getvalue()
+
+
+def upload(server, tokens, data: bytes, *, name="photo.jpg", kind="photo", mime="image/jpeg") -> httpx.Response:
+    return httpx.post(
+        server.url + "/api/v1/materials",
+        headers=auth(tokens),
+        files={"file": (name, data, mime)},
+        data={"kind": kind},
+        timeout=60,
+    )

@@ -16,18 +16,7 @@ from core.errors import Forbidden, NotFound
 from handlers.materials.links import PLATFORM_VIEWER, file_url, verify
 from handlers.materials.service import IMAGE_LIMIT, PDF_LIMIT, limit_for
 from tests.conftest import make_server
-from tests.helpers import RENEWAL, auth, id_number, login, new_draft, renewal_answers, to_l3
-
-
-def jpeg(width=1600, height=1200, color=(30, 120, 200), exif: Image.Exif | None = None, quality=90) -> bytes:
-    image = Image.new("RGB", (width, height), color)
-    # Some detail, so the photo is not flagged as blurry or flat.
-    for x in range(0, width, 40):
-        for y in range(0, height, 40):
-            image.putpixel((x, y), (255, 255, 255))
-    out = io.BytesIO()
-    image.save(out, "JPEG", quality=quality, exif=exif or Image.Exif())
-    return out.getvalue()
+from tests.helpers import RENEWAL, auth, id_number, jpeg, login, new_draft, renewal_answers, to_l3, upload
 
 
 def pdf(pages=2, encrypt: str | None = None) -> bytes:
@@ -41,16 +30,6 @@ def pdf(pages=2, encrypt: str | None = None) -> bytes:
     out = io.BytesIO()
     writer.write(out)
     return out.getvalue()
-
-
-def upload(server, tokens, data: bytes, *, name="photo.jpg", kind="photo", mime="image/jpeg") -> httpx.Response:
-    return httpx.post(
-        server.url + "/api/v1/materials",
-        headers=auth(tokens),
-        files={"file": (name, data, mime)},
-        data={"kind": kind},
-        timeout=60,
-    )
 
 
 @pytest.fixture(scope="module")

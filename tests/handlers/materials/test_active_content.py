@@ -19,9 +19,7 @@ from pypdf import PdfWriter
 from pypdf.actions import JavaScript
 from pypdf.generic import ArrayObject, DictionaryObject, FloatObject, NameObject, NumberObject, TextStringObject
 
-from tests.test_drafts import RENEWAL, new_draft, renewal_answers
-from tests.test_identity import auth, id_number, login, to_l3
-from tests.test_materials import jpeg, upload
+from tests.helpers import RENEWAL, auth, id_number, jpeg, login, new_draft, renewal_answers, to_l3, upload
 
 CSP = "sandbox; default-src 'none'"
 
