@@ -27,6 +27,7 @@ log = logging.getLogger("zhangban.http")
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
 REQUEST_ID_HEADER = "X-Request-ID"
+BEARER_PREFIX = "/api/v1/"  # where a 401 asks for a bearer token (RFC 6750)
 _SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 # The one table from an error's kind to its HTTP status (looked up along the class's MRO).
@@ -114,6 +115,12 @@ def error_response(request: Request | None, error: errors.DomainError) -> HTTPRe
     headers = headers_of(error)
     if request is not None:
         headers[REQUEST_ID_HEADER] = request_id(request)
+        if isinstance(error, errors.Unauthenticated) and request.path.startswith(BEARER_PREFIX):
+            # RFC 6750 §3: the scheme, and why a token that was sent is refused.
+            challenge = 'Bearer realm="zhangban"'
+            if request.headers.get("authorization"):
+                challenge += f', error="invalid_token", error_description="{error.code}"'
+            headers["WWW-Authenticate"] = challenge
     return json_response(error.body(), status=status_of(error), headers=headers)
 
 
@@ -136,6 +143,18 @@ def _as_domain_error(exc: BaseException) -> errors.DomainError:
     return _Unexpected()
 
 
+def allowed_methods(request: Request) -> list[str]:
+    """The methods the router has for the request's path (Sanic names none for a path with parameters)."""
+    allowed = []
+    for method in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"):
+        try:
+            request.app.router.get(request.path, method, request.headers.get("host"))
+        except sanic_exc.SanicException:
+            continue
+        allowed.append(method)
+    return allowed
+
+
 def install(app: Sanic) -> None:
     """Installs the error format, request ids and their logging context on `app`."""
 
@@ -150,6 +169,8 @@ def install(app: Sanic) -> None:
     @app.exception(Exception)
     async def _handle(request: Request, exc: Exception) -> HTTPResponse:
         error = _as_domain_error(exc)
+        if isinstance(error, errors.MethodNotAllowed) and not getattr(error, "allowed_methods", None):
+            error.allowed_methods = allowed_methods(request)
         if not isinstance(exc, errors.DomainError) and status_of(error) >= 500:
             log.error("unhandled error on %s %s", request.method, request.path, exc_info=exc)
         elif status_of(error) >= 500:
