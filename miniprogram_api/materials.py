@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from datetime import date
+from typing import Literal
 
 from pydantic import BaseModel, Field
 from python_multipart import MultipartParser
@@ -34,7 +35,9 @@ class UploadForm(BaseModel):
 
     file: bytes = Field(description="the photo (JPEG, PNG, HEIC) or PDF")
     kind: str = Field(pattern=_KIND.pattern, description="the material's kind, e.g. photo, id_card_front")
-    valid_until: date | None = Field(None, description="the document's expiry date, YYYY-MM-DD")
+    valid_until: date | Literal[""] | None = Field(
+        None, description="the document's expiry date, YYYY-MM-DD; empty or absent when it has none"
+    )
 
 
 class SignedLinkQuery(BaseModel):
