@@ -12,7 +12,7 @@ from functools import partial
 
 import ujson
 from sanic import Sanic
-from sanic_ext import Extend, openapi
+from sanic_ext import Extend
 
 from bot import callback as oa_callback
 from bot.crypto import OACrypto
@@ -22,7 +22,7 @@ from console import auth as console_auth
 from console import cases as console_cases
 from console import citizens as console_citizens
 from container import SIM_PLATFORM_KEY, SIM_PLATFORM_PREFIX, SIM_PLATFORM_SECRET, Services
-from core import http
+from core import http, openapi
 from core.logs import logging_config
 from core.settings import Settings, install
 from jobs.kicks import BrokerKicks
@@ -34,7 +34,7 @@ from miniprogram_api import identity as mp_identity
 from miniprogram_api import inbox as mp_inbox
 from miniprogram_api import materials as mp_materials
 from miniprogram_api import services as mp_services
-from ops import health
+from ops import docs, health
 from storage.db import close_db, init_db
 from wechat.apps import SIM_APPS, WECHAT_SIM_PREFIX
 from wechat.simulator import SimState, simulator_blueprint
@@ -59,9 +59,8 @@ def create_app(settings: Settings) -> Sanic:
             "GRACEFUL_SHUTDOWN_TIMEOUT": settings.GRACEFUL_SHUTDOWN_TIMEOUT,
             "KEEP_ALIVE_TIMEOUT": 15,
             "FALLBACK_ERROR_FORMAT": "json",
-            "OAS_UI_DEFAULT": "redoc",
-            "OAS_URL_PREFIX": "/docs",
-            "OAS_URI_TO_JSON": "/openapi.json",
+            # The document is ours (core.openapi), and so is its page: both served by ops.docs.
+            "OAS": False,
             "CORS": False,
             "HEALTH": False,
         }
@@ -129,7 +128,7 @@ def _mount_simulators(app: Sanic, settings: Settings) -> None:
     if settings.simulated("WeChat mini-program") or settings.simulated("WeChat official account"):
         app.ctx.wechat_sim = SimState()
         sim_bp = simulator_blueprint(app.ctx.wechat_sim, url_prefix=WECHAT_SIM_PREFIX)
-        openapi.exclude(bp=sim_bp)  # a stand-in for WeChat, not part of our API
+        openapi.exclude(sim_bp)  # a stand-in for WeChat, not part of our API
         app.blueprint(sim_bp)
     if settings.simulated("core platform"):
         # Callbacks every few seconds, so a citizen's case visibly progresses within a minute.
@@ -141,12 +140,13 @@ def _mount_simulators(app: Sanic, settings: Settings) -> None:
             step_delay_s=8.0,
         )
         platform_bp = platform_blueprint(app.ctx.platform_sim, url_prefix=SIM_PLATFORM_PREFIX)
-        openapi.exclude(bp=platform_bp)
+        openapi.exclude(platform_bp)
         app.blueprint(platform_bp)
 
 
 BLUEPRINTS = [
     health.bp,
+    docs.bp,
     console_auth.bp,
     console_citizens.bp,
     console_cases.bp,

@@ -21,6 +21,7 @@ import asyncio
 import logging
 import time
 
+from pydantic import BaseModel, Field
 from sanic import Blueprint, Request
 from sanic.response import HTTPResponse, text
 
@@ -28,6 +29,7 @@ from bot.crypto import CallbackRejected, OACrypto, Verified
 from bot.messages import BadMessage, Message, dedup_key, parse, text_reply
 from container import Services
 from core.errors import BadRequest, Forbidden, PayloadTooLarge
+from core.openapi import document
 from handlers.bot import UnionidChecks, answer, send_late_answer
 from wechat.client import OfficialAccountAPI
 
@@ -62,7 +64,34 @@ async def _first_use(request: Request, verified: Verified) -> bool:
     raise CallbackRejected("replayed signature")
 
 
+class VerifyQuery(BaseModel):
+    """WeChat's URL verification (checked by OACrypto, documented here)."""
+
+    signature: str
+    timestamp: str
+    nonce: str
+    echostr: str
+
+
+class MessageQuery(BaseModel):
+    """WeChat's signature of a pushed message (checked by OACrypto, documented here)."""
+
+    signature: str
+    timestamp: str
+    nonce: str
+    openid: str | None = None
+    encrypt_type: str | None = Field(None, description="aes in safe mode")
+    msg_signature: str | None = Field(None, description="the signature of the encrypted message (safe mode)")
+
+
 @bp.get("/wechat/oa")
+@document(
+    summary="WeChat verifies the official account's server URL (echoes echostr)",
+    tag="official-account",
+    query=VerifyQuery,
+    content_type="text/plain",
+    errors=(403,),
+)
 async def verify(request: Request) -> HTTPResponse:
     args = request.args
     try:
@@ -76,6 +105,14 @@ async def verify(request: Request) -> HTTPResponse:
 
 
 @bp.post("/wechat/oa")
+@document(
+    summary="WeChat pushes a citizen's message to the official account (XML); the answer is XML or success",
+    tag="official-account",
+    query=MessageQuery,
+    raw_body="text/xml",
+    content_type=("text/plain", "application/xml"),
+    errors=(400, 403, 413),
+)
 async def receive(request: Request) -> HTTPResponse:
     args, crypto = request.args, _crypto(request)
     if len(request.body or b"") > BODY_LIMIT:

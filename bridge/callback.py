@@ -15,10 +15,11 @@ from pydantic import BaseModel, Field, ValidationError, model_validator
 from sanic import Blueprint, Request
 from sanic.response import HTTPResponse, json
 
-from bridge.signing import SignatureRejected, nonce_of
+from bridge.signing import HEADER_APP_KEY, HEADER_NONCE, HEADER_SIGNATURE, HEADER_TIMESTAMP, SignatureRejected, nonce_of
 from container import Services
 from core.errors import NotFound, Unauthenticated, ValidationFailed
 from core.http import field_errors, parse_json, validate
+from core.openapi import document
 from core.schema import StrictOpen
 from handlers.cases.platform_events import apply_platform_event
 
@@ -88,7 +89,36 @@ EVENT_DATA: dict[str, type[BaseModel]] = {
 }
 
 
+class CallbackOut(BaseModel):
+    ok: bool
+    result: str
+
+
+SIGNATURE_HEADERS = {
+    HEADER_APP_KEY: {"required": True, "description": "the platform's application key", "schema": {"type": "string"}},
+    HEADER_TIMESTAMP: {"required": True, "description": "Unix seconds", "schema": {"type": "string"}},
+    HEADER_NONCE: {
+        "required": True,
+        "description": "16-64 of [A-Za-z0-9_-], never reused",
+        "schema": {"type": "string"},
+    },
+    HEADER_SIGNATURE: {
+        "required": True,
+        "description": "lowercase hex HMAC-SHA256 of the request (bridge/signing.py)",
+        "schema": {"type": "string"},
+    },
+}
+
+
 @bp.post("/bridge/callback")
+@document(
+    summary="The core platform reports a case's progress (signed callback)",
+    tag="platform",
+    body=Callback,
+    headers=SIGNATURE_HEADERS,
+    response=CallbackOut,
+    errors=(400, 401, 404, 422),
+)
 async def callback(request: Request) -> HTTPResponse:
     services = Services.of(request)
     target = request.path + (f"?{request.query_string}" if request.query_string else "")

@@ -6,13 +6,14 @@ from pydantic import BaseModel, Field
 from sanic import Blueprint, Request
 from sanic.response import HTTPResponse, json
 
-from console.deps import COOKIE, official
+from console.deps import COOKIE, SESSION, SESSION_AND_CSRF, official
 from container import Services
 from core.http import client_ip, json_body, request_id
-from core.openapi import document
+from core.openapi import document, secure
 from handlers import officials
 
 bp = Blueprint("console_auth", url_prefix="/console/api")
+secure(bp, SESSION, unsafe=SESSION_AND_CSRF)
 
 
 class SignIn(BaseModel):
@@ -44,7 +45,14 @@ def _official(o) -> dict:
 
 
 @bp.post("/session")
-@document(summary="Official signs in", tag="console", body=SignIn, response=SessionOut, errors=(401, 422, 429))
+@document(
+    summary="Official signs in (sets the session cookie)",
+    tag="console",
+    body=SignIn,
+    response=SessionOut,
+    errors=(401, 422, 429),
+    public=True,
+)
 async def sign_in(request: Request) -> HTTPResponse:
     body = json_body(request, SignIn)
     session = await officials.sign_in(
@@ -77,7 +85,7 @@ async def who_am_i(request: Request) -> HTTPResponse:
 
 
 @bp.delete("/session")
-@document(summary="Official signs out", tag="console", errors=(401, 403))
+@document(summary="Official signs out", tag="console", status=204, errors=(401, 403))
 @official
 async def sign_out(request: Request) -> HTTPResponse:
     await officials.sign_out(

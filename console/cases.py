@@ -2,24 +2,35 @@
 
 from __future__ import annotations
 
+from pydantic import BaseModel, Field
 from sanic import Blueprint, Request
 from sanic.response import HTTPResponse, json, raw
 
-from console.deps import official
+from console.deps import SESSION, SESSION_AND_CSRF, official
 from container import Services
 from core.http import client_ip, request_id
-from core.openapi import document
+from core.openapi import document, secure
 from handlers.cases.views import pushes_for_official
 from handlers.materials.pipeline import serving_headers
 from handlers.materials.service import official_copy
 
 bp = Blueprint("console_cases", url_prefix="/console/api/cases")
+secure(bp, SESSION, unsafe=SESSION_AND_CSRF)
+
+
+class ReasonQuery(BaseModel):
+    """Why the official looks (checked and audited by the use case, documented here)."""
+
+    reason: str = Field(min_length=4, max_length=200, description="why the official looks, e.g. the case number")
 
 
 @bp.get("/<case_no:str>/materials/<material_id:str>")
 @document(
     summary="An official's copy of a case material (?reason= required; audited; watermarked)",
     tag="console",
+    query=ReasonQuery,
+    response=None,
+    content_type="application/octet-stream",
     errors=(401, 403, 404, 422),
 )
 @official

@@ -2,22 +2,31 @@
 
 from __future__ import annotations
 
+from pydantic import BaseModel, Field
 from sanic import Blueprint, Request
 from sanic.response import HTTPResponse, json
 
-from console.deps import official
+from console.deps import SESSION, SESSION_AND_CSRF, official
 from container import Services
 from core.http import client_ip, request_id
-from core.openapi import document
+from core.openapi import document, secure
 from handlers.personal_data import read_citizen
 
 bp = Blueprint("console_citizens", url_prefix="/console/api/citizens")
+secure(bp, SESSION, unsafe=SESSION_AND_CSRF)
+
+
+class ReasonQuery(BaseModel):
+    """Why the official looks (checked and audited by the use case, documented here)."""
+
+    reason: str = Field(min_length=4, max_length=200, description="why the official looks, e.g. the case number")
 
 
 @bp.get("/<user_id:int>")
 @document(
     summary="Read a citizen's clear personal data (role personal_data; ?reason= required; audited)",
     tag="console",
+    query=ReasonQuery,
     errors=(401, 403, 404, 422),
 )
 @official

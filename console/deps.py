@@ -15,6 +15,25 @@ COOKIE = "zb_console"
 CSRF_HEADER = "X-CSRF-Token"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
+# How the OpenAPI document describes these credentials (core.openapi.secure).
+SESSION = {
+    "consoleSession": {
+        "type": "apiKey",
+        "in": "cookie",
+        "name": COOKIE,
+        "description": "the session cookie set by `POST /console/api/session`",
+    }
+}
+SESSION_AND_CSRF = {
+    **SESSION,
+    "consoleCsrf": {
+        "type": "apiKey",
+        "in": "header",
+        "name": CSRF_HEADER,
+        "description": "the session's csrf_token, echoed on every method that changes something",
+    },
+}
+
 
 async def current_session(request: Request) -> officials.ConsoleSession:
     """The signed-in official's session; a method that changes something must also echo the CSRF token."""

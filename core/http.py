@@ -30,6 +30,7 @@ log = logging.getLogger("zhangban.http")
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
 REQUEST_ID_HEADER = "X-Request-ID"
+BEARER_PREFIX = "/api/v1/"  # where a 401 asks for a bearer token (RFC 6750)
 _SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 # The one table from an error's kind to its HTTP status (looked up along the class's MRO).
@@ -131,6 +132,12 @@ def error_response(request: Request | None, error: errors.DomainError) -> HTTPRe
     headers = headers_of(error)
     if request is not None:
         headers[REQUEST_ID_HEADER] = request_id(request)
+        if isinstance(error, errors.Unauthenticated) and request.path.startswith(BEARER_PREFIX):
+            # RFC 6750 §3: the scheme, and why a token that was sent is refused.
+            challenge = 'Bearer realm="zhangban"'
+            if request.headers.get("authorization"):
+                challenge += f', error="invalid_token", error_description="{error.code}"'
+            headers["WWW-Authenticate"] = challenge
     return json_response(error.body(), status=status_of(error), headers=headers)
 
 
@@ -151,6 +158,18 @@ def _as_domain_error(exc: BaseException) -> errors.DomainError:
         if 400 <= status < 500:
             return errors.BadRequest()
     return _Unexpected()
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """The methods the router has for the request's path (Sanic names none for a path with parameters)."""
+    allowed = []
+    for method in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"):
+        try:
+            request.app.router.get(request.path, method, request.headers.get("host"))
+        except sanic_exc.SanicException:
+            continue
+        allowed.append(method)
+    return allowed
 
 
 def install(app: Sanic) -> None:
@@ -178,6 +197,8 @@ def install(app: Sanic) -> None:
             log.warning("%s unavailable on %s %s: %s", part, request.method, request.path, type(exc).__name__)
         else:
             error = _as_domain_error(exc)
+            if isinstance(error, errors.MethodNotAllowed) and not getattr(error, "allowed_methods", None):
+                error.allowed_methods = allowed_methods(request)
             if not isinstance(exc, errors.DomainError) and status_of(error) >= 500:
                 log.error("unhandled error on %s %s", request.method, request.path, exc_info=exc)
             elif status_of(error) >= 500:

@@ -8,11 +8,12 @@ from sanic.response import HTTPResponse, json
 
 from container import Services
 from core.http import client_ip, json_body
-from core.openapi import document
+from core.openapi import BEARER, document, secure
 from handlers import auth
 from miniprogram_api.deps import citizen
 
 bp = Blueprint("mp_auth", url_prefix="/api/v1/auth")
+secure(bp, BEARER)
 
 
 class LoginIn(BaseModel):
@@ -49,7 +50,12 @@ def _tokens(pair: auth.TokenPair) -> dict:
 
 @bp.post("/login")
 @document(
-    summary="Sign in with a wx.login code", tag="auth", body=LoginIn, response=TokensOut, errors=(400, 422, 429, 503)
+    summary="Sign in with a wx.login code",
+    tag="auth",
+    body=LoginIn,
+    response=TokensOut,
+    errors=(400, 422, 429, 503),
+    public=True,
 )
 async def login(request: Request) -> HTTPResponse:
     body = json_body(request, LoginIn)
@@ -68,6 +74,7 @@ async def login(request: Request) -> HTTPResponse:
     body=RefreshIn,
     response=TokensOut,
     errors=(401, 422, 429),
+    public=True,
 )
 async def refresh(request: Request) -> HTTPResponse:
     body = json_body(request, RefreshIn)
@@ -77,7 +84,7 @@ async def refresh(request: Request) -> HTTPResponse:
 
 
 @bp.post("/logout")
-@document(summary="Sign out: revoke this login's tokens", tag="auth", errors=(401,))
+@document(summary="Sign out: revoke this login's tokens", tag="auth", status=204, errors=(401,))
 @citizen
 async def logout(request: Request) -> HTTPResponse:
     await Services.of(request).tokens.revoke_family(request.ctx.principal.family)

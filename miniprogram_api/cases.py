@@ -10,11 +10,12 @@ from sanic.response import HTTPResponse, json
 
 from container import Services
 from core.http import INT64_MAX, json_body, query_args
-from core.openapi import document
+from core.openapi import BEARER, document, secure
 from handlers.cases import resubmission, views, withdrawal
 from miniprogram_api.deps import citizen
 
 bp = Blueprint("mp_cases", url_prefix="/api/v1/cases")
+secure(bp, BEARER)
 
 
 class ListQuery(BaseModel):
@@ -34,7 +35,7 @@ class ResubmitIn(BaseModel):
 
 
 @bp.get("/")
-@document(summary="My cases, newest first (keyset pages)", tag="cases", errors=(401, 422))
+@document(summary="My cases, newest first (keyset pages)", tag="cases", query=ListQuery, errors=(401, 422))
 @citizen
 async def mine(request: Request) -> HTTPResponse:
     query = query_args(request, ListQuery)
@@ -49,7 +50,13 @@ async def read(request: Request, case_no: str) -> HTTPResponse:
 
 
 @bp.post("/<case_no:str>/withdraw")
-@document(summary="Withdraw a case not yet accepted", tag="cases", body=WithdrawIn, errors=(401, 404, 409))
+@document(
+    summary="Withdraw a case not yet accepted",
+    tag="cases",
+    body=WithdrawIn,
+    body_required=False,
+    errors=(401, 404, 409, 422),
+)
 @citizen
 async def withdraw(request: Request, case_no: str) -> HTTPResponse:
     body = json_body(request, WithdrawIn) if request.body else WithdrawIn()

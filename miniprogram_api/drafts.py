@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import re
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, StrictInt
 from sanic import Blueprint, Request
 from sanic.response import HTTPResponse, json
 
 from container import Services
 from core.errors import BadRequest
 from core.http import INT32_MAX, json_body
-from core.openapi import document
+from core.openapi import BEARER, document, secure
 from handlers.drafts import problem_body
 from miniprogram_api.deps import citizen
 
 bp = Blueprint("mp_drafts", url_prefix="/api/v1/drafts")
+secure(bp, BEARER)
 
 # A draft's data is the owner's own answers in full (ID number, phone, address): no cache
 # between them and us may keep a copy.
@@ -30,14 +31,39 @@ class CreateIn(BaseModel):
 
 
 class PatchIn(BaseModel):
-    version: int = Field(ge=1, le=INT32_MAX)
+    version: StrictInt = Field(ge=1, le=INT32_MAX)
     data: dict
 
 
 class SubmitIn(BaseModel):
-    version: int | None = Field(
+    version: StrictInt | None = Field(
         None, ge=1, le=INT32_MAX, description="submit only if the draft is still at this version"
     )
+
+
+class DraftOut(BaseModel):
+    id: str
+    version: int
+    service_code: str | None
+    bundle_code: str | None
+    status: str
+    data: dict
+    expires_at: str
+    prefill: dict | None = None
+    materials: dict | None = None
+
+
+class DraftSummary(BaseModel):
+    id: str
+    version: int
+    service_code: str | None
+    bundle_code: str | None
+    updated_at: str
+    expires_at: str
+
+
+class DraftList(BaseModel):
+    items: list[DraftSummary]
 
 
 class ProblemOut(BaseModel):
@@ -54,7 +80,17 @@ class ReviewOut(BaseModel):
 class SubmitOut(BaseModel):
     case_no: str
     status: str
+    bundle_no: str | None = None
     cases: list[dict]
+
+
+IDEMPOTENCY_KEY = {
+    "Idempotency-Key": {
+        "required": True,
+        "description": "a unique key per submission (8-128 of A-Z a-z 0-9 . _ : -); a retry gets the same answer",
+        "schema": {"type": "string", "pattern": _KEY.pattern},
+    }
+}
 
 
 def _view(draft, data: dict, prefill: dict | None = None) -> dict:
@@ -73,7 +109,14 @@ def _view(draft, data: dict, prefill: dict | None = None) -> dict:
 
 
 @bp.post("/")
-@document(summary="Start a draft, prefilled", tag="drafts", body=CreateIn, status=201, errors=(401, 404, 422))
+@document(
+    summary="Start a draft, prefilled",
+    tag="drafts",
+    body=CreateIn,
+    response=DraftOut,
+    status=201,
+    errors=(401, 404, 422),
+)
 @citizen
 async def create(request: Request) -> HTTPResponse:
     body = json_body(request, CreateIn)
@@ -84,7 +127,7 @@ async def create(request: Request) -> HTTPResponse:
 
 
 @bp.get("/")
-@document(summary="My open drafts", tag="drafts", errors=(401,))
+@document(summary="My open drafts", tag="drafts", response=DraftList, errors=(401,))
 @citizen
 async def mine(request: Request) -> HTTPResponse:
     drafts = await Services.of(request).drafts.mine(user=request.ctx.user)
@@ -106,7 +149,7 @@ async def mine(request: Request) -> HTTPResponse:
 
 
 @bp.get("/<draft_id:str>")
-@document(summary="One of my drafts", tag="drafts", errors=(401, 404, 410))
+@document(summary="One of my drafts", tag="drafts", response=DraftOut, errors=(401, 404, 410))
 @citizen
 async def read(request: Request, draft_id: str) -> HTTPResponse:
     service = Services.of(request).drafts
@@ -119,6 +162,7 @@ async def read(request: Request, draft_id: str) -> HTTPResponse:
     summary="Save answers (merge) if the version is current",
     tag="drafts",
     body=PatchIn,
+    response=DraftOut,
     errors=(401, 404, 409, 410, 422),
 )
 @citizen
@@ -143,6 +187,8 @@ async def review(request: Request, draft_id: str) -> HTTPResponse:
     summary="Submit (Idempotency-Key header required)",
     tag="drafts",
     body=SubmitIn,
+    body_required=False,
+    headers=IDEMPOTENCY_KEY,
     response=SubmitOut,
     status=201,
     errors=(400, 401, 404, 409, 410, 422),

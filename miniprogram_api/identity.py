@@ -2,23 +2,24 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, StrictBool
 from sanic import Blueprint, Request
 from sanic.response import HTTPResponse, json
 
 from container import Services
 from core.http import client_ip, json_body
-from core.openapi import document
+from core.openapi import BEARER, document, secure
 from handlers import identity
 from miniprogram_api.deps import citizen
 
 bp = Blueprint("mp_identity", url_prefix="/api/v1")
+secure(bp, BEARER)
 
 
 class DeclareIn(BaseModel):
     name: str = Field(max_length=64)
     id_number: str = Field(max_length=32)
-    transfer: bool = Field(False, description="move an ID verified by another account here (needs a face check)")
+    transfer: StrictBool = Field(False, description="move an ID verified by another account here (needs a face check)")
 
 
 class LevelOut(BaseModel):
@@ -43,7 +44,7 @@ class AddressIn(BaseModel):
     phone: str = Field(max_length=20)
     region_code: str = Field(max_length=6)
     detail: str = Field(max_length=200)
-    is_default: bool = False
+    is_default: StrictBool = False
 
 
 class AddressOut(BaseModel):
@@ -53,6 +54,14 @@ class AddressOut(BaseModel):
     region_code: str
     detail: str
     is_default: bool
+
+
+class PhoneOut(BaseModel):
+    phone_masked: str
+
+
+class AddressList(BaseModel):
+    items: list[AddressOut]
 
 
 class ProfileOut(BaseModel):
@@ -138,7 +147,8 @@ async def me(request: Request) -> HTTPResponse:
     summary="Bind my mobile number from a getPhoneNumber code",
     tag="identity",
     body=PhoneIn,
-    errors=(400, 401, 429, 503),
+    response=PhoneOut,
+    errors=(400, 401, 422, 429, 503),
 )
 @citizen
 async def bind_phone(request: Request) -> HTTPResponse:
@@ -152,7 +162,7 @@ async def bind_phone(request: Request) -> HTTPResponse:
 
 
 @bp.get("/me/addresses")
-@document(summary="My mailing addresses", tag="identity", errors=(401,))
+@document(summary="My mailing addresses", tag="identity", response=AddressList, errors=(401,))
 @citizen
 async def list_addresses(request: Request) -> HTTPResponse:
     return json({"items": await identity.own_addresses(user=request.ctx.user, cipher=Services.of(request).cipher)})
@@ -190,7 +200,7 @@ async def update_address(request: Request, address_id: int) -> HTTPResponse:
 
 
 @bp.delete("/me/addresses/<address_id:int>")
-@document(summary="Delete a mailing address", tag="identity", errors=(401, 404))
+@document(summary="Delete a mailing address", tag="identity", status=204, errors=(401, 404))
 @citizen
 async def delete_address(request: Request, address_id: int) -> HTTPResponse:
     await identity.delete_address(user=request.ctx.user, address_id=address_id)

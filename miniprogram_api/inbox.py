@@ -3,20 +3,21 @@
 from __future__ import annotations
 
 import re
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, StrictInt, field_validator
 from sanic import Blueprint, Request
 from sanic.response import HTTPResponse, json
 
 from core.errors import ValidationFailed
 from core.http import INT64_MAX, json_body, query_args
-from core.openapi import document
+from core.openapi import BEARER, document, secure
 from handlers import push
 from miniprogram_api.deps import citizen
 from wechat.apps import SIM_APPS
 
 bp = Blueprint("mp_inbox", url_prefix="/api/v1")
+secure(bp, BEARER)
 
 _TEMPLATE_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 
@@ -48,11 +49,33 @@ class InboxQuery(BaseModel):
     limit: int = Field(20, ge=1, le=100)
 
 
+class InboxPage(BaseModel):
+    items: list[dict]
+    unread: int
+    next_cursor: int | None
+
+
+class ReadOut(BaseModel):
+    marked: int
+    unread: int
+
+
+class GrantsOut(BaseModel):
+    grants: Any
+
+
 class ReadIn(BaseModel):
-    ids: list[Annotated[int, Field(ge=1, le=INT64_MAX)]] | None = Field(
+    ids: list[Annotated[StrictInt, Field(ge=1, le=INT64_MAX)]] | None = Field(
         None, max_length=200, description="the items to mark read; omit for all"
     )
     all: Literal[True] | None = None
+
+    @field_validator("all", mode="before")
+    @classmethod
+    def _strict_true(cls, value: Any) -> Any:
+        if value is not None and value is not True:  # 1 is not true
+            raise ValueError("应为 true")
+        return value
 
 
 @bp.post("/subscriptions")
@@ -60,6 +83,7 @@ class ReadIn(BaseModel):
     summary="Record the answers of wx.requestSubscribeMessage (each accept is one push)",
     tag="push",
     body=SubscriptionsIn,
+    response=GrantsOut,
     errors=(401, 422),
 )
 @citizen
@@ -77,7 +101,13 @@ async def subscriptions(request: Request) -> HTTPResponse:
 
 
 @bp.get("/inbox")
-@document(summary="My notifications, newest first, and the unread count", tag="push", errors=(401, 422))
+@document(
+    summary="My notifications, newest first, and the unread count",
+    tag="push",
+    query=InboxQuery,
+    response=InboxPage,
+    errors=(401, 422),
+)
 @citizen
 async def inbox(request: Request) -> HTTPResponse:
     query = query_args(request, InboxQuery)
@@ -94,7 +124,11 @@ async def inbox(request: Request) -> HTTPResponse:
 
 @bp.post("/inbox/read")
 @document(
-    summary='Mark notifications read: {"ids": [...]} or {"all": true}', tag="push", body=ReadIn, errors=(401, 422)
+    summary='Mark notifications read: {"ids": [...]} or {"all": true}',
+    tag="push",
+    body=ReadIn,
+    response=ReadOut,
+    errors=(401, 422),
 )
 @citizen
 async def mark_read(request: Request) -> HTTPResponse:

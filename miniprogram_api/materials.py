@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from datetime import date
+from typing import Literal
 
 from pydantic import BaseModel, Field
 from python_multipart import MultipartParser
@@ -14,12 +15,13 @@ from sanic.response import HTTPResponse, json, raw
 from container import Services
 from core.errors import BadRequest, DomainError, PayloadTooLarge, UnsupportedMediaType, ValidationFailed
 from core.http import json_body
-from core.openapi import document
+from core.openapi import BEARER, document, secure
 from handlers.materials.pipeline import serving_headers
 from handlers.materials.service import UPLOAD_LIMIT, limit_for, view
 from miniprogram_api.deps import citizen
 
 bp = Blueprint("mp_materials", url_prefix="/api/v1")
+secure(bp, BEARER)
 files_bp = Blueprint("files", url_prefix="/files")
 
 _KIND = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
@@ -27,6 +29,24 @@ _KIND = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 
 class AttachIn(BaseModel):
     material_id: str = Field(min_length=1, max_length=64)
+
+
+class UploadForm(BaseModel):
+    """The multipart form of an upload (read by `_read_upload`, documented here)."""
+
+    file: bytes = Field(description="the photo (JPEG, PNG, HEIC) or PDF")
+    kind: str = Field(pattern=_KIND.pattern, description="the material's kind, e.g. photo, id_card_front")
+    valid_until: date | Literal[""] | None = Field(
+        None, description="the document's expiry date, YYYY-MM-DD; empty or absent when it has none"
+    )
+
+
+class SignedLinkQuery(BaseModel):
+    """The query of a signed file link (checked by the materials service, documented here)."""
+
+    v: str = Field(description="the viewer the link was made for")
+    e: str = Field(description="expiry, Unix seconds")
+    s: str = Field(description="signature")
 
 
 class MaterialOut(BaseModel):
@@ -39,8 +59,28 @@ class MaterialOut(BaseModel):
     height: int | None
     pages: int | None
     quality_warnings: list[dict]
+    valid_until: date | None = None
+    expired: bool = False
+    locked: bool = False
+    created_at: str | None = None
     file_url: str
+    url_expires_at: int | None = None
     thumbnail_url: str | None
+
+
+class MaterialGroup(BaseModel):
+    kind: str
+    items: list[MaterialOut]
+
+
+class Library(BaseModel):
+    kinds: list[MaterialGroup]
+
+
+class AttachOut(BaseModel):
+    id: str
+    version: int
+    materials: dict
 
 
 async def _read_upload(request: Request) -> tuple[str, bytes, date | None]:
@@ -127,10 +167,12 @@ async def _read_upload(request: Request) -> tuple[str, bytes, date | None]:
 
 @bp.post("/materials", stream=True)
 @document(
-    summary="Upload a photo or PDF (multipart: file, kind, optional valid_until)",
+    summary="Upload a photo or PDF (201; 200 when the same file is already in the library)",
     tag="materials",
+    form=UploadForm,
     response=MaterialOut,
     status=201,
+    also=(200,),
     errors=(401, 413, 415, 422, 503),
 )
 @citizen
@@ -145,7 +187,7 @@ async def upload(request: Request) -> HTTPResponse:
 
 
 @bp.get("/materials")
-@document(summary="My material library, grouped by kind", tag="materials", errors=(401,))
+@document(summary="My material library, grouped by kind", tag="materials", response=Library, errors=(401,))
 @citizen
 async def library(request: Request) -> HTTPResponse:
     service, viewer = Services.of(request).materials, str(request.ctx.user.id)
@@ -161,7 +203,9 @@ async def library(request: Request) -> HTTPResponse:
 
 
 @bp.get("/materials/<material_id:str>")
-@document(summary="One of my materials, with fresh signed links", tag="materials", errors=(401, 404))
+@document(
+    summary="One of my materials, with fresh signed links", tag="materials", response=MaterialOut, errors=(401, 404)
+)
 @citizen
 async def read(request: Request, material_id: str) -> HTTPResponse:
     service = Services.of(request).materials
@@ -170,7 +214,9 @@ async def read(request: Request, material_id: str) -> HTTPResponse:
 
 
 @bp.delete("/materials/<material_id:str>")
-@document(summary="Delete a material (not one a submitted case uses)", tag="materials", errors=(401, 404, 409))
+@document(
+    summary="Delete a material (not one a submitted case uses)", tag="materials", status=204, errors=(401, 404, 409)
+)
 @citizen
 async def delete(request: Request, material_id: str) -> HTTPResponse:
     await Services.of(request).materials.delete(user=request.ctx.user, material_id=material_id)
@@ -182,6 +228,7 @@ async def delete(request: Request, material_id: str) -> HTTPResponse:
     summary="Attach an existing material to a draft slot (材料复用)",
     tag="materials",
     body=AttachIn,
+    response=AttachOut,
     errors=(401, 404, 409, 410, 422),
 )
 @citizen
@@ -198,6 +245,14 @@ async def attach(request: Request, draft_id: str, slot: str) -> HTTPResponse:
 
 
 @files_bp.get("/<material_id:str>/<variant:file|thumb>")
+@document(
+    summary="A material's file or thumbnail, by a signed link (from the material's file_url)",
+    tag="materials",
+    query=SignedLinkQuery,
+    response=None,
+    content_type="application/octet-stream",
+    errors=(403, 404, 410),
+)
 async def download(request: Request, material_id: str, variant: str) -> HTTPResponse:
     args = request.args
     data, mime = await Services.of(request).materials.download(

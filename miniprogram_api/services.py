@@ -10,10 +10,11 @@ from sanic.response import HTTPResponse, json
 
 from container import Services
 from core.http import query_args
-from core.openapi import document
+from core.openapi import BEARER, document, secure
 from miniprogram_api.deps import citizen
 
 bp = Blueprint("mp_services", url_prefix="/api/v1/services")
+secure(bp, BEARER)
 
 
 class ListQuery(BaseModel):
@@ -64,7 +65,11 @@ class SearchResult(BaseModel):
 
 @bp.get("/")
 @document(
-    summary="Browse services (filters, keyset pagination)", tag="services", response=ServicePage, errors=(401, 422)
+    summary="Browse services (filters, keyset pagination)",
+    tag="services",
+    query=ListQuery,
+    response=ServicePage,
+    errors=(401, 422),
 )
 @citizen
 async def list_services(request: Request) -> HTTPResponse:
@@ -73,7 +78,13 @@ async def list_services(request: Request) -> HTTPResponse:
 
 
 @bp.get("/search")
-@document(summary="Search services the way citizens ask", tag="services", response=SearchResult, errors=(401, 422))
+@document(
+    summary="Search services the way citizens ask",
+    tag="services",
+    query=SearchQuery,
+    response=SearchResult,
+    errors=(401, 422),
+)
 @citizen
 async def search(request: Request) -> HTTPResponse:
     query = query_args(request, SearchQuery)

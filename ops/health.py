@@ -1,4 +1,4 @@
-"""Operator endpoints: liveness, readiness (database and Redis), and the OpenAPI document."""
+"""Operator endpoints: liveness and readiness (database and Redis)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,6 @@ import time
 from pydantic import BaseModel
 from sanic import Blueprint, Request
 from sanic.response import HTTPResponse, json
-from sanic_ext import openapi
-from sanic_ext.extensions.openapi.builders import SpecificationBuilder
 
 from container import Services
 from core.errors import NotReady
@@ -66,9 +64,3 @@ async def readyz(request: Request) -> HTTPResponse:
     if beat:
         age = round(time.time() - float(beat), 1)
     return json({"status": "ready", "checks": checks, "jobs_heartbeat_age_s": age})
-
-
-@bp.get("/openapi.json")
-@openapi.exclude()
-async def openapi_json(request: Request) -> HTTPResponse:
-    return json(SpecificationBuilder().build(request.app).serialize())
