@@ -91,6 +91,8 @@ NUL_MESSAGE = "不能包含空字符（U+0000）"
 _PATH_PARAM = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 # Parameters whose column is narrower than the default 64 characters.
 _PATH_PARAM_MAX = {"draft_id": 32, "material_id": 32, "case_no": 32}
+# Parameters of another shape than an id: a static asset's file name may hold dots.
+_PATH_PARAM_SHAPES = {"asset_name": re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}$")}
 
 
 def status_of(error: errors.DomainError | type[errors.DomainError]) -> int:
@@ -352,7 +354,8 @@ def check_path_params(params: dict[str, Any]) -> None:
         if isinstance(value, int):
             fits = 0 <= value <= INT64_MAX
         elif isinstance(value, str):
-            fits = len(value) <= _PATH_PARAM_MAX.get(name, 64) and _PATH_PARAM.match(value) is not None
+            shape = _PATH_PARAM_SHAPES.get(name, _PATH_PARAM)
+            fits = len(value) <= _PATH_PARAM_MAX.get(name, 64) and shape.match(value) is not None
         else:
             fits = True
         if not fits:

@@ -75,9 +75,10 @@ async def docs(request: Request) -> HTTPResponse:
     return html(PAGE, headers={"Content-Security-Policy": CSP, "Cache-Control": "no-cache"})
 
 
-@bp.get("/docs/assets/<name:str>")
+@bp.get("/docs/assets/<asset_name:str>")
 @openapi.exclude
-async def asset(request: Request, name: str) -> HTTPResponse:
+async def asset(request: Request, asset_name: str) -> HTTPResponse:
+    name = asset_name
     if name not in ASSETS:
         raise NotFound()
     return raw(
