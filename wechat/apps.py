@@ -36,7 +36,7 @@ def sim_apps(settings: Settings) -> dict[str, tuple[str, str]]:
 
 def sim_oa_callback_keys(settings: Settings) -> tuple[str, str]:
     """(token, EncodingAESKey) of the simulated official account's callback."""
-    token = base64.urlsafe_b64encode(settings.simulator_credential("oa:token")).decode().rstrip("=")
+    token = settings.simulator_credential("oa:token").hex()[:32]  # WeChat's rule: 3-32 letters or digits
     aes_key = base64.b64encode(settings.simulator_credential("oa:aes")).decode().rstrip("=")
     return token, aes_key
 
