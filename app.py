@@ -7,11 +7,15 @@ from them when `jobs.broker` is first imported).
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
+import os
 from functools import partial
 
 import ujson
-from sanic import Sanic
+from sanic import Request, Sanic
+from sanic.response import HTTPResponse
+from sanic.response import json as json_response
 from sanic_ext import Extend
 
 from bot import callback as oa_callback
@@ -21,10 +25,10 @@ from bridge.simulator import PlatformState, platform_blueprint
 from console import auth as console_auth
 from console import cases as console_cases
 from console import citizens as console_citizens
-from container import SIM_PLATFORM_KEY, SIM_PLATFORM_PREFIX, SIM_PLATFORM_SECRET, Services
+from container import SIM_PLATFORM_KEY, SIM_PLATFORM_PREFIX, SIMULATOR_SECRET_HEADER, Services, sim_platform_secret
 from core import http, openapi
 from core.logs import logging_config
-from core.settings import Settings, install
+from core.settings import ConfigError, Settings, install
 from jobs.kicks import BrokerKicks
 from jobs.worker import broker, run_embedded_scheduler
 from miniprogram_api import auth as mp_auth
@@ -36,7 +40,7 @@ from miniprogram_api import materials as mp_materials
 from miniprogram_api import services as mp_services
 from ops import docs, health
 from storage.db import close_db, init_db
-from wechat.apps import SIM_APPS, WECHAT_SIM_PREFIX
+from wechat.apps import SIM_APPS, WECHAT_SIM_PREFIX, sim_apps, sim_oa_callback_keys
 from wechat.simulator import SimState, simulator_blueprint
 
 log = logging.getLogger("zhangban")
@@ -44,6 +48,9 @@ log = logging.getLogger("zhangban")
 
 def create_app(settings: Settings) -> Sanic:
     """The Sanic app for `settings`, with every blueprint, listener and convention installed."""
+    problems = settings.serving_problems()
+    if problems:  # server.py says so before; this guards every other way of building the app
+        raise ConfigError(problems)
     install(settings)
     app = Sanic(
         "zhangban",
@@ -63,6 +70,10 @@ def create_app(settings: Settings) -> Sanic:
             "OAS": False,
             "CORS": False,
             "HEALTH": False,
+            # Trusted proxies: unset, every forwarding header is ignored (a client could forge one).
+            "PROXIES_COUNT": settings.PROXIES_COUNT,
+            "FORWARDED_SECRET": settings.FORWARDED_SECRET,
+            "REAL_IP_HEADER": settings.REAL_IP_HEADER,
         }
     )
     app.config.API_TITLE = "掌办 Zhangban API"
@@ -98,7 +109,9 @@ def create_app(settings: Settings) -> Sanic:
         app.ctx.scheduler_task = None
         if settings.TASK_BROKER == "memory":
             app.ctx.scheduler_task = asyncio.get_running_loop().create_task(run_embedded_scheduler())
-        log.info("serving", extra={"url": f"http://{settings.HOST}:{settings.PORT}", "embedded": settings.embedded})
+        # One banner per server, not per worker (Sanic names its first worker "...-0-0").
+        if os.environ.get("SANIC_WORKER_NAME", "-0-0").endswith("-0-0"):
+            _banner(app, settings)
 
     @app.before_server_stop
     async def _stop_background(app) -> None:
@@ -123,25 +136,71 @@ def create_app(settings: Settings) -> Sanic:
     return app
 
 
+def _banner(app: Sanic, settings: Settings) -> None:
+    """The one start line that matters: where the service, its API docs and the simulators are."""
+    url = settings.local_base_url
+    simulators = {}
+    if hasattr(app.ctx, "wechat_sim"):
+        simulators["wechat"] = url + WECHAT_SIM_PREFIX + "/__sim__/stats"
+    if hasattr(app.ctx, "platform_sim"):
+        simulators["platform"] = url + SIM_PLATFORM_PREFIX + "/__sim__/cases"
+    message = f"Zhangban serving at {url} - API docs {url}/docs"
+    if simulators:
+        message += " - simulators: " + ", ".join(f"{name} {page}" for name, page in simulators.items())
+    pages = {f"{name}_simulator": page for name, page in simulators.items()}
+    log.info(message, extra={"url": url, "docs": url + "/docs", **pages, "embedded": settings.embedded})
+
+
 def _mount_simulators(app: Sanic, settings: Settings) -> None:
-    """Mounts the WeChat and platform simulators for each channel left unset (embedded default)."""
+    """Mounts the WeChat and platform simulators for each channel left unset: on the embedded
+    default, or on a staging deployment (ALLOW_SIMULATORS) behind its SIMULATOR_SECRET."""
+    mounted = []
     if settings.simulated("WeChat mini-program") or settings.simulated("WeChat official account"):
-        app.ctx.wechat_sim = SimState()
+        app.ctx.wechat_sim = SimState(apps=sim_apps(settings))
         sim_bp = simulator_blueprint(app.ctx.wechat_sim, url_prefix=WECHAT_SIM_PREFIX)
         openapi.exclude(sim_bp)  # a stand-in for WeChat, not part of our API
-        app.blueprint(sim_bp)
+        mounted.append(sim_bp)
     if settings.simulated("core platform"):
         # Callbacks every few seconds, so a citizen's case visibly progresses within a minute.
         app.ctx.platform_sim = PlatformState(
             SIM_PLATFORM_KEY,
-            SIM_PLATFORM_SECRET,
+            sim_platform_secret(settings),
             callback_url=settings.local_base_url + "/bridge/callback",
             default_script="happy",
             step_delay_s=8.0,
         )
         platform_bp = platform_blueprint(app.ctx.platform_sim, url_prefix=SIM_PLATFORM_PREFIX)
         openapi.exclude(platform_bp)
-        app.blueprint(platform_bp)
+        mounted.append(platform_bp)
+    secret = settings.simulator_secret
+    for bp in mounted:
+        if secret:
+            # A plain function: Sanic's blueprints silently drop a functools.partial middleware.
+            bp.middleware(_simulator_guard(secret.encode()), "request")
+        app.blueprint(bp)
+    if mounted and secret:
+        log.warning(
+            "simulators are serving (ALLOW_SIMULATORS=%s): %s stand in for the real channels; "
+            "never in front of real citizens",
+            settings.ALLOW_SIMULATORS,
+            ", ".join(settings.simulated_channels),
+        )
+
+
+def _simulator_guard(secret: bytes):
+    """A request middleware: every simulator route of a staging deployment asks for its secret,
+    compared in constant time, and each use is logged as a warning."""
+
+    async def guard(request: Request) -> HTTPResponse | None:
+        given = request.headers.get(SIMULATOR_SECRET_HEADER, "").encode()
+        if not hmac.compare_digest(given, secret):
+            log.warning("simulator route refused: no valid %s", SIMULATOR_SECRET_HEADER, extra={"path": request.path})
+            body = {"code": "simulator_secret_invalid", "message": "模拟器密钥不正确", "details": {}}
+            return json_response(body, status=403)
+        log.warning("simulator used", extra={"path": request.path})
+        return None
+
+    return guard
 
 
 BLUEPRINTS = [
@@ -162,14 +221,11 @@ BLUEPRINTS = [
     mp_materials.files_bp,
 ]
 
-# The simulated official account's callback credentials (embedded default only).
-SIM_OA_TOKEN = "zhangban_sim_oa_token"
-SIM_OA_AES_KEY = "emhhbmdiYW4tc2ltdWxhdGVkLW9hLWFlcy1rZXkhISE"
-
 
 def oa_crypto(settings: Settings) -> OACrypto:
     """The official-account callback crypto: configured, or the simulated account's."""
     mode = settings.WECHAT_OA_MODE
     if settings.simulated("WeChat official account"):
-        return OACrypto(SIM_OA_TOKEN, SIM_OA_AES_KEY, SIM_APPS["oa"][0], mode=mode)
+        token, aes_key = sim_oa_callback_keys(settings)
+        return OACrypto(token, aes_key, SIM_APPS["oa"][0], mode=mode)
     return OACrypto(settings.WECHAT_OA_TOKEN, settings.WECHAT_OA_AES_KEY, settings.WECHAT_OA_APPID, mode=mode)

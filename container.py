@@ -42,16 +42,21 @@ from wechat.client import OfficialAccountAPI, WeChatClient
 
 log = logging.getLogger("zhangban.services")
 
-# The in-process core-platform simulator of the embedded default, and its credentials.
+# The in-process core-platform simulator (its secret is derived from the secret key).
 SIM_PLATFORM_KEY = "zhangban-sim"
-SIM_PLATFORM_SECRET = "zhangban-sim-platform-secret-0123456789"
 SIM_PLATFORM_PREFIX = "/_sim/platform"
+# Where our own clients put the deployment's SIMULATOR_SECRET for the simulators of a staging deployment.
+SIMULATOR_SECRET_HEADER = "X-Simulator-Secret"
+
+
+def sim_platform_secret(settings: Settings) -> str:
+    return settings.simulator_credential("platform").hex()
 
 
 def platform_endpoint(settings: Settings) -> tuple[str, str, str]:
     """(base URL, app key, secret) of the core platform, or of the in-process simulator."""
     if settings.simulated("core platform"):
-        return settings.local_base_url + SIM_PLATFORM_PREFIX, SIM_PLATFORM_KEY, SIM_PLATFORM_SECRET
+        return settings.local_base_url + SIM_PLATFORM_PREFIX, SIM_PLATFORM_KEY, sim_platform_secret(settings)
     return settings.PLATFORM_BASE_URL, settings.PLATFORM_APP_KEY, settings.PLATFORM_SECRET
 
 
@@ -66,6 +71,13 @@ class Services:
         self.http = httpx.AsyncClient(
             timeout=httpx.Timeout(10.0, connect=3.0), limits=httpx.Limits(max_connections=100)
         )
+        # Our clients of the in-process simulators: with the deployment's simulator secret if it has one.
+        self.sim_http = self.http
+        if settings.simulator_secret:
+            self.sim_http = httpx.AsyncClient(
+                timeout=httpx.Timeout(10.0, connect=3.0),
+                headers={SIMULATOR_SECRET_HEADER: settings.simulator_secret},
+            )
         self.cipher = FieldCipher(settings.field_encryption_key(), settings.field_encryption_old_keys())
 
     @staticmethod
@@ -82,6 +94,8 @@ class Services:
     async def close(self) -> None:
         """Closes every connection and pool this process opened."""
         await self.http.aclose()
+        if self.sim_http is not self.http:
+            await self.sim_http.aclose()
         if "pipeline" in self.__dict__:
             self.pipeline.shutdown()
         if "file_store" in self.__dict__ and hasattr(self.file_store, "close"):
@@ -140,13 +154,18 @@ class Services:
 
     # -- WeChat ------------------------------------------------------------------------------
 
+    def _http_for(self, channel: str) -> httpx.AsyncClient:
+        return self.sim_http if self.settings.simulated(channel) else self.http
+
     @cached_property
     def wechat_mp(self) -> WeChatClient:
-        return wechat_client(self.settings, "mp", redis=self.redis, http=self.http)
+        http = self._http_for("WeChat mini-program")
+        return wechat_client(self.settings, "mp", redis=self.redis, http=http)
 
     @cached_property
     def oa(self) -> OfficialAccountAPI:
-        return OfficialAccountAPI(wechat_client(self.settings, "oa", redis=self.redis, http=self.http))
+        http = self._http_for("WeChat official account")
+        return OfficialAccountAPI(wechat_client(self.settings, "oa", redis=self.redis, http=http))
 
     @cached_property
     def pusher(self) -> Pusher:
@@ -168,7 +187,7 @@ class Services:
     @cached_property
     def platform(self) -> PlatformClient:
         base_url, app_key, secret = platform_endpoint(self.settings)
-        return PlatformClient(base_url=base_url, app_key=app_key, secret=secret, http=self.http)
+        return PlatformClient(base_url=base_url, app_key=app_key, secret=secret, http=self._http_for("core platform"))
 
     @cached_property
     def platform_verifier(self) -> Verifier:

@@ -33,7 +33,7 @@ from handlers.cases.sweeps import mark_overdue, query_silent_cases
 from handlers.catalog.publish import DEMO_CATALOGUE, export_catalogue, load_catalogue_file
 from handlers.catalog.schema import CatalogueError
 from handlers.identity import rotate_keys
-from handlers.officials import OfficialExists, create_official
+from handlers.officials import OfficialExists, UnknownDepartment, create_official
 from storage.crypto import FieldCipher
 from storage.db import close_db, init_db, migrate
 from wechat.apps import mp_appid
@@ -180,6 +180,14 @@ def cmd_create_official(settings: Settings, args: argparse.Namespace) -> int:
     except OfficialExists:
         print(f"username: '{args.username}' already exists", file=sys.stderr)
         return 1
+    except UnknownDepartment as exc:
+        if not exc.known:
+            print("department: no catalogue is published yet; run load-demo or import-catalogue first", file=sys.stderr)
+            return 2
+        print(f"department: '{exc.department}' is not a department of the catalogue; known ones:", file=sys.stderr)
+        for code, name in exc.known:
+            print(f"  {code}  {name}", file=sys.stderr)
+        return 2
     print(f"official {official.username} created (id {official.id})")
     if generated:
         print(f"generated password (shown once): {password}")
@@ -309,6 +317,11 @@ COMMANDS = {
 }
 
 
+# The long-running processes, which must not start on a production configuration that would
+# serve (or talk to) an unauthenticated simulator.
+SERVING_COMMANDS = {"serve", "worker", "scheduler"}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python server.py",
@@ -325,7 +338,9 @@ def build_parser() -> argparse.ArgumentParser:
     official = parsers["create-official"]
     official.add_argument("--username", required=True)
     official.add_argument("--name", help="display name (defaults to the username)")
-    official.add_argument("--department", default="")
+    official.add_argument(
+        "--department", default="", help="a catalogue department, by code or name (e.g. psb or 泸州市公安局)"
+    )
     official.add_argument("--role", action="append", help="a role; repeat for several")
     official.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
     parsers["worker"].add_argument("--processes", type=int, default=2, help="worker processes (default 2)")
@@ -352,6 +367,10 @@ def main(argv: list[str] | None = None) -> int:
         settings = install(load_settings())
     except ConfigError as exc:
         for line in exc.lines:
+            print(line, file=sys.stderr)
+        return 2
+    if command in SERVING_COMMANDS and (problems := settings.serving_problems()):
+        for line in problems:
             print(line, file=sys.stderr)
         return 2
     setup_logging(settings.LOG_LEVEL)

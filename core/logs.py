@@ -1,8 +1,9 @@
 """JSON-lines logging with the request id, and a filter that masks personal data.
 
-Every record leaves as one JSON object per line. Before it is written, ID numbers, mobile
-numbers and tokens are masked wherever they appear (in the message, its arguments, or any
-extra field), so a careless log call cannot leak them.
+Every record leaves as one JSON object per line, or as one readable line when stderr is a
+terminal (a person is watching). Before it is written, ID numbers, mobile numbers and tokens
+are masked wherever they appear (in the message, its arguments, or any extra field), so a
+careless log call cannot leak them; the access log keeps no query string of a signed link.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import re
 import sys
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 
@@ -62,6 +64,46 @@ class MaskingFilter(logging.Filter):
         return True
 
 
+# Routes whose query string is a credential (a signed file link is a live link to an ID photo).
+SIGNED_ROUTE_PREFIXES = ("/files/",)
+
+
+class SignedUrlFilter(logging.Filter):
+    """Drops the query string of signed routes from Sanic's access-log lines."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        line = getattr(record, "request", None)
+        if isinstance(line, str) and "?" in line:
+            method, _, url = line.partition(" ")
+            parts = urlsplit(url)
+            if parts.path.startswith(SIGNED_ROUTE_PREFIXES):
+                record.request = f"{method} {urlunsplit(parts._replace(query='redacted'))}"
+        return True
+
+
+# taskiq's lines for every job it schedules and starts: a few every five seconds, which bury
+# what matters; the jobs log what they did themselves.
+_ROUTINE_PREFIXES = {
+    "taskiq.cli.scheduler.run": "Sending task ",
+    "taskiq.receiver.receiver": "Executing task ",
+}
+
+
+class RoutineJobFilter(logging.Filter):
+    """Turns taskiq's per-job chatter into DEBUG records, kept only when the level is DEBUG."""
+
+    def __init__(self, level: str = "INFO"):
+        super().__init__()
+        self.level = logging.getLevelName(level)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        prefix = _ROUTINE_PREFIXES.get(record.name)
+        if prefix and record.levelno == logging.INFO and str(record.msg).startswith(prefix):
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            return self.level <= logging.DEBUG
+        return True
+
+
 class RequestIdFilter(logging.Filter):
     """Stamps each record with the id of the request being served, if any."""
 
@@ -97,13 +139,49 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False, default=str)
 
 
-def logging_config(level: str = "INFO") -> dict[str, Any]:
-    """A dictConfig for our loggers and Sanic's, all JSON lines on stderr, all masked."""
+class ReadableFormatter(logging.Formatter):
+    """One line a person reads: time, level, logger, message, then the extras as key=value."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        time = datetime.fromtimestamp(record.created).strftime("%H:%M:%S")
+        message = record.getMessage()
+        extras = {
+            key: value
+            for key, value in record.__dict__.items()
+            if key not in _STANDARD_ATTRS and not key.startswith("_")
+        }
+        if record.name == "sanic.access":
+            message = f"{extras.pop('request', '')} {extras.pop('status', '')} {extras.pop('byte', '')}"
+            message += extras.pop("duration", "")
+            extras.pop("host", None)
+        line = f"{time} {record.levelname:<7} {record.name}: {message}"
+        rid = getattr(record, "request_id", "-")
+        if rid != "-":
+            line += f" [{rid}]"
+        # An extra the message already spells out is said once.
+        said = [f"{key}={value}" for key, value in extras.items() if str(value) not in message]
+        if said:
+            line += "  " + " ".join(said)
+        if record.exc_info:
+            line += "\n" + mask_text(self.formatException(record.exc_info))
+        return line
+
+
+def logging_config(level: str = "INFO", *, readable: bool | None = None) -> dict[str, Any]:
+    """A dictConfig for our loggers and Sanic's, all on stderr, all masked: JSON lines, or readable
+    lines when `readable` (by default: when stderr is a terminal)."""
+    if readable is None:
+        readable = sys.stderr.isatty()
     handler = {
         "class": "logging.StreamHandler",
-        "formatter": "json",
+        "formatter": "readable" if readable else "json",
         "filters": ["request_id", "mask"],
         "stream": "ext://sys.stderr",
+    }
+    filters_of = {
+        "sanic.access": ["signed_urls"],
+        "taskiq.cli.scheduler.run": ["routine_jobs"],
+        "taskiq.receiver.receiver": ["routine_jobs"],
     }
     return {
         "version": 1,
@@ -111,12 +189,14 @@ def logging_config(level: str = "INFO") -> dict[str, Any]:
         "filters": {
             "request_id": {"()": RequestIdFilter},
             "mask": {"()": MaskingFilter},
+            "signed_urls": {"()": SignedUrlFilter},
+            "routine_jobs": {"()": RoutineJobFilter, "level": level},
         },
-        "formatters": {"json": {"()": JsonFormatter}},
+        "formatters": {"json": {"()": JsonFormatter}, "readable": {"()": ReadableFormatter}},
         "handlers": {"json": handler},
         "root": {"level": level, "handlers": ["json"]},
         "loggers": {
-            name: {"level": level, "handlers": ["json"], "propagate": False}
+            name: {"level": level, "handlers": ["json"], "propagate": False, "filters": filters_of.get(name, [])}
             for name in (
                 "sanic.root",
                 "sanic.error",
@@ -125,6 +205,8 @@ def logging_config(level: str = "INFO") -> dict[str, Any]:
                 "sanic.websockets",
                 "zhangban",
                 "taskiq",
+                "taskiq.cli.scheduler.run",
+                "taskiq.receiver.receiver",
                 "tortoise",
             )
         },

@@ -8,6 +8,8 @@ prints them and exits with code 2.
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import os
 import secrets
 from collections.abc import Callable
@@ -48,6 +50,9 @@ CHANNEL_GROUPS: dict[str, tuple[str, ...]] = {
     "core platform": ("PLATFORM_BASE_URL", "PLATFORM_APP_KEY", "PLATFORM_SECRET"),
     "S3 file store": ("S3_BUCKET", "S3_ACCESS_KEY_ID", "S3_SECRET_ACCESS_KEY"),
 }
+# The channels a production deployment must never leave to an in-process simulator: anyone could
+# mint a login for any citizen, finish their face check, or sign platform callbacks.
+PRODUCTION_CHANNELS = ("WeChat mini-program", "WeChat official account", "core platform")
 PEM_PATH_FIELDS = (
     "WECHATPAY_PRIVATE_KEY",
     "WECHATPAY_PLATFORM_PUBLIC_KEY",
@@ -127,6 +132,15 @@ class Settings(BaseSettings):
 
     PUBLIC_BASE_URL: str | None = None
 
+    # A staging deployment may serve the simulators in production mode, behind SIMULATOR_SECRET.
+    ALLOW_SIMULATORS: Literal["staging"] | None = None
+    SIMULATOR_SECRET: str | None = None
+
+    # Trusted proxies (off by default): how Sanic finds the citizen's address behind a load balancer.
+    PROXIES_COUNT: int | None = Field(None, ge=0, le=16)
+    FORWARDED_SECRET: str | None = None
+    REAL_IP_HEADER: str | None = None
+
     # Material files in an S3-compatible store instead of MEDIA_ROOT (all or none, endpoint optional).
     S3_BUCKET: str | None = None
     S3_ENDPOINT_URL: str | None = None
@@ -189,6 +203,10 @@ class Settings(BaseSettings):
         "S3_ENDPOINT_URL",
         "PUSH_MP_TEMPLATE_ID",
         "PUSH_OA_TEMPLATE_ID",
+        "ALLOW_SIMULATORS",
+        "SIMULATOR_SECRET",
+        "FORWARDED_SECRET",
+        "REAL_IP_HEADER",
         *[name for group in CHANNEL_GROUPS.values() for name in group],
         mode="before",
     )
@@ -228,6 +246,13 @@ class Settings(BaseSettings):
     @field_validator("SECRET_KEY")
     @classmethod
     def _secret_key(cls, value: str | None) -> str | None:
+        if value is not None and len(value) < 32:
+            raise ValueError("must be at least 32 characters")
+        return value
+
+    @field_validator("SIMULATOR_SECRET")
+    @classmethod
+    def _simulator_secret(cls, value: str | None) -> str | None:
         if value is not None and len(value) < 32:
             raise ValueError("must be at least 32 characters")
         return value
@@ -300,9 +325,28 @@ class Settings(BaseSettings):
             for name in ("SECRET_KEY", "FIELD_ENCRYPTION_KEY"):
                 if getattr(self, name) is None:
                     problems.append(f"{name}: required in production (REDIS_URL is set)")
+        if self.ALLOW_SIMULATORS and self.SIMULATOR_SECRET is None:
+            problems.append("SIMULATOR_SECRET: required with ALLOW_SIMULATORS (every simulator route checks it)")
         if problems:
             raise ValueError("\n".join(problems))
         return self
+
+    def serving_problems(self) -> list[str]:
+        """Why this configuration must not serve, one `VARIABLES: problem` line each (empty: it may).
+
+        Production (REDIS_URL set) serves no simulator unless ALLOW_SIMULATORS says this is a
+        staging deployment. Only the serving processes check it: a one-shot command touches no
+        channel an attacker could reach.
+        """
+        if self.REDIS_URL is None or self.ALLOW_SIMULATORS:
+            return []
+        return [
+            f"{', '.join(CHANNEL_GROUPS[channel])}: required in production (REDIS_URL is set); "
+            f"the {channel} would be an unauthenticated simulator "
+            "(a staging deployment sets ALLOW_SIMULATORS=staging and SIMULATOR_SECRET)"
+            for channel in PRODUCTION_CHANNELS
+            if self.simulated(channel)
+        ]
 
     # -- derived values ----------------------------------------------------------------
 
@@ -318,6 +362,23 @@ class Settings(BaseSettings):
     def simulated(self, channel: str) -> bool:
         """True when `channel` (a CHANNEL_GROUPS key) is unset and served by a simulator."""
         return getattr(self, CHANNEL_GROUPS[channel][0]) is None
+
+    @property
+    def simulated_channels(self) -> list[str]:
+        return [channel for channel in PRODUCTION_CHANNELS if self.simulated(channel)]
+
+    @property
+    def simulator_secret(self) -> str | None:
+        """The secret every simulator route asks for, or None where they are open (embedded default)."""
+        return self.SIMULATOR_SECRET if self.ALLOW_SIMULATORS else None
+
+    def simulator_credential(self, name: str) -> bytes:
+        """32 bytes for the simulated channel's credential `name` (an app secret, a callback token).
+
+        Derived from the secret key, so no credential lives in the code, and the server and its
+        workers (one SECRET_KEY) agree without storing anything.
+        """
+        return hmac.new(self.secret_key().encode(), f"simulator:{name}".encode(), hashlib.sha256).digest()
 
     @property
     def public_base_url(self) -> str:

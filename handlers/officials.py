@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 
 from core.errors import TooManyRequests, Unauthenticated
 from handlers import audit
+from handlers.catalog.reader import published_departments
 from storage.models import ActorType, Official
 
 _N, _R, _P = 2**14, 8, 1
@@ -19,6 +20,29 @@ _N, _R, _P = 2**14, 8, 1
 
 class OfficialExists(Exception):
     """An official with this username already exists."""
+
+
+class UnknownDepartment(Exception):
+    """The department is none of the published catalogue's; `known` lists those (code, name)."""
+
+    def __init__(self, department: str, known: list[tuple[str, str]]):
+        super().__init__(department)
+        self.department, self.known = department, known
+
+
+async def catalogue_department(department: str) -> str:
+    """The catalogue's name of `department`, given by code or name ("" stays "": no department).
+
+    Case access compares an official's department with the item's department *name*, so a typo
+    or a code stored as given would silently show the official no case at all.
+    """
+    if not department:
+        return ""
+    known = [(d["code"], d["name"]) for d in await published_departments()]
+    for code, name in known:
+        if department in (code, name):
+            return name
+    raise UnknownDepartment(department, known)
 
 
 def hash_password(password: str) -> str:
@@ -47,7 +71,9 @@ def verify_password(password: str, stored: str) -> bool:
 async def create_official(
     *, username: str, display_name: str, password: str, department: str = "", roles: list[str] | None = None
 ) -> Official:
-    """Creates an official account; raises OfficialExists if the username is taken."""
+    """Creates an official account; raises OfficialExists if the username is taken, UnknownDepartment
+    if `department` (a code or name) is not the published catalogue's."""
+    department = await catalogue_department(department)
     if await Official.exists(username=username):
         raise OfficialExists(username)
     return await Official.create(

@@ -468,6 +468,10 @@ def make_server(
         **extra,
     }
     if TEST_DATABASE_URL and TEST_REDIS_URL:
+        if "PLATFORM_BASE_URL" not in settings:
+            # No platform simulator server in this worker yet: production mode serves the
+            # in-process one only as a staging deployment does, behind a simulator secret.
+            settings = {"ALLOW_SIMULATORS": "staging", "SIMULATOR_SECRET": secrets.token_urlsafe(32), **settings}
         database = databases.new("postgres")
         prefix = f"zbt{RUN_ID}{name}:"
         workers = name == "server" if with_workers is None else with_workers

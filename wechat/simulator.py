@@ -298,14 +298,20 @@ class SimState:
     VERIFY_TTL_S = 3600
     CUSTOM_MESSAGE_WINDOW_S = 48 * 3600
 
-    def __init__(self, *, rid_in_errmsg: bool = True):
+    def __init__(self, *, rid_in_errmsg: bool = True, apps: dict[str, tuple[str, str]] | None = None):
         self.rid_in_errmsg = rid_in_errmsg
+        # {appid: (secret, kind)} of the start state; a host passes its own so that no secret
+        # it relies on is one written in this file.
+        self.start_apps = apps or {
+            DEFAULT_MP_APPID: (DEFAULT_MP_SECRET, MINIPROGRAM),
+            DEFAULT_OA_APPID: (DEFAULT_OA_SECRET, OFFICIAL_ACCOUNT),
+        }
         self._token_lock: asyncio.Lock | None = None
         self._lock_loop: asyncio.AbstractEventLoop | None = None
         self.reset()
 
     def reset(self) -> None:
-        """Back to the start state: the two default apps, nothing else; the clock back to real time."""
+        """Back to the start state: the start apps, nothing else; the clock back to real time."""
         self.clock_offset = 0.0
         self.apps: dict[str, SimApp] = {}
         self.users: dict[tuple[str, str], SimUser] = {}
@@ -323,8 +329,8 @@ class SimState:
         self.tokens_issued: dict[str, int] = {}
         self.failures: dict[str, list[_Failure]] = {}
         self._next_msgid = 2_000_000_000 + secrets.randbelow(1_000_000)
-        self.add_app(DEFAULT_MP_APPID, DEFAULT_MP_SECRET, MINIPROGRAM)
-        self.add_app(DEFAULT_OA_APPID, DEFAULT_OA_SECRET, OFFICIAL_ACCOUNT)
+        for appid, (secret, kind) in self.start_apps.items():
+            self.add_app(appid, secret, kind)
 
     # clock ---------------------------------------------------------------------------------
 

@@ -37,6 +37,13 @@ async def forget_revision(*, redis, keys) -> None:
     await redis.delete(_revision_key(keys))
 
 
+async def published_departments() -> list[dict]:
+    """The published catalogue's departments, `{"code", "name"}` each; read from the database, not
+    the cache, so a one-shot command sees what was just published."""
+    state = await CatalogueState.get_or_none(id="catalogue")
+    return list((state.content or {}).get("departments") or []) if state else []
+
+
 class CatalogueReader:
     """Reads the current catalogue through a Redis cache keyed by the catalogue revision."""
 

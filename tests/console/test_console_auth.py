@@ -9,6 +9,7 @@ import pytest
 
 @pytest.fixture(scope="module")
 def official(server):
+    assert server.cli("load-demo").returncode == 0  # the department must be the catalogue's
     username = f"clerk{secrets.token_hex(3)}"
     password = secrets.token_urlsafe(12)
     result = server.cli(

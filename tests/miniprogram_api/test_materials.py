@@ -192,7 +192,7 @@ def test_reuse_in_a_draft_and_no_deleting_what_a_case_used(server, wechat_sim):
         return client
 
     path = f"/console/api/cases/{case_no}/materials/{material_id}"
-    handler, outsider = official("泸州市公安局"), official("泸州市民政局")
+    handler, outsider = official("泸州市公安局"), official("泸州市医疗保障局")
     try:
         assert handler.get(path).status_code == 422  # a reason is required
         copy = handler.get(path, params={"reason": f"审核办件 {case_no}"})

@@ -472,7 +472,7 @@ def test_an_official_sees_why_a_citizen_was_or_was_not_reached(server, wechat_si
     grant(server, wechat_sim, tokens, openid, 1, at_wechat=False)  # a grant WeChat does not hold
     case_no = submit(server, tokens)
     wait_for(lambda: push_state(server, case_no, "delivered_to_platform") == ("inbox_only", "inbox"))
-    handler, outsider = official_client(server, "泸州市公安局"), official_client(server, "泸州市民政局")
+    handler, outsider = official_client(server, "泸州市公安局"), official_client(server, "泸州市医疗保障局")
     try:
         seen = handler.get(f"/console/api/cases/{case_no}/pushes")
         assert seen.status_code == 200 and seen.headers["cache-control"] == "no-store"

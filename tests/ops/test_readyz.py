@@ -25,6 +25,9 @@ def test_503_naming_redis_when_redis_is_unreachable(tmp_path, databases):
         TASK_BROKER="memory",
         SECRET_KEY=secrets.token_urlsafe(48),
         FIELD_ENCRYPTION_KEY=base64.urlsafe_b64encode(secrets.token_bytes(32)).decode(),
+        # Production mode with no channel configured: allowed only as a staging deployment.
+        ALLOW_SIMULATORS="staging",
+        SIMULATOR_SECRET=secrets.token_urlsafe(32),
     )
     server = start_server(env, tmp_path)
     try:
