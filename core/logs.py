@@ -17,6 +17,8 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from core.outages import outage_of
+
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 
 # 18-digit resident ID (last may be X) and 15-digit legacy ID, not inside a longer number.
@@ -87,6 +89,20 @@ _ROUTINE_PREFIXES = {
     "taskiq.cli.scheduler.run": "Sending task ",
     "taskiq.receiver.receiver": "Executing task ",
 }
+
+
+class JobOutageFilter(logging.Filter):
+    """A job that failed because Redis or the database is down: one warning line, no traceback
+    (the next run of the job, or its redelivery, does the work once the part is back)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        part = outage_of(exc) if exc is not None else None
+        if part is not None:
+            record.msg, record.args = "job failed: %s unavailable (%s); it runs again later", (part, type(exc).__name__)
+            record.exc_info, record.exc_text = None, None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
 
 
 class RoutineJobFilter(logging.Filter):
@@ -181,7 +197,7 @@ def logging_config(level: str = "INFO", *, readable: bool | None = None) -> dict
     filters_of = {
         "sanic.access": ["signed_urls"],
         "taskiq.cli.scheduler.run": ["routine_jobs"],
-        "taskiq.receiver.receiver": ["routine_jobs"],
+        "taskiq.receiver.receiver": ["routine_jobs", "job_outages"],
     }
     return {
         "version": 1,
@@ -191,6 +207,7 @@ def logging_config(level: str = "INFO", *, readable: bool | None = None) -> dict
             "mask": {"()": MaskingFilter},
             "signed_urls": {"()": SignedUrlFilter},
             "routine_jobs": {"()": RoutineJobFilter, "level": level},
+            "job_outages": {"()": JobOutageFilter},
         },
         "formatters": {"json": {"()": JsonFormatter}, "readable": {"()": ReadableFormatter}},
         "handlers": {"json": handler},

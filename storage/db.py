@@ -17,7 +17,7 @@ from tortoise import Tortoise, connections
 from tortoise.exceptions import DBConnectionError
 from tortoise.migrations.api import migrate as _tortoise_migrate
 
-from core.http import register_outage
+from core.outages import register_outage
 from core.settings import Settings, load_settings
 
 APP_LABEL = "models"

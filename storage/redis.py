@@ -19,7 +19,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import LockError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from core.http import register_outage
+from core.outages import register_outage
 from core.settings import Settings
 
 log = logging.getLogger("zhangban.redis")

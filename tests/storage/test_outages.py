@@ -239,6 +239,9 @@ def test_worker_waits_for_redis_instead_of_crash_looping(tmp_path, databases):
         REDIS_KEY_PREFIX="zbfault:",
         TASK_BROKER="redis",
         LOG_LEVEL="INFO",
+        # A worker with no real channels: a staging deployment's, as production refuses it otherwise.
+        ALLOW_SIMULATORS="staging",
+        SIMULATOR_SECRET=secrets.token_urlsafe(32),
         **secrets_env(),
     )
     assert run_cli("migrate", env=env, cwd=tmp_path).returncode == 0
