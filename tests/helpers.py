@@ -156,3 +156,15 @@ def upload(server, tokens, data: bytes, *, name="photo.jpg", kind="photo", mime=
         data={"kind": kind},
         timeout=60,
     )
+
+
+def official_client(server: Server, department: str) -> httpx.Client:
+    """A console client signed in as a new official of `department` (created through the CLI)."""
+    username, password = f"official{uuid.uuid4().hex[:6]}", uuid.uuid4().hex
+    created = server.cli(
+        "create-official", "--username", username, "--department", department, "--password-stdin", input=password + "\n"
+    )
+    assert created.returncode == 0, created.stderr
+    client = server.client()
+    assert client.post("/console/api/session", json={"username": username, "password": password}).status_code == 200
+    return client

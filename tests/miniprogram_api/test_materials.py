@@ -16,7 +16,18 @@ from core.errors import Forbidden, NotFound
 from handlers.materials.links import PLATFORM_VIEWER, file_url, verify
 from handlers.materials.service import IMAGE_LIMIT, PDF_LIMIT, limit_for
 from tests.conftest import make_server
-from tests.helpers import RENEWAL, auth, id_number, jpeg, login, new_draft, renewal_answers, to_l3, upload
+from tests.helpers import (
+    RENEWAL,
+    auth,
+    id_number,
+    jpeg,
+    login,
+    new_draft,
+    official_client,
+    renewal_answers,
+    to_l3,
+    upload,
+)
 
 
 def pdf(pages=2, encrypt: str | None = None) -> bytes:
@@ -171,28 +182,9 @@ def test_reuse_in_a_draft_and_no_deleting_what_a_case_used(server, wechat_sim):
     case_no = submitted.json()["case_no"]
 
     # The handling department's official sees a watermarked copy; the stored original stays clean.
-    import secrets as _secrets
-
-    def official(department: str) -> httpx.Client:
-        username, password = f"handler{_secrets.token_hex(3)}", _secrets.token_urlsafe(12)
-        assert (
-            server.cli(
-                "create-official",
-                "--username",
-                username,
-                "--department",
-                department,
-                "--password-stdin",
-                input=password + "\n",
-            ).returncode
-            == 0
-        )
-        client = server.client()
-        assert client.post("/console/api/session", json={"username": username, "password": password}).status_code == 200
-        return client
 
     path = f"/console/api/cases/{case_no}/materials/{material_id}"
-    handler, outsider = official("泸州市公安局"), official("泸州市医疗保障局")
+    handler, outsider = official_client(server, "泸州市公安局"), official_client(server, "泸州市医疗保障局")
     try:
         assert handler.get(path).status_code == 422  # a reason is required
         copy = handler.get(path, params={"reason": f"审核办件 {case_no}"})

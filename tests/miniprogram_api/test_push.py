@@ -35,6 +35,7 @@ from tests.helpers import (
     case_of,
     id_number,
     new_draft,
+    official_client,
     photo_id,
     renewal_answers,
     to_l3,
@@ -443,27 +444,6 @@ def test_a_push_interrupted_by_sigkill_is_delivered_exactly_once(lease_server, w
         ("subscribe", "interrupted"),
         ("subscribe", "ok"),
     ]
-
-
-def official_client(server, department: str) -> httpx.Client:
-    import secrets
-
-    username, password = f"pusher{secrets.token_hex(3)}", secrets.token_urlsafe(12)
-    assert (
-        server.cli(
-            "create-official",
-            "--username",
-            username,
-            "--department",
-            department,
-            "--password-stdin",
-            input=password + "\n",
-        ).returncode
-        == 0
-    )
-    client = server.client()
-    assert client.post("/console/api/session", json={"username": username, "password": password}).status_code == 200
-    return client
 
 
 def test_an_official_sees_why_a_citizen_was_or_was_not_reached(server, wechat_sim):
