@@ -8,10 +8,9 @@ from sanic.response import HTTPResponse, json, raw
 
 from console.deps import SESSION, SESSION_AND_CSRF, official
 from container import Services
-from core.http import client_ip, request_id
+from core.http import client_ip, file_headers, request_id
 from core.openapi import document, secure
 from handlers.cases.views import pushes_for_official
-from handlers.materials.pipeline import serving_headers
 from handlers.materials.service import official_copy
 
 bp = Blueprint("console_cases", url_prefix="/console/api/cases")
@@ -44,7 +43,7 @@ async def material(request: Request, case_no: str, material_id: str) -> HTTPResp
         ip=client_ip(request),
         request_id=request_id(request),
     )
-    headers = {"Cache-Control": "no-store", **serving_headers(mime, f"{case_no}-{material_id}")}
+    headers = {"Cache-Control": "no-store", **file_headers(mime, f"{case_no}-{material_id}")}
     return raw(data, content_type=mime, headers=headers)
 
 

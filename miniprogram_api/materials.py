@@ -14,9 +14,8 @@ from sanic.response import HTTPResponse, json, raw
 
 from container import Services
 from core.errors import BadRequest, DomainError, PayloadTooLarge, UnsupportedMediaType, ValidationFailed
-from core.http import json_body
+from core.http import file_headers, json_body
 from core.openapi import BEARER, document, secure
-from handlers.materials.pipeline import serving_headers
 from handlers.materials.service import UPLOAD_LIMIT, limit_for, view
 from miniprogram_api.deps import citizen
 
@@ -263,5 +262,5 @@ async def download(request: Request, material_id: str, variant: str) -> HTTPResp
         signature=args.get("s", ""),
     )
     name = f"material-{material_id}" + ("-thumb" if variant == "thumb" else "")
-    headers = {"Cache-Control": "private, max-age=300", **serving_headers(mime, name)}
+    headers = {"Cache-Control": "private, max-age=300", **file_headers(mime, name)}
     return raw(data, content_type=mime, headers=headers)

@@ -65,13 +65,6 @@ API
     The CJK font `watermark` uses, or None when the machine has none (ops should install
     Debian's `fonts-noto-cjk` or `fonts-wqy-zenhei`).
 
-`serving_headers(mime, name) -> dict`
-    The headers a stored file is served with, to citizens and officials alike: a
-    `Content-Disposition` (`attachment` for PDFs, which a browser would open in a viewer
-    that may run scripts; `inline` for pictures) with an ASCII `filename` and the UTF-8
-    `filename*`, a `Content-Security-Policy` that sandboxes the document and loads nothing,
-    and `X-Content-Type-Options: nosniff`.
-
 Errors are `core.errors.DomainError`s with a stable code and a Chinese message:
 `unsupported_file_type` (unknown magic bytes), 422 `corrupt_file` (truncated or
 undecodable image or PDF; a truncated JPEG is refused, never padded with grey), 422
@@ -87,11 +80,9 @@ import glob
 import io
 import math
 import os
-import re
 import threading
 from dataclasses import dataclass, field
 from functools import lru_cache
-from urllib.parse import quote
 
 from PIL import Image, ImageCms, ImageDraw, ImageFile, ImageFilter, ImageFont, ImageOps, ImageStat, JpegImagePlugin
 from pillow_heif import register_heif_opener
@@ -599,28 +590,6 @@ def pdf_thumbnail(data: bytes, thumb_edge: int) -> bytes | None:
         return _encode_jpeg(image, THUMB_QUALITY)
     except Exception:  # noqa: BLE001 - PDFium refusing a file pypdf accepted is not an error
         return None
-
-
-# -- serving --------------------------------------------------------------------------------
-
-# No script, plugin, form or fetch even if a browser renders the file as a document.
-FILE_CSP = "sandbox; default-src 'none'"
-_EXTENSIONS = {JPEG: "jpg", PDF: "pdf"}
-_UNSAFE_FILENAME = re.compile(r"[^A-Za-z0-9._-]+")
-
-
-def serving_headers(mime: str, name: str) -> dict[str, str]:
-    """The headers every stored file is served with; `name` is the file name without extension."""
-    ext = _EXTENSIONS.get(mime, "bin")
-    ascii_name = f"{_UNSAFE_FILENAME.sub('_', name).strip('._') or 'material'}.{ext}"
-    # A PDF viewer may run what the upload check missed; a picture has nothing to run.
-    disposition = "attachment" if mime == PDF else "inline"
-    utf8_name = quote(f"{name}.{ext}", safe="")
-    return {
-        "Content-Disposition": f"{disposition}; filename=\"{ascii_name}\"; filename*=UTF-8''{utf8_name}",
-        "Content-Security-Policy": FILE_CSP,
-        "X-Content-Type-Options": "nosniff",
-    }
 
 
 # -- watermark --------------------------------------------------------------------------------
