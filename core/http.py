@@ -176,6 +176,9 @@ def allowed_methods(request: Request) -> list[str]:
     return allowed
 
 
+PRIVATE_PREFIXES = ("/api/", "/console/")
+
+
 def install(app: Sanic) -> None:
     """Installs the error format, request ids and their logging context on `app`."""
 
@@ -186,6 +189,13 @@ def install(app: Sanic) -> None:
     @app.on_response(priority=1000)
     async def _stamp_request_id(request: Request, response: HTTPResponse) -> None:
         response.headers[REQUEST_ID_HEADER] = request_id(request)
+        # Answers of the citizen and console APIs, and every error (a 409 carries the draft it
+        # conflicts with), hold personal data: no shared or browser cache keeps them, unless a
+        # route chose its own caching (catalogue pages, stored files).
+        if "cache-control" not in response.headers and (
+            response.status >= 400 or request.path.startswith(PRIVATE_PREFIXES)
+        ):
+            response.headers["Cache-Control"] = "no-store"
 
     @app.on_request(priority=999)
     async def _refuse_impossible_inputs(request: Request) -> None:

@@ -71,7 +71,7 @@ def json_object(request: Request, *, empty_ok: bool = True) -> dict[str, Any]:
         raise SimError(400, "malformed_json", "请求内容不能为空")
     try:
         data = json.loads(request.body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise SimError(400, "malformed_json", "请求内容不是有效的 JSON") from None
     if not isinstance(data, dict):
         raise SimError(400, "malformed_json", "请求内容应为 JSON 对象")

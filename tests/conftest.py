@@ -266,7 +266,7 @@ class Server(Process):
         return super().stop(timeout)
 
 
-def wait_healthy(server: Server, timeout: float = 40) -> None:
+def wait_healthy(server: Server, timeout: float = 90) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if server.proc.poll() is not None:
@@ -334,28 +334,40 @@ class WeChatSim(SimServer):
         return self.control("login-code", {"appid": SIM_MP_APPID, "openid": openid})["code"], openid
 
 
-def start_wechat_sim(log_dir: Path) -> WeChatSim:
-    """`python -m wechat.simulator` on a free port, once it answers (stop it with `.process.terminate()`)."""
+def start_simulator(module: str, log_dir: Path, *args: str) -> tuple[str, subprocess.Popen]:
+    """`python -m <module> --port P *args` on a free port, once it answers; (url, process).
+
+    A loaded machine can take many seconds to start a Python process, so the wait is long; a
+    simulator that exits or never answers fails the run with its log, never later as a refused
+    connection in some test's setup.
+    """
     port = free_port()
-    log = open(log_dir / "sim.log", "wb")
-    proc = subprocess.Popen(
-        [PYTHON, "-m", "wechat.simulator", "--host", "127.0.0.1", "--port", str(port)],
-        cwd=ROOT,
-        env=base_env(PYTHONPATH=str(ROOT)),
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    sim = WeChatSim(f"http://127.0.0.1:{port}", proc)
-    deadline = time.monotonic() + 60
+    log_path = log_dir / "sim.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [PYTHON, "-m", module, "--host", "127.0.0.1", "--port", str(port), *args],
+            cwd=ROOT,
+            env=base_env(PYTHONPATH=str(ROOT)),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
     while True:
         try:
-            httpx.get(sim.url + "/__sim__/stats", timeout=1)
-            break
+            httpx.get(url + "/__sim__/stats", timeout=2)
+            return url, proc
         except httpx.HTTPError:
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"WeChat simulator did not start (exit {proc.poll()})") from None
+                proc.kill()
+                tail = log_path.read_text(encoding="utf-8", errors="replace")[-4000:]
+                raise AssertionError(f"{module} did not start (exit {proc.poll()}):\n{tail}") from None
             time.sleep(0.1)
-    return sim
+
+
+def start_wechat_sim(log_dir: Path) -> WeChatSim:
+    """`python -m wechat.simulator` on a free port, once it answers (stop it with `.process.terminate()`)."""
+    return WeChatSim(*start_simulator("wechat.simulator", log_dir))
 
 
 @pytest.fixture(scope="session")
@@ -389,43 +401,17 @@ _platform: PlatformSim | None = None
 def platform_sim(tmp_path_factory) -> Iterator[PlatformSim]:
     """The platform simulator; callbacks wait an hour unless a test speeds them up."""
     global _platform
-    port = free_port()
-    log = open(tmp_path_factory.mktemp("platform-sim") / "sim.log", "wb")
-    proc = subprocess.Popen(
-        [
-            PYTHON,
-            "-m",
+    sim = PlatformSim(
+        *start_simulator(
             "bridge.simulator",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--app-key",
-            PLATFORM_KEY,
-            "--secret",
-            PLATFORM_SECRET,
-            "--script",
-            "happy",
-            "--step-delay",
-            "3600",
-        ],
-        cwd=ROOT,
-        env=base_env(PYTHONPATH=str(ROOT)),
-        stdout=log,
-        stderr=subprocess.STDOUT,
+            tmp_path_factory.mktemp("platform-sim"),
+            *("--app-key", PLATFORM_KEY, "--secret", PLATFORM_SECRET, "--script", "happy", "--step-delay", "3600"),
+        )
     )
-    sim = PlatformSim(f"http://127.0.0.1:{port}", proc)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            httpx.get(sim.url + "/__sim__/stats", timeout=1)
-            break
-        except httpx.HTTPError:
-            time.sleep(0.1)
     _platform = sim
     yield sim
-    proc.terminate()
-    proc.wait(10)
+    sim.process.terminate()
+    sim.process.wait(10)
 
 
 def wechat_env(sim: WeChatSim) -> dict[str, str]:

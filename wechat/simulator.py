@@ -923,7 +923,7 @@ def _wechat_body(request: Request) -> dict:
         raise WeChatError(44002)
     try:
         data = json.loads(request.body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise WeChatError(47001) from None
     if not isinstance(data, dict):
         raise WeChatError(47001)

@@ -12,7 +12,7 @@ import pytest
 from openapi_spec_validator import OpenAPIV31SpecValidator, validate
 
 from tests.conftest import Server, base_env, start_server
-from tests.helpers import auth, id_number, login
+from tests.helpers import RENEWAL, auth, id_number, login, new_draft, to_l3
 
 METHODS = ("get", "put", "post", "delete", "patch")
 
@@ -263,3 +263,20 @@ def test_the_docs_page_loads_only_our_own_assets(client):
     redoc = next(u for u in scripts if "redoc" in u)
     assert "immutable" in client.get(redoc).headers["cache-control"]
     assert client.get("/docs/assets/nope.js").status_code == 404
+
+
+def test_personal_answers_and_every_error_are_never_cached(server, wechat_sim):
+    """`/me`, a draft and the 409 that carries the draft it conflicts with: no cache keeps them."""
+    assert server.cli("load-demo").returncode == 0
+    tokens = to_l3(server, wechat_sim, "严守密", id_number())
+    with server.client(headers=auth(tokens)) as c:
+        me = c.get("/api/v1/me")
+        draft = new_draft(c, service_code=RENEWAL)
+        stale = c.patch(f"/api/v1/drafts/{draft['id']}", json={"version": draft["version"] + 5, "data": {}})
+        missing = c.get("/api/v1/cases/ZB-NO-SUCH-CASE")
+    assert me.status_code == 200 and me.headers["cache-control"] == "no-store"
+    assert stale.status_code == 409 and stale.json()["code"] == "version_conflict", stale.text
+    assert stale.headers["cache-control"] == "no-store"
+    assert missing.status_code == 404 and missing.headers["cache-control"] == "no-store"
+    # A public probe is not personal: no header forced on it.
+    assert "cache-control" not in httpx.get(server.url + "/healthz", timeout=10).headers
