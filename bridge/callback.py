@@ -60,6 +60,8 @@ class CorrectionData(StrictOpen):
 
 class FeeData(StrictOpen):
     amount_fen: int = Field(ge=0, le=100_000_000)
+    # The public payment platform's notice number (缴款码/缴款书号), shown with the fee.
+    notice_no: str | None = Field(None, pattern=r"^[0-9A-Za-z-]{1,64}$")
 
 
 class RejectionData(StrictOpen):

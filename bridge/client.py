@@ -64,3 +64,12 @@ class PlatformClient:
 
     async def case_status(self, case_no: str) -> dict[str, Any]:
         return await self._call("GET", f"/api/cases/{case_no}")
+
+    async def fee_paid(self, case_no: str, payload: dict[str, Any]) -> dict[str, Any]:
+        """Tells the platform a fee was paid; idempotent at the platform by out_trade_no."""
+        return await self._call("POST", f"/api/cases/{case_no}/fee-paid", payload)
+
+    async def request_receipt(self, case_no: str, payload: dict[str, Any]) -> dict[str, Any]:
+        """Asks for the fee's e-receipt (财政电子票据): {"receipt_no", "verify_url", "issued_at"};
+        the same out_trade_no again answers the same receipt."""
+        return await self._call("POST", f"/api/cases/{case_no}/receipt", payload)

@@ -27,6 +27,14 @@ Platform API (JSON in and out; errors are `{"code", "message", "details"}`):
                                         "resubmitted"} while in correction (the same body again right
                                         after: the same answer); otherwise 409 not_in_correction
     GET  /api/cases/{case_no}           {"case_no", "platform_case_id", "status", "seq"}
+    POST /api/cases/{case_no}/fee-paid  {"out_trade_no", "channel", "transaction_id", "amount_fen", "paid_at",
+                                         "notice_no"?} -> {"case_no", "fee_status": "paid"}; idempotent by
+                                        out_trade_no; 409 no_fee_due when no fee was assessed, 422
+                                        amount_mismatch when amount_fen is not the assessed fee. A `fee` or
+                                        `fee_rejection` script waits for it after `fee_assessed`.
+    POST /api/cases/{case_no}/receipt   {"out_trade_no", "amount_fen", "payer"?} -> {"receipt_no", "verify_url",
+                                        "issued_at"} (财政电子票据), once the fee is paid (409 fee_not_paid
+                                        before); the same out_trade_no again answers the same receipt
     unknown case_no: 404 not_found
 
 Statuses are Zhangban's `CaseStatus` values: `delivered_to_platform` (received, not yet accepted),
@@ -42,7 +50,8 @@ same way with `callback_app_key`/`callback_secret` (by default the same pair):
 
 Events and their data: `accepted` {}, `in_review` {}, `correction_requested` {"fields":
 ["applicant.phone"], "materials": ["photo"], "reason": "照片不清晰"}, `fee_assessed` {"amount_fen"},
-`approved` {}, `rejected` {"reason"}, `result_issued` {"kind": "electronic", "licence_no"} or
+`approved` {}, `rejected` {"reason"}, `fee_assessed` also carries the public payment platform's
+"notice_no" (缴款码), `result_issued` {"kind": "electronic", "licence_no"} or
 {"kind": "mail", "tracking_no"} (mail when the form chose mail delivery), `closed` {}.
 
 Scripts (`SCRIPTS`):
@@ -51,7 +60,8 @@ Scripts (`SCRIPTS`):
     correction    accepted, in_review, correction_requested; after /resubmit: in_review, approved,
                   result_issued, closed
     rejection     accepted, in_review, rejected, closed
-    fee           accepted, in_review, fee_assessed, approved, result_issued, closed
+    fee           accepted, in_review, fee_assessed, (waits for fee-paid), approved, result_issued, closed
+    fee_rejection accepted, in_review, fee_assessed, (waits for fee-paid), rejected, closed
     duplicates    happy, but every callback is delivered twice, and `approved` once more as a burst
                   of 5 concurrent deliveries (7 in all)
     out_of_order  happy, but seq 2 (in_review) is delivered before seq 1 (accepted)
@@ -167,6 +177,7 @@ SCRIPTS: dict[str, Script] = {
     "correction": Script((ACCEPTED, IN_REVIEW, CORRECTION_REQUESTED), (IN_REVIEW, APPROVED, RESULT_ISSUED, CLOSED)),
     "rejection": Script((ACCEPTED, IN_REVIEW, REJECTED, CLOSED)),
     "fee": Script((ACCEPTED, IN_REVIEW, FEE_ASSESSED, APPROVED, RESULT_ISSUED, CLOSED)),
+    "fee_rejection": Script((ACCEPTED, IN_REVIEW, FEE_ASSESSED, REJECTED, CLOSED)),
     "duplicates": Script(_HAPPY, mode="duplicates"),
     "out_of_order": Script(_HAPPY, mode="out_of_order"),
 }
@@ -182,7 +193,9 @@ CASES = "/api/cases"
 CASE = "/api/cases/{case_no}"
 WITHDRAW = "/api/cases/{case_no}/withdraw"
 RESUBMIT = "/api/cases/{case_no}/resubmit"
-API_ROUTES = (CASES, CASE, WITHDRAW, RESUBMIT)
+FEE_PAID = "/api/cases/{case_no}/fee-paid"
+RECEIPT = "/api/cases/{case_no}/receipt"
+API_ROUTES = (CASES, CASE, WITHDRAW, RESUBMIT, FEE_PAID, RECEIPT)
 _ROUTE_RES = {t: re.compile("^" + re.escape(t).replace(re.escape("{case_no}"), "[^/]+") + r"\Z") for t in API_ROUTES}
 
 _CASE_NO = re.compile(r"^[A-Za-z0-9_-]{1,32}\Z")
@@ -270,6 +283,10 @@ class SimCase:
     resubmit_open: bool = False  # the last resubmission may be repeated (no correction asked since)
     withdraw_reason: str | None = None
     task: asyncio.Task | None = None
+    fee_fen: int | None = None
+    payments: dict[str, dict[str, Any]] = field(default_factory=dict)  # out_trade_no -> fee-paid body
+    receipts: dict[str, dict[str, Any]] = field(default_factory=dict)  # out_trade_no -> receipt
+    fee_paid: asyncio.Event = field(default_factory=asyncio.Event)
 
     def view(self) -> dict[str, Any]:
         return {
@@ -286,6 +303,9 @@ class SimCase:
             "submission": self.submission,
             "resubmissions": list(self.resubmissions),
             "withdraw_reason": self.withdraw_reason,
+            "fee_fen": self.fee_fen,
+            "payments": list(self.payments.values()),
+            "receipts": list(self.receipts.values()),
             "callbacks": [cb.view() for cb in self.callbacks],
         }
 
@@ -495,6 +515,49 @@ class PlatformState:
         case.status = RESUBMITTED
         return {"case_no": case.case_no, "status": RESUBMITTED}, True
 
+    def fee_paid(self, case_no: str, body: dict[str, Any]) -> dict[str, Any]:
+        """A fee payment reported by Zhangban: recorded once per out_trade_no; a waiting script goes on."""
+        case = self.case(case_no)
+        errors: dict[str, str] = {}
+        out_trade_no = _text(body, "out_trade_no", errors, required=True, max_len=32)
+        _text(body, "channel", errors, required=True, max_len=16)
+        _text(body, "transaction_id", errors, required=True, max_len=64)
+        _text(body, "paid_at", errors, required=True, max_len=40)
+        amount = body.get("amount_fen")
+        if isinstance(amount, bool) or not isinstance(amount, int) or amount < 1:
+            errors["amount_fen"] = "应为正整数（分）"
+        simserver.check_fields(errors)
+        if out_trade_no in case.payments:
+            return {"case_no": case.case_no, "fee_status": "paid"}
+        if case.fee_fen is None:
+            raise ApiFailure(409, "no_fee_due", "该办件无待缴费用", {})
+        if amount != case.fee_fen:
+            raise ApiFailure(422, "amount_mismatch", "缴费金额与核定金额不符", {"assessed_fen": case.fee_fen})
+        case.payments[out_trade_no] = {**body, "received_at": datetime.now(CHINA).isoformat(timespec="seconds")}
+        case.fee_paid.set()
+        return {"case_no": case.case_no, "fee_status": "paid"}
+
+    def receipt(self, case_no: str, body: dict[str, Any]) -> dict[str, Any]:
+        """The e-receipt of a paid fee: issued once per out_trade_no."""
+        case = self.case(case_no)
+        errors: dict[str, str] = {}
+        out_trade_no = _text(body, "out_trade_no", errors, required=True, max_len=32)
+        simserver.check_fields(errors)
+        if out_trade_no in case.receipts:
+            return case.receipts[out_trade_no]
+        payment = case.payments.get(out_trade_no)
+        if payment is None:
+            raise ApiFailure(409, "fee_not_paid", "该笔费用尚未缴纳，不能开具票据", {})
+        number = f"5105{datetime.now(CHINA):%Y}{secrets.randbelow(10**10):010d}"
+        receipt = {
+            "receipt_no": number,
+            "verify_url": f"https://pjcy.sc.gov.cn/verify?no={number}&code={secrets.token_hex(3).upper()}",
+            "issued_at": datetime.now(CHINA).isoformat(timespec="seconds"),
+            "amount_fen": payment["amount_fen"],
+        }
+        case.receipts[out_trade_no] = receipt
+        return receipt
+
     def view(self, case_no: str) -> dict[str, Any]:
         case = self.case(case_no)
         return {
@@ -530,6 +593,8 @@ class PlatformState:
                     continue
                 callback = self._issue(case, events[i])
                 await self._deliver(case, callback)
+                if callback.event == FEE_ASSESSED:
+                    await case.fee_paid.wait()  # the decision waits for the citizen's payment
                 if mode == "duplicates":
                     for _ in range(DUPLICATE_COPIES - 1):
                         await self._deliver(case, callback)
@@ -565,11 +630,14 @@ class PlatformState:
 
     def _event_data(self, case: SimCase, event: str) -> dict[str, Any]:
         if event in case.event_data:
+            if event == FEE_ASSESSED:
+                case.fee_fen = int(case.event_data[event].get("amount_fen", DEFAULT_FEE_FEN))
             return dict(case.event_data[event])
         if event == CORRECTION_REQUESTED:
             return json.loads(json.dumps(DEFAULT_CORRECTION))
         if event == FEE_ASSESSED:
-            return {"amount_fen": DEFAULT_FEE_FEN}
+            case.fee_fen = int(case.event_data.get(FEE_ASSESSED, {}).get("amount_fen", DEFAULT_FEE_FEN))
+            return {"amount_fen": case.fee_fen, "notice_no": f"51050026{secrets.randbelow(10**12):012d}"}
         if event == REJECTED:
             return {"reason": DEFAULT_REJECT_REASON}
         if event == RESULT_ISSUED:
@@ -857,6 +925,14 @@ def platform_blueprint(state: PlatformState, url_prefix: str = "") -> Blueprint:
     @api(CASE, "GET")
     def _case(request: Request, case_no: str):
         return state.view(case_no)
+
+    @api(FEE_PAID, "POST")
+    def _fee_paid(request: Request, case_no: str):
+        return state.fee_paid(case_no, simserver.json_object(request, empty_ok=False))
+
+    @api(RECEIPT, "POST")
+    def _receipt(request: Request, case_no: str):
+        return state.receipt(case_no, simserver.json_object(request, empty_ok=False))
 
     # -- control ---------------------------------------------------------------------------
 

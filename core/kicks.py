@@ -18,6 +18,9 @@ class Kicks(Protocol):
     async def relay(self) -> None:
         """Asks for the outbox to be relayed to the platform now."""
 
+    async def refunds(self) -> None:
+        """Asks for due refunds to be sent to the payment channels now."""
+
 
 class NoKicks:
     """Kicks that do nothing: one-shot commands settle what they made themselves, and tests
@@ -27,6 +30,9 @@ class NoKicks:
         return None
 
     async def relay(self) -> None:
+        return None
+
+    async def refunds(self) -> None:
         return None
 
 

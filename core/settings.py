@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -52,7 +54,13 @@ CHANNEL_GROUPS: dict[str, tuple[str, ...]] = {
 }
 # The channels a production deployment must never leave to an in-process simulator: anyone could
 # mint a login for any citizen, finish their face check, or sign platform callbacks.
-PRODUCTION_CHANNELS = ("WeChat mini-program", "WeChat official account", "core platform")
+PRODUCTION_CHANNELS = (
+    "WeChat mini-program",
+    "WeChat official account",
+    "WeChat Pay",
+    "Alipay",
+    "core platform",
+)
 PEM_PATH_FIELDS = (
     "WECHATPAY_PRIVATE_KEY",
     "WECHATPAY_PLATFORM_PUBLIC_KEY",
@@ -125,6 +133,14 @@ class Settings(BaseSettings):
     ALIPAY_APP_ID: str | None = None
     ALIPAY_PRIVATE_KEY: str | None = None
     ALIPAY_PUBLIC_KEY: str | None = None
+    # The merchant's Alipay PID (2088...): a notify for another seller is refused when set.
+    ALIPAY_SELLER_ID: str | None = Field(None, pattern=r"^2088[0-9]{12}$")
+
+    # Payments: how long an order may be paid, when an unanswered order is asked about, and
+    # the compression of the in-process payment simulators' notify retry schedules.
+    PAYMENT_EXPIRE_MINUTES: int = Field(30, ge=5, le=120)
+    PAYMENT_QUERY_AFTER_S: int = Field(120, ge=5, le=3600)
+    PAYMENT_SIM_TIME_SCALE: float = Field(1.0, gt=0, le=1.0)
 
     PLATFORM_BASE_URL: str | None = None
     PLATFORM_APP_KEY: str | None = None
@@ -384,6 +400,12 @@ class Settings(BaseSettings):
     def public_base_url(self) -> str:
         return self.PUBLIC_BASE_URL or f"http://{self.HOST}:{self.PORT}"
 
+    def simulator_rsa_key(self, name: str) -> str:
+        """A 2048-bit RSA private key (PEM) for the simulated payment channel's party `name`,
+        generated once and kept under `var/` like the embedded secret key, so the server and its
+        workers on one node sign and verify with the same keys."""
+        return _local_secret(f"sim_rsa_{name}.pem", _new_rsa_pem)
+
     def secret_key(self) -> str:
         """The signing secret; on the embedded default a random one kept under `var/`."""
         return self.SECRET_KEY or _local_secret("secret_key", lambda: secrets.token_urlsafe(48))
@@ -417,6 +439,13 @@ def _decode_key(value: str) -> bytes:
     if len(raw) != 32:
         raise ValueError(f"must decode to 32 bytes, got {len(raw)}")
     return raw
+
+
+def _new_rsa_pem() -> str:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
 
 
 def _local_secret(name: str, make: Callable[[], str]) -> str:

@@ -53,6 +53,9 @@ PHRASES: dict[str, str] = {
     "result_issued": "已出证",
     "closed": "已办结",
     "overdue": "已超期",
+    "fee_paid": "已缴费",
+    "fee_refunded": "已退费",
+    "receipt_issued": "已开票",
 }
 URGENT = frozenset({"correction_requested", "fee_assessed"})
 NO_GRANT, NOT_FOLLOWING = 43101, 43004
@@ -100,6 +103,12 @@ def body_of(kind: str, data: dict) -> str:
         return "办理结果已出具，可在小程序中查看。"
     if kind == "closed":
         return "您的办件已办结，欢迎对本次服务进行评价。"
+    if kind == "fee_paid":
+        return f"已收到您缴纳的费用 {_amount(int(data.get('amount_fen', 0)))} 元（{data.get('channel_label', '')}），电子票据开具后将通知您。"
+    if kind == "fee_refunded":
+        return f"已退还费用 {_amount(int(data.get('amount_fen', 0)))} 元，原路退回您的支付账户。{reason}".strip()
+    if kind == "receipt_issued":
+        return f"缴费电子票据已开具，票据号 {data.get('receipt_no', '')}，可在办件详情中查验。"
     if kind == "overdue":
         return "您的办件已超过承诺办结时限，我们已督促承办部门尽快办理。"
     raise KeyError(kind)

@@ -6,6 +6,7 @@ import logging
 from collections.abc import Sequence
 
 from jobs.cases import relay_outbox
+from jobs.payments import run_refunds
 from jobs.push import push_notification
 
 log = logging.getLogger("zhangban.jobs")
@@ -26,3 +27,9 @@ class BrokerKicks:
             await relay_outbox.kiq()
         except Exception:
             log.warning("could not kick the outbox relay; its schedule will")
+
+    async def refunds(self) -> None:
+        try:
+            await run_refunds.kiq()
+        except Exception:
+            log.warning("could not kick the refunds; their schedule will")

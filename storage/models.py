@@ -286,6 +286,11 @@ class Case(Model):
     form_snapshot_enc = fields.BinaryField(null=True)
     materials = fields.JSONField(default=dict)
     fee_fen = fields.IntField(null=True)
+    # Which fee `fee_fen` is: "catalogue" (the item's fixed fee) or "platform:<seq>" (assessed);
+    # a new assessment is a new fee, to be paid by an order of its own.
+    fee_ref = fields.CharField(max_length=32, default="")
+    fee_notice_no = fields.CharField(max_length=64, null=True)  # the public payment platform's 缴款码
+    fee_paid_at = fields.DatetimeField(null=True)
     platform_case_id = fields.CharField(max_length=64, null=True, unique=True)
     platform_seq = fields.IntField(default=0)
     draft_id = fields.CharField(max_length=32, null=True, db_index=True)
@@ -459,3 +464,117 @@ class PushAttempt(Model):
 
     class Meta:
         table = "push_attempts"
+
+
+class PaymentOrder(Model):
+    """One attempt to pay one fee of a case through one channel (an order at WeChat Pay or Alipay).
+
+    state moves only along handlers.payments.orders.TRANSITIONS, by conditional updates.
+    open_slot is the case and fee while the order is not closed: unique, so a fee has one open order.
+    """
+
+    id = fields.BigIntField(primary_key=True)
+    payment_id = fields.CharField(max_length=32, unique=True)  # random: the id citizens see
+    out_trade_no = fields.CharField(max_length=32, unique=True)
+    case: fields.ForeignKeyRelation[Case] = fields.ForeignKeyField(
+        "models.Case", related_name="payment_orders", on_delete=fields.RESTRICT
+    )
+    user: fields.ForeignKeyRelation[User] = fields.ForeignKeyField(
+        "models.User", related_name="payment_orders", on_delete=fields.RESTRICT
+    )
+    fee_ref = fields.CharField(max_length=32)
+    open_slot = fields.CharField(max_length=64, null=True, unique=True)
+    idempotency_key = fields.CharField(max_length=128)
+    channel = fields.CharField(max_length=16)  # wechat | alipay_qr | alipay_wap
+    amount_fen = fields.BigIntField()
+    state = fields.CharField(max_length=20, default="created", db_index=True)
+    notice_no = fields.CharField(max_length=64, null=True)
+    pay_data = fields.JSONField(default=dict)  # prepay_id / qr_code / pay_url
+    transaction_id = fields.CharField(max_length=64, null=True)
+    paid_at = fields.DatetimeField(null=True)
+    refunded_fen = fields.BigIntField(default=0)
+    expires_at = fields.DatetimeField(db_index=True)
+    closed_at = fields.DatetimeField(null=True)
+    close_reason = fields.CharField(max_length=32, default="")
+    receipt = fields.JSONField(null=True)  # the e-receipt: receipt_no, verify_url, issued_at
+    last_checked_at = fields.DatetimeField(null=True)
+    created_at = fields.DatetimeField(auto_now_add=True)
+    updated_at = fields.DatetimeField(auto_now=True)
+
+    class Meta:
+        table = "payment_orders"
+        unique_together = (("user", "idempotency_key"),)
+        indexes = (("case_id", "id"), ("state", "updated_at"))
+
+
+class PaymentRefund(Model):
+    """A refund of a paid order, idempotent at the channel by out_refund_no."""
+
+    id = fields.BigIntField(primary_key=True)
+    order: fields.ForeignKeyRelation[PaymentOrder] = fields.ForeignKeyField(
+        "models.PaymentOrder", related_name="refunds", on_delete=fields.RESTRICT
+    )
+    out_refund_no = fields.CharField(max_length=64, unique=True)
+    amount_fen = fields.BigIntField()
+    cause = fields.CharField(max_length=32)  # case_rejected | case_withdrawn | paid_after_close
+    reason = fields.CharField(max_length=80, default="")
+    state = fields.CharField(max_length=16, default="requested", db_index=True)  # requested|processing|success|failed
+    refund_id = fields.CharField(max_length=64, null=True)
+    attempts = fields.IntField(default=0)
+    next_attempt_at = fields.DatetimeField(db_index=True)
+    last_error = fields.CharField(max_length=300, default="")
+    created_at = fields.DatetimeField(auto_now_add=True)
+    done_at = fields.DatetimeField(null=True)
+
+    class Meta:
+        table = "payment_refunds"
+
+
+class PaymentEvent(Model):
+    """Every change of an order or refund, with what caused it (notify, query, expiry, refund)."""
+
+    id = fields.BigIntField(primary_key=True)
+    order: fields.ForeignKeyRelation[PaymentOrder] = fields.ForeignKeyField(
+        "models.PaymentOrder", related_name="events", on_delete=fields.RESTRICT
+    )
+    at = fields.DatetimeField(auto_now_add=True)
+    from_state = fields.CharField(max_length=20)
+    to_state = fields.CharField(max_length=20)
+    source = fields.CharField(max_length=16)  # notify | query | expiry | citizen | refund | job
+    data = fields.JSONField(default=dict)
+
+    class Meta:
+        table = "payment_events"
+        indexes = (("order_id", "id"),)
+
+
+class PaymentAlert(Model):
+    """Something about money an official must look at (a mismatch, a payment after close)."""
+
+    id = fields.BigIntField(primary_key=True)
+    order: fields.ForeignKeyNullableRelation[PaymentOrder] = fields.ForeignKeyField(
+        "models.PaymentOrder", related_name="alerts", null=True, on_delete=fields.RESTRICT
+    )
+    kind = fields.CharField(max_length=32)
+    dedup_key = fields.CharField(max_length=128, unique=True)
+    detail = fields.JSONField(default=dict)
+    created_at = fields.DatetimeField(auto_now_add=True)
+    resolved_at = fields.DatetimeField(null=True)
+
+    class Meta:
+        table = "payment_alerts"
+
+
+class ReconciliationReport(Model):
+    """One channel's bill of one day checked against our orders and refunds (对账)."""
+
+    id = fields.BigIntField(primary_key=True)
+    channel = fields.CharField(max_length=16)  # wechat | alipay
+    bill_date = fields.DateField()
+    summary = fields.JSONField(default=dict)
+    items = fields.JSONField(default=list)
+    created_at = fields.DatetimeField(auto_now_add=True)
+
+    class Meta:
+        table = "reconciliation_reports"
+        unique_together = (("channel", "bill_date"),)

@@ -15,6 +15,7 @@ from datetime import UTC, date, datetime, timedelta
 
 from core.cn_ids import parse_id_number
 from handlers.drafts import DATA_COLUMN, SNAPSHOT_COLUMN, next_case_no
+from handlers.payments.orders import new_out_trade_no
 from handlers.push import PHRASES, URGENT, body_of, case_page
 from storage.crypto import FieldCipher
 from storage.models import (
@@ -28,6 +29,7 @@ from storage.models import (
     Material,
     Notification,
     Outbox,
+    PaymentOrder,
     ServiceItem,
     SubscriptionGrant,
     User,
@@ -319,4 +321,46 @@ async def create_notification(
         urgent=kind in URGENT,
         push_status=push_status,
         next_attempt_at=next_attempt_at or datetime.now(UTC),
+    )
+
+
+async def assess_fee(
+    case: Case, *, amount_fen: int = 2000, seq: int | None = None, notice_no: str | None = None
+) -> Case:
+    """The platform assessed a fee on `case` (as `fee_assessed` records it)."""
+    seq = case.platform_seq + 1
+    await Case.filter(id=case.id).update(
+        fee_fen=amount_fen, fee_ref=f"platform:{seq}", fee_notice_no=notice_no, fee_paid_at=None, platform_seq=seq
+    )
+    return await Case.get(id=case.id)
+
+
+async def create_order(
+    *,
+    case: Case,
+    channel: str = "wechat",
+    state: str = "paying",
+    amount_fen: int | None = None,
+    expires_in: timedelta = timedelta(minutes=30),
+) -> PaymentOrder:
+    """A payment order of `case`'s fee in `state`, as `handlers.payments.orders` makes it."""
+    now = datetime.now(UTC)
+    fee_ref = case.fee_ref or "catalogue"
+    open_state = state in ("created", "paying", "paid", "refunding", "refunded", "partially_refunded")
+    return await PaymentOrder.create(
+        payment_id=_token("pay_"),
+        out_trade_no=new_out_trade_no(now),
+        case_id=case.id,
+        user_id=case.user_id,
+        fee_ref=fee_ref,
+        open_slot=f"{case.id}:{fee_ref}" if open_state else None,
+        idempotency_key=_token("key-"),
+        channel=channel,
+        amount_fen=case.fee_fen if amount_fen is None else amount_fen,
+        state=state,
+        notice_no=case.fee_notice_no,
+        pay_data={"prepay_id": _token("wx")} if channel == "wechat" else {"qr_code": "https://qr.alipay.com/x"},
+        paid_at=now if state in ("paid", "refunding", "refunded", "partially_refunded") else None,
+        transaction_id=_token("4200") if state in ("paid", "refunding", "refunded") else None,
+        expires_at=now + expires_in,
     )

@@ -28,6 +28,8 @@ LEASE = timedelta(minutes=5)
 MAX_BACKOFF_S = 600
 # Material ids -> signed links the platform can fetch them by.
 MaterialLinks = Callable[[list[str]], Awaitable[list[dict]]]
+# Outbox kinds of other domains (payments: fee_paid, request_receipt): row -> notification ids to push.
+Delivery = Callable[[Outbox], Awaitable[list[int]]]
 
 
 async def enqueue_delivery(case: Case) -> Outbox:
@@ -46,9 +48,11 @@ class Relay:
         material_links: MaterialLinks,
         kicks: Kicks,
         lease: timedelta = LEASE,
+        deliveries: dict[str, Delivery] | None = None,
     ):
         self.platform, self.cipher, self.material_links, self.lease = platform, cipher, material_links, lease
         self.kicks = kicks
+        self.deliveries = deliveries or {}
 
     async def run_due(self, *, limit: int = 50) -> int:
         """Delivers every due row (at most `limit`); returns how many were done."""
@@ -96,6 +100,11 @@ class Relay:
             return
         if row.kind == "resubmit_case":
             await self._resubmit(row)
+            return
+        if row.kind in self.deliveries:
+            notification_ids = await self.deliveries[row.kind](row)
+            if notification_ids:
+                await self.kicks.push(notification_ids)
             return
         if row.kind != "deliver_case":
             raise PlatformError(f"unknown outbox kind {row.kind}", retryable=False)

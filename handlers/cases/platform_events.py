@@ -13,6 +13,7 @@ from tortoise.transactions import in_transaction
 
 from core.kicks import Kicks
 from handlers.cases.lifecycle import path_to
+from handlers.payments.refunds import refund_case_fees
 from handlers.push import notify
 from storage.models import ActorType, Case, CaseEvent, CaseStatus
 
@@ -40,6 +41,8 @@ EVENT_NOTES = {
 
 
 _EVENT_COLUMNS = ("id", "case_no", "status", "platform_seq", "row_version", "user_id", "service_code", "service_name")
+# A case that ends so gives its paid fee back.
+_REFUNDING = {S.REJECTED: "case_rejected"}
 
 
 async def apply_platform_event(*, case_no: str, seq: int, event: str, data: dict, at: str | None, kicks: Kicks) -> str:
@@ -50,6 +53,7 @@ async def apply_platform_event(*, case_no: str, seq: int, event: str, data: dict
     is kicked after the commit (the push sweep picks up a kick that was lost)."""
     target = EVENT_STATUS[event]
     notification = None
+    refunds = 0
     async with in_transaction():
         # Only what the change needs: not the sealed form snapshot, which can be kilobytes.
         case = await Case.select_for_update().filter(case_no=case_no).only(*_EVENT_COLUMNS).first()
@@ -61,7 +65,8 @@ async def apply_platform_event(*, case_no: str, seq: int, event: str, data: dict
         result = "applied"
         if target is None:  # fee assessed: no status change
             amount = int(data["amount_fen"])
-            updates["fee_fen"] = amount
+            notice_no = str(data["notice_no"])[:64] if data.get("notice_no") else None
+            updates.update(fee_fen=amount, fee_ref=f"platform:{seq}", fee_notice_no=notice_no, fee_paid_at=None)
             record = await CaseEvent.create(
                 case=case,
                 actor_type=ActorType.PLATFORM,
@@ -97,7 +102,11 @@ async def apply_platform_event(*, case_no: str, seq: int, event: str, data: dict
                 # platform skipped over are history, not news.
                 notification = await notify(case, kind=target.value, dedup_key=f"event:{record.id}", data=data)
                 updates.update(status=target, row_version=case.row_version + len(chain))
+                if target in _REFUNDING:
+                    refunds = await refund_case_fees(case, cause=_REFUNDING[target])
         await Case.filter(id=case.id).update(**updates)
     if notification is not None:
         await kicks.push([notification.id])
+    if refunds:
+        await kicks.refunds()
     return result

@@ -6,6 +6,7 @@ from __future__ import annotations
 from handlers import audit
 from handlers.cases.access import case_for_official, my_case
 from handlers.cases.lifecycle import STATUS_LABELS, S, promised_date
+from handlers.payments.orders import PAYABLE, fee_of_case
 from handlers.push import attempts_of_case
 from storage.models import ActorType, Case, CaseEvent, CaseStatus, Official, User
 
@@ -49,8 +50,8 @@ async def detail(case: Case) -> dict:
         next_action = {"type": "correct", **correction_request(events)}
     elif case.status in (S.SUBMITTED, S.DELIVERED):
         next_action = {"type": "wait", "can_withdraw": True}
-    elif case.fee_fen and case.status in (S.ACCEPTED, S.IN_REVIEW, S.APPROVED):
-        next_action = {"type": "pay", "amount_fen": case.fee_fen}
+    elif case.fee_fen and case.fee_paid_at is None and case.status in PAYABLE:
+        next_action = {"type": "pay", "amount_fen": case.fee_fen, "notice_no": case.fee_notice_no}
     issued = next((e for e in reversed(events) if e.to_status == S.RESULT_ISSUED.value and e.data.get("kind")), None)
     result = None
     if issued is not None:
@@ -71,6 +72,7 @@ async def detail(case: Case) -> dict:
         "overdue": case.overdue_at is not None,
         "result": result,
         "fee_fen": case.fee_fen,
+        "fee": await fee_of_case(case),
     }
 
 
