@@ -13,6 +13,7 @@ import os
 from functools import partial
 
 import ujson
+from cryptography.hazmat.primitives import serialization
 from sanic import Request, Sanic
 from sanic.response import HTTPResponse
 from sanic.response import json as json_response
@@ -25,6 +26,7 @@ from bridge.simulator import PlatformState, platform_blueprint
 from console import auth as console_auth
 from console import cases as console_cases
 from console import citizens as console_citizens
+from console import payments as console_payments
 from container import SIM_PLATFORM_KEY, SIM_PLATFORM_PREFIX, SIMULATOR_SECRET_HEADER, Services, sim_platform_secret
 from core import http, openapi
 from core.logs import logging_config
@@ -37,8 +39,23 @@ from miniprogram_api import drafts as mp_drafts
 from miniprogram_api import identity as mp_identity
 from miniprogram_api import inbox as mp_inbox
 from miniprogram_api import materials as mp_materials
+from miniprogram_api import payments as mp_payments
 from miniprogram_api import services as mp_services
 from ops import docs, health
+from payments import notify as pay_notify
+from payments.alipay_sim import AlipayState, alipay_blueprint
+from payments.setup import (
+    ALIPAY_SIM_PREFIX,
+    SIM_MCHID,
+    SIM_MERCHANT_SERIAL,
+    SIM_SELLER_ID,
+    WECHATPAY_SIM_PREFIX,
+    public_pem,
+    sim_apiv3_key,
+    sim_platform_serial,
+)
+from payments.setup import SIM_ALIPAY_APP_ID as SIM_ALIPAY_APP
+from payments.wechatpay_sim import WeChatPayState, wechatpay_blueprint
 from storage.db import close_db, init_db
 from wechat.apps import SIM_APPS, WECHAT_SIM_PREFIX, sim_apps, sim_oa_callback_keys
 from wechat.simulator import SimState, simulator_blueprint
@@ -172,6 +189,7 @@ def _mount_simulators(app: Sanic, settings: Settings) -> None:
         platform_bp = platform_blueprint(app.ctx.platform_sim, url_prefix=SIM_PLATFORM_PREFIX)
         openapi.exclude(platform_bp)
         mounted.append(platform_bp)
+    mounted += _payment_simulators(app, settings)
     secret = settings.simulator_secret
     for bp in mounted:
         if secret:
@@ -185,6 +203,46 @@ def _mount_simulators(app: Sanic, settings: Settings) -> None:
             settings.ALLOW_SIMULATORS,
             ", ".join(settings.simulated_channels),
         )
+
+
+def _payment_simulators(app: Sanic, settings: Settings) -> list:
+    """WeChat Pay and Alipay simulators for the payment channels left unset, with this node's
+    simulated merchants registered (their keys: `payments.setup`)."""
+    mounted = []
+    scale = settings.PAYMENT_SIM_TIME_SCALE
+    if settings.simulated("WeChat Pay"):
+        state = WeChatPayState(
+            time_scale=scale,
+            platform_key=_private_key(settings.simulator_rsa_key("wechatpay_platform")),
+            platform_serial=sim_platform_serial(settings),
+        )
+        state.register_merchant(
+            mchid=SIM_MCHID,
+            appids=[SIM_APPS["mp"][0]],
+            serial_no=SIM_MERCHANT_SERIAL,
+            public_key_pem=public_pem(settings.simulator_rsa_key("wechatpay_merchant")),
+            apiv3_key=sim_apiv3_key(settings),
+        )
+        app.ctx.wechatpay_sim = state
+        bp = wechatpay_blueprint(state, url_prefix=WECHATPAY_SIM_PREFIX)
+        openapi.exclude(bp)
+        mounted.append(bp)
+    if settings.simulated("Alipay"):
+        state = AlipayState(time_scale=scale, private_key=_private_key(settings.simulator_rsa_key("alipay_platform")))
+        state.register_app(
+            app_id=SIM_ALIPAY_APP,
+            app_public_key_pem=public_pem(settings.simulator_rsa_key("alipay_app")),
+            seller_id=SIM_SELLER_ID,
+        )
+        app.ctx.alipay_sim = state
+        bp = alipay_blueprint(state, url_prefix=ALIPAY_SIM_PREFIX)
+        openapi.exclude(bp)
+        mounted.append(bp)
+    return mounted
+
+
+def _private_key(pem: str):
+    return serialization.load_pem_private_key(pem.encode(), password=None)
 
 
 def _simulator_guard(secret: bytes):
@@ -217,6 +275,9 @@ BLUEPRINTS = [
     mp_inbox.bp,
     oa_callback.bp,
     platform_callback.bp,
+    pay_notify.bp,
+    mp_payments.bp,
+    console_payments.bp,
     mp_materials.bp,
     mp_materials.files_bp,
 ]

@@ -33,7 +33,17 @@ from handlers.catalog.reader import CatalogueReader
 from handlers.drafts import Drafts
 from handlers.materials.links import platform_links
 from handlers.materials.service import Materials, Pipeline
+from handlers.payments.channels import Channels
+from handlers.payments.notifies import Notifies
+from handlers.payments.orders import Payments
+from handlers.payments.platform import FeeRelay
+from handlers.payments.reconcile import Reconciler
+from handlers.payments.recovery import Sweeper
+from handlers.payments.refunds import Refunder
 from handlers.push import Pusher
+from payments.alipay import Alipay
+from payments.setup import alipay_config, wechatpay_config
+from payments.wechatpay import WeChatPay
 from storage.crypto import FieldCipher
 from storage.files import FileSealer, FileStore, create_file_store
 from storage.redis import Keys, create_redis
@@ -203,7 +213,54 @@ class Services:
             material_links=platform_links(signing_key=s.secret_key().encode(), base_url=s.public_base_url),
             kicks=self.kicks,
             lease=timedelta(seconds=s.OUTBOX_STUCK_S),
+            deliveries={kind: self.fee_relay.deliver for kind in FeeRelay.kinds},
         )
+
+    @cached_property
+    def fee_relay(self) -> FeeRelay:
+        return FeeRelay(platform=self.platform, kicks=self.kicks)
+
+    # -- payments ----------------------------------------------------------------------------
+
+    @cached_property
+    def channels(self) -> Channels:
+        s = self.settings
+        wechat = WeChatPay(wechatpay_config(s, appid=mp_appid(s)), http=self._http_for("WeChat Pay"))
+        alipay = Alipay(alipay_config(s), http=self._http_for("Alipay"))
+        return Channels(
+            wechat=wechat,
+            alipay=alipay,
+            wechat_mchid=wechat.config.mchid,
+            wechat_appid=wechat.config.appid,
+            alipay_app_id=alipay.config.app_id,
+            alipay_seller_id=alipay.config.seller_id,
+        )
+
+    @cached_property
+    def payments(self) -> Payments:
+        return Payments(channels=self.channels, expire_minutes=self.settings.PAYMENT_EXPIRE_MINUTES, kicks=self.kicks)
+
+    @cached_property
+    def notifies(self) -> Notifies:
+        channels = self.channels
+        return Notifies(
+            channels=channels,
+            kicks=self.kicks,
+            parse_wechat=channels.wechat.parse_notify,
+            parse_alipay=channels.alipay.parse_notify,
+        )
+
+    @cached_property
+    def refunder(self) -> Refunder:
+        return Refunder(channels=self.channels)
+
+    @cached_property
+    def payments_sweeper(self) -> Sweeper:
+        return Sweeper(channels=self.channels, query_after=timedelta(seconds=self.settings.PAYMENT_QUERY_AFTER_S))
+
+    @cached_property
+    def reconciler(self) -> Reconciler:
+        return Reconciler(channels=self.channels)
 
     @property
     def platform_silence(self) -> timedelta:

@@ -14,6 +14,7 @@ import logging
 import os
 import secrets
 import sys
+from datetime import date
 from functools import partial
 from pathlib import Path
 
@@ -24,6 +25,8 @@ from taskiq.cli.worker.cmd import WorkerCMD
 from tortoise.cli.cli import run_cli_async
 
 from bridge import simulator as platform_simulator
+from payments import paysim
+from payments.base import PaymentError
 from container import Services
 from core.kicks import NO_KICKS
 from core.logs import mask_text, setup_logging
@@ -248,10 +251,25 @@ def cmd_menu(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+async def _payments_sweep(services: Services) -> int:
+    """Asks about late and expired orders, then sends what that made: refunds, platform rows."""
+    result = await services.payments_sweeper.run()
+    await services.refunder.run_due()
+    await services.relay.run_due()
+    return result.asked
+
+
+async def _refunds(services: Services) -> int:
+    settled, _ = await services.refunder.run_due()
+    return settled
+
+
 SWEEPS = {
     "platform": lambda s: query_silent_cases(platform=s.platform, silence=s.platform_silence, kicks=s.kicks),
     "overdue": lambda s: mark_overdue(kicks=s.kicks),
     "outbox": lambda s: s.relay.run_due(),
+    "payments": _payments_sweep,
+    "refunds": _refunds,
     "pushes": None,  # the pushes are settled after every sweep anyway
 }
 
@@ -289,6 +307,48 @@ def cmd_platform_sim(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pay_sim(settings: Settings, args: argparse.Namespace) -> int:
+    """Runs the WeChat Pay and Alipay simulators as their own server (see payments/paysim.py)."""
+    argv = ["--host", args.host, "--port", str(args.port), "--time-scale", str(args.time_scale)]
+    paysim.main(argv + ["--key-mode", args.key_mode])
+    return 0
+
+
+def cmd_reconcile(settings: Settings, args: argparse.Namespace) -> int:
+    """Downloads a day's bills and reconciles them against our orders (对账), printing the summary."""
+    try:
+        day = date.fromisoformat(args.date)
+    except ValueError:
+        print(f"--date: not a date (YYYY-MM-DD): {args.date}", file=sys.stderr)
+        return 2
+    providers = [args.channel] if args.channel else ["wechat", "alipay"]
+
+    async def run(services: Services):
+        reports = []
+        for provider in providers:
+            reports.append(await services.reconciler.run(provider, day))
+        return reports
+
+    failed = False
+    try:
+        reports = asyncio.run(_with_services(settings, run))
+    except PaymentError as exc:
+        print(f"bill download failed: {exc.code} {exc}", file=sys.stderr)
+        return 1
+    for report in reports:
+        summary = report.summary
+        pays, refunds, totals = summary["payments"], summary["refunds"], summary["totals"]
+        print(
+            f"{report.channel} {report.bill_date}: {'balanced' if summary['balanced'] else 'NOT balanced'}; "
+            f"payments matched {pays['matched']}, 长款 {pays['channel_only']}, 短款 {pays['ours_only']}, "
+            f"mismatched {pays['amount_mismatch']}; refunds matched {refunds['matched']}, "
+            f"unmatched {refunds['channel_only'] + refunds['ours_only'] + refunds['amount_mismatch']}; "
+            f"channel paid {totals['channel_paid_fen']} fen, ours {totals['our_paid_fen']} fen"
+        )
+        failed |= not summary["balanced"]
+    return 3 if failed else 0
+
+
 def cmd_check_jobs(settings: Settings, args: argparse.Namespace) -> int:
     """Sends a probe job and waits for a worker to run it: proves the job pipeline end to end."""
     # Imported once the settings are installed: the job broker is built from them at import.
@@ -312,8 +372,10 @@ COMMANDS = {
     "rotate-keys": (cmd_rotate_keys, "reseal personal data under the current FIELD_ENCRYPTION_KEY"),
     "menu": (cmd_menu, "official-account menu: `menu push` sends it to WeChat, `menu show` prints it"),
     "platform-sim": (cmd_platform_sim, "run the core-platform simulator as its own server"),
+    "pay-sim": (cmd_pay_sim, "run the WeChat Pay and Alipay simulators as their own server"),
+    "reconcile": (cmd_reconcile, "download a day's bills and reconcile them: --date YYYY-MM-DD [--channel]"),
     "check-jobs": (cmd_check_jobs, "send a probe job and wait for a worker to run it"),
-    "sweep": (cmd_sweep, "run one sweep now: platform | overdue | pushes | outbox"),
+    "sweep": (cmd_sweep, "run one sweep now: platform | overdue | pushes | outbox | payments | refunds"),
 }
 
 
@@ -346,15 +408,25 @@ def build_parser() -> argparse.ArgumentParser:
     parsers["worker"].add_argument("--processes", type=int, default=2, help="worker processes (default 2)")
     parsers["check-jobs"].add_argument("--timeout", type=float, default=10.0)
     parsers["menu"].add_argument("action", choices=["push", "show"])
-    parsers["sweep"].add_argument("what", choices=["platform", "overdue", "pushes", "outbox"])
+    parsers["sweep"].add_argument("what", choices=list(SWEEPS))
     sim = parsers["platform-sim"]
     sim.add_argument("--host", default="127.0.0.1")
     sim.add_argument("--port", type=int, default=8702)
     sim.add_argument(
-        "--script", default="happy", help="happy | correction | rejection | duplicates | out_of_order | fee"
+        "--script",
+        default="happy",
+        help="happy | correction | rejection | duplicates | out_of_order | fee | fee_rejection",
     )
     sim.add_argument("--step-delay", type=float, default=5.0, help="seconds between callbacks")
     sim.add_argument("--callback-url", help="default: PUBLIC_BASE_URL/bridge/callback")
+    pay = parsers["pay-sim"]
+    pay.add_argument("--host", default="127.0.0.1")
+    pay.add_argument("--port", type=int, default=8703)
+    pay.add_argument("--time-scale", type=float, default=1.0, help="multiplies the notify retry delays (tests: 0.001)")
+    pay.add_argument("--key-mode", choices=["public_key", "certificate"], default="public_key")
+    reconcile = parsers["reconcile"]
+    reconcile.add_argument("--date", required=True, help="the bill's day, China time (YYYY-MM-DD)")
+    reconcile.add_argument("--channel", choices=["wechat", "alipay"], help="one channel (default: both)")
     return parser
 
 

@@ -39,7 +39,7 @@ async def payments_sweep(context: Context = TaskiqDepends()) -> int:
     async with held_lock(services.redis, services.keys("lock", "payments_sweep"), timeout=300) as held:
         if not held:
             return 0
-        result = await services.payments_sweep()
+        result = await services.payments_sweeper.run()
     if result.notification_ids:
         await services.kicks.push(result.notification_ids)
     if result.refund_due:
@@ -57,7 +57,7 @@ async def reconcile_yesterday(context: Context = TaskiqDepends()) -> int:
     done = 0
     for provider in ("wechat", "alipay"):
         try:
-            await services.reconcile(provider, day)
+            await services.reconciler.run(provider, day)
             done += 1
         except Exception:
             log.exception("reconciliation of %s for %s failed; run `server.py reconcile` by hand", provider, day)

@@ -264,8 +264,15 @@ class _BillFile:
 class AlipayState:
     """Everything the simulator holds: Alipay's key, apps, trades, notify deliveries, bills. In memory."""
 
-    def __init__(self, *, time_scale: float = 1.0, http: httpx.AsyncClient | None = None):
-        self.private_key: RSAPrivateKey = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    def __init__(
+        self,
+        *,
+        time_scale: float = 1.0,
+        http: httpx.AsyncClient | None = None,
+        private_key: RSAPrivateKey | None = None,
+    ):
+        # Alipay's key: generated here, or handed in (the embedded default keeps one per node).
+        self.private_key: RSAPrivateKey = private_key or rsa.generate_private_key(public_exponent=65537, key_size=2048)
         self.public_key_pem = public_key_pem(self.private_key.public_key())
         self.time_scale = float(time_scale)
         self._http = http

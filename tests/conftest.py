@@ -414,6 +414,110 @@ def platform_sim(tmp_path_factory) -> Iterator[PlatformSim]:
     sim.process.wait(10)
 
 
+# -- the payment channels: WeChat Pay and Alipay simulators in one server ------------------------
+
+PAY_MCHID, PAY_SERIAL = "1900000109", "3775B6A45ACD588826D15E583A95F5DD00000001"
+ALIPAY_APP_ID, ALIPAY_SELLER = "2021000122600001", "2088102177846875"
+
+
+@dataclass
+class PaySim(SimServer):
+    """`python -m payments.paysim`, with this run's merchant registered at both channels."""
+
+    env: dict[str, str] = field(default_factory=dict)
+    apiv3_key: str = ""
+
+    def wechat(self, path: str, payload: dict | None = None, *, status: int = 200) -> dict:
+        """The WeChat Pay simulator's control route `path`."""
+        return self._call(f"/wechatpay/__sim__/{path}", payload, status)
+
+    def alipay(self, path: str, payload: dict | None = None, *, status: int = 200) -> dict:
+        """The Alipay simulator's control route `path`."""
+        return self._call(f"/alipay/__sim__/{path}", payload, status)
+
+    def _call(self, path: str, payload: dict | None, status: int) -> dict:
+        if payload is None:
+            response = httpx.get(self.url + path, timeout=10)
+        else:
+            response = httpx.post(self.url + path, json=payload, timeout=10)
+        assert response.status_code == status, response.text
+        return response.json()
+
+
+_paysim: PaySim | None = None
+
+
+def _rsa_pem() -> tuple[bytes, str]:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    private = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    public = (
+        key.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
+    return private, public
+
+
+def pay_sim_server(tmp_path_factory) -> PaySim:
+    """This worker's payment simulator server (started on first use), with keys made for this run:
+    the merchant's and the app's generated here, WeChat Pay's and Alipay's by the simulator."""
+    global _paysim
+    if _paysim is not None:
+        return _paysim
+    log_dir = tmp_path_factory.mktemp("pay-sim")
+    url, proc = start_simulator("payments.paysim", log_dir, "--time-scale", "0.001")
+    sim = PaySim(url, proc)
+    merchant_private, merchant_public = _rsa_pem()
+    app_private, app_public = _rsa_pem()
+    sim.apiv3_key = secrets.token_hex(16)
+    platform = sim.wechat(
+        "merchants",
+        {
+            "mchid": PAY_MCHID,
+            "appids": [SIM_MP_APPID],
+            "serial_no": PAY_SERIAL,
+            "public_key_pem": merchant_public,
+            "apiv3_key": sim.apiv3_key,
+        },
+    )
+    alipay = sim.alipay("apps", {"app_id": ALIPAY_APP_ID, "app_public_key_pem": app_public, "seller_id": ALIPAY_SELLER})
+    files = {
+        "merchant.pem": merchant_private,
+        "wechatpay_platform.pem": platform["platform_public_key_pem"].encode(),
+        "alipay_app.pem": app_private,
+        "alipay_public.pem": alipay["alipay_public_key_pem"].encode(),
+    }
+    for name, content in files.items():
+        (log_dir / name).write_bytes(content)
+    sim.env = {
+        "WECHATPAY_API_BASE": url + "/wechatpay",
+        "WECHATPAY_MCHID": PAY_MCHID,
+        "WECHATPAY_SERIAL_NO": PAY_SERIAL,
+        "WECHATPAY_PRIVATE_KEY": str(log_dir / "merchant.pem"),
+        "WECHATPAY_APIV3_KEY": sim.apiv3_key,
+        "WECHATPAY_PLATFORM_PUBLIC_KEY": str(log_dir / "wechatpay_platform.pem"),
+        "WECHATPAY_PLATFORM_SERIAL": platform["platform_serial"],
+        "ALIPAY_GATEWAY": url + "/alipay/gateway.do",
+        "ALIPAY_APP_ID": ALIPAY_APP_ID,
+        "ALIPAY_PRIVATE_KEY": str(log_dir / "alipay_app.pem"),
+        "ALIPAY_PUBLIC_KEY": str(log_dir / "alipay_public.pem"),
+        "ALIPAY_SELLER_ID": ALIPAY_SELLER,
+    }
+    _paysim = sim
+    return sim
+
+
+@pytest.fixture(scope="session")
+def pay_sim(tmp_path_factory) -> Iterator[PaySim]:
+    sim = pay_sim_server(tmp_path_factory)
+    yield sim
+
+
 def wechat_env(sim: WeChatSim) -> dict[str, str]:
     from tests.oa_pusher import OA_APPID, OA_SECRET
 
@@ -451,6 +555,7 @@ def make_server(
         "PUSH_OA_TEMPLATE_ID": OA_TEMPLATE,
         "PUSH_QUIET_HOURS": "",
         **wechat_env(wechat_sim),
+        **pay_sim_server(tmp_path_factory).env,
         **extra,
     }
     if TEST_DATABASE_URL and TEST_REDIS_URL:

@@ -158,11 +158,19 @@ def upload(server, tokens, data: bytes, *, name="photo.jpg", kind="photo", mime=
     )
 
 
-def official_client(server: Server, department: str) -> httpx.Client:
+def official_client(server: Server, department: str, *roles: str) -> httpx.Client:
     """A console client signed in as a new official of `department` (created through the CLI)."""
     username, password = f"official{uuid.uuid4().hex[:6]}", uuid.uuid4().hex
+    role_args = [arg for role in roles for arg in ("--role", role)]
     created = server.cli(
-        "create-official", "--username", username, "--department", department, "--password-stdin", input=password + "\n"
+        "create-official",
+        "--username",
+        username,
+        "--department",
+        department,
+        *role_args,
+        "--password-stdin",
+        input=password + "\n",
     )
     assert created.returncode == 0, created.stderr
     client = server.client()

@@ -15,10 +15,25 @@ from __future__ import annotations
 from datetime import UTC, date, datetime, time, timedelta
 
 from core.china_time import CHINA
+from handlers.payments.channels import Channels
 from payments.base import BillRow
 from storage.models import PaymentOrder, PaymentRefund, ReconciliationReport
 
 CHANNEL_ORDERS = {"wechat": ("wechat",), "alipay": ("alipay_qr", "alipay_wap")}
+
+
+class Reconciler:
+    """Downloads a channel's bill of a day and reconciles it."""
+
+    def __init__(self, *, channels: Channels):
+        self.channels = channels
+
+    async def run(self, provider: str, bill_date: date) -> ReconciliationReport:
+        if provider == "wechat":
+            rows = await self.channels.wechat.trade_bill(bill_date)
+        else:
+            rows = await self.channels.alipay.bill(bill_date)
+        return await reconcile(provider=provider, bill_date=bill_date, rows=rows)
 
 
 def day_bounds(day: date) -> tuple[datetime, datetime]:

@@ -34,6 +34,16 @@ class SweepResult:
     relay_due: bool = False
 
 
+class Sweeper:
+    """The sweep over the channels it is handed (see the module docstring)."""
+
+    def __init__(self, *, channels: Channels, query_after: timedelta):
+        self.channels, self.query_after = channels, query_after
+
+    async def run(self) -> SweepResult:
+        return await sweep(channels=self.channels, query_after=self.query_after)
+
+
 async def sweep(*, channels: Channels, query_after: timedelta, limit: int = 200) -> SweepResult:
     now = datetime.now(UTC)
     result = SweepResult()
