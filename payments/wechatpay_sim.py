@@ -694,7 +694,8 @@ class WeChatPayState:
             response = await self._http().post(
                 notify.url, content=notify.body.encode("utf-8"), headers=headers, timeout=NOTIFY_TIMEOUT_S
             )
-        except httpx.HTTPError as error:
+        except Exception as error:  # any failure to deliver is a failed attempt, retried
+            # httpx errors, and the odd transport error that escapes httpx when the peer drops the socket.
             entry["error"] = f"{type(error).__name__}: {error}"[:300]
             return False
         entry["status"] = response.status_code
@@ -1256,7 +1257,7 @@ def wechatpay_blueprint(state: WeChatPayState, url_prefix: str = "") -> Blueprin
         day = _date_or_none(bill_date)
         if bill_date is not None and day is None:
             errors["bill_date"] = "应为 YYYY-MM-DD"
-        checked = _bill_rows(rows, day, errors)
+        checked = _checked_bill_rows(rows, day, errors)
         simserver.check_fields(errors)
         if mchid is None:
             raise SimError(404, "not_found", "还没有商户")
@@ -1299,7 +1300,7 @@ def _date_or_none(text: str | None) -> date | None:
         return None
 
 
-def _bill_rows(rows: Any, day: date | None, errors: dict[str, str]) -> list[dict[str, Any]]:
+def _checked_bill_rows(rows: Any, day: date | None, errors: dict[str, str]) -> list[dict[str, Any]]:
     """Extra bill rows, checked; `at` defaults to noon China time of the bill's day."""
     if not isinstance(rows, list) or not rows:
         errors["rows"] = "应为非空列表"
