@@ -25,8 +25,6 @@ from taskiq.cli.worker.cmd import WorkerCMD
 from tortoise.cli.cli import run_cli_async
 
 from bridge import simulator as platform_simulator
-from payments import paysim
-from payments.base import PaymentError
 from container import Services
 from core.kicks import NO_KICKS
 from core.logs import mask_text, setup_logging
@@ -37,6 +35,8 @@ from handlers.catalog.publish import DEMO_CATALOGUE, export_catalogue, load_cata
 from handlers.catalog.schema import CatalogueError
 from handlers.identity import rotate_keys
 from handlers.officials import OfficialExists, UnknownDepartment, create_official
+from payments import paysim
+from payments.base import PaymentError
 from storage.crypto import FieldCipher
 from storage.db import close_db, init_db, migrate
 from wechat.apps import mp_appid

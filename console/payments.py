@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import date
+import datetime as dt
 from typing import Literal
 
 from pydantic import BaseModel, Field
@@ -21,7 +21,7 @@ PRIVATE = {"Cache-Control": "no-store"}
 
 class ReportQuery(BaseModel):
     channel: Literal["wechat", "alipay"] | None = None
-    date: date | None = Field(None, description="the bill's day, China time (YYYY-MM-DD)")
+    date: dt.date | None = Field(None, description="the bill's day, China time (YYYY-MM-DD)")
 
 
 class AlertQuery(BaseModel):

@@ -104,7 +104,8 @@ def body_of(kind: str, data: dict) -> str:
     if kind == "closed":
         return "您的办件已办结，欢迎对本次服务进行评价。"
     if kind == "fee_paid":
-        return f"已收到您缴纳的费用 {_amount(int(data.get('amount_fen', 0)))} 元（{data.get('channel_label', '')}），电子票据开具后将通知您。"
+        paid = f"已收到您缴纳的费用 {_amount(int(data.get('amount_fen', 0)))} 元（{data.get('channel_label', '')}）"
+        return paid + "，电子票据开具后将通知您。"
     if kind == "fee_refunded":
         return f"已退还费用 {_amount(int(data.get('amount_fen', 0)))} 元，原路退回您的支付账户。{reason}".strip()
     if kind == "receipt_issued":

@@ -33,7 +33,9 @@ def create_paysim_app(wechat: WeChatPayState, alipay: AlipayState) -> Sanic:
 
     root.add_route(simserver.control_route(stats, log=log, path="/__sim__/stats"), "/__sim__/stats", methods=["GET"])
     group = Blueprint.group(
-        wechatpay_blueprint(wechat, url_prefix=WECHATPAY_PREFIX), alipay_blueprint(alipay, url_prefix=ALIPAY_PREFIX), root
+        wechatpay_blueprint(wechat, url_prefix=WECHATPAY_PREFIX),
+        alipay_blueprint(alipay, url_prefix=ALIPAY_PREFIX),
+        root,
     )
     return simserver.create_app("pay_sim", group, state=(wechat, alipay), log=log)
 

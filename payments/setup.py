@@ -13,7 +13,8 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 
 from core.settings import Settings
-from payments.alipay import AlipayConfig, load_private_key as load_alipay_private_key, load_public_key
+from payments.alipay import AlipayConfig, load_public_key
+from payments.alipay import load_private_key as load_alipay_private_key
 from payments.wechatpay import WeChatPayConfig, load_platform_key, load_private_key
 
 WECHATPAY_SIM_PREFIX = "/_sim/wechatpay"

@@ -252,14 +252,24 @@ class WeChatPayState:
     """All simulator state: platform keys, merchants, orders, refunds, notifies, extra bill rows."""
 
     def __init__(
-        self, *, key_mode: KeyMode = "public_key", time_scale: float = 1.0, http: httpx.AsyncClient | None = None
+        self,
+        *,
+        key_mode: KeyMode = "public_key",
+        time_scale: float = 1.0,
+        http: httpx.AsyncClient | None = None,
+        platform_key: RSAPrivateKey | None = None,
+        platform_serial: str | None = None,
     ):
+        """`platform_key` / `platform_serial`: WeChat Pay's key and its id handed in (the embedded
+        default keeps one per node, so its workers verify what the server's simulator signs)."""
         if key_mode not in KEY_MODES:
             raise ValueError(f"key_mode must be one of {KEY_MODES}")
         self.key_mode: KeyMode = key_mode
         self.time_scale = float(time_scale)
         self.refund_settle_s = 2.0
-        self.platform_key: RSAPrivateKey = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        self.platform_key: RSAPrivateKey = platform_key or rsa.generate_private_key(
+            public_exponent=65537, key_size=2048
+        )
         self.wrong_key: RSAPrivateKey = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         self.platform_certificate_pem: str | None = None
         if key_mode == "certificate":
@@ -267,7 +277,7 @@ class WeChatPayState:
             self.platform_serial = f"{certificate.serial_number:X}"
             self.platform_certificate_pem = certificate.public_bytes(serialization.Encoding.PEM).decode("ascii")
         else:
-            self.platform_serial = f"{PUBLIC_KEY_ID_PREFIX}01142321{_digits(22)}"
+            self.platform_serial = platform_serial or f"{PUBLIC_KEY_ID_PREFIX}01142321{_digits(22)}"
         self.platform_public_key_pem = (
             self.platform_key.public_key()
             .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
