@@ -528,8 +528,10 @@ def wechat_env(sim: WeChatSim) -> dict[str, str]:
             "PLATFORM_APP_KEY": PLATFORM_KEY,
             "PLATFORM_SECRET": PLATFORM_SECRET,
         }
+    payments = _paysim.env if _paysim is not None else {}
     return {
         **platform,
+        **payments,
         "WECHAT_API_BASE": sim.url,
         "WECHAT_MP_APPID": SIM_MP_APPID,
         "WECHAT_MP_SECRET": SIM_MP_SECRET,

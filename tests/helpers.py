@@ -7,6 +7,7 @@ split without breaking the others.
 from __future__ import annotations
 
 import io
+import json
 import random
 import time
 import uuid
@@ -16,8 +17,9 @@ import httpx
 import yaml
 from PIL import Image
 
+from bridge.signing import sign
 from handlers.catalog.publish import DEMO_CATALOGUE
-from tests.conftest import Server, WeChatSim
+from tests.conftest import PLATFORM_KEY, PLATFORM_SECRET, Server, WeChatSim
 
 DEMO = yaml.safe_load(DEMO_CATALOGUE.read_text(encoding="utf-8"))
 CODE = {item["name"]: item["code"] for item in DEMO["items"]}
@@ -119,6 +121,25 @@ def submit_renewal(server, wechat_sim, name: str) -> tuple[dict, str]:
 
 def case_of(server, tokens, case_no) -> dict:
     return httpx.get(f"{server.url}/api/v1/cases/{case_no}", headers=auth(tokens)).json()
+
+
+def platform_callback(server, case_no: str, seq: int, event: str, data: dict | None = None) -> None:
+    """The core platform's signed callback about `case_no`, as the platform sends it; must be applied."""
+    body = {"case_no": case_no, "seq": seq, "event": event, "at": "2026-11-30T10:00:00+08:00", "data": data or {}}
+    raw = json.dumps(body, ensure_ascii=False).encode()
+    headers = sign("POST", "/bridge/callback", raw, app_key=PLATFORM_KEY, secret=PLATFORM_SECRET)
+    response = httpx.post(
+        f"{server.url}/bridge/callback", content=raw, headers={**headers, "Content-Type": "application/json"}
+    )
+    assert response.status_code == 200, response.text
+
+
+def assess_fee(server, tokens: dict, case_no: str, amount_fen: int = 2000) -> None:
+    """Takes a submitted case to `in_review` with a fee the platform assessed (and its notice number)."""
+    wait_for(lambda: case_of(server, tokens, case_no)["status"] == "delivered_to_platform")
+    platform_callback(server, case_no, 1, "accepted")
+    platform_callback(server, case_no, 2, "in_review")
+    platform_callback(server, case_no, 3, "fee_assessed", {"amount_fen": amount_fen, "notice_no": "5105002600001234"})
 
 
 # -- waiting --------------------------------------------------------------------------------

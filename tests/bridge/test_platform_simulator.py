@@ -713,6 +713,16 @@ def test_out_of_order_script_sends_seq_2_before_seq_1(c, rec):
     assert signed(c, "GET", f"/api/cases/{case_no}").json()["status"] == "closed"
 
 
+def fee_paid_body(amount_fen: int) -> dict:
+    return {
+        "out_trade_no": "ZB20261130000000PAY0000001",
+        "channel": "wechat",
+        "transaction_id": "4200002026113000000000001",
+        "amount_fen": amount_fen,
+        "paid_at": "2026-11-30T10:00:00+08:00",
+    }
+
+
 def test_rejection_and_fee_scripts_and_mail_results(c, rec):
     rejected, fee = new_case_no(), new_case_no()
     control(c, "script", {"case_no": rejected, "script": "rejection"})
@@ -720,6 +730,22 @@ def test_rejection_and_fee_scripts_and_mail_results(c, rec):
     assert submit(c, rejected).status_code == 200
     assert submit(c, fee, form={"delivery": {"method": "mail"}}).status_code == 200
     rec.wait_delivered(rejected, 4)
+    rec.wait_delivered(fee, 3)
+    # The fee script waits for the payment before the decision.
+    time.sleep(4 * STEP_DELAY_S)
+    assert len(rec.delivered(fee)) == 3 and signed(c, "GET", f"/api/cases/{fee}").json()["status"] == "in_review"
+    early = signed(c, "POST", f"/api/cases/{fee}/receipt", {"out_trade_no": "ZB20261130000000PAY0000001"})
+    assert early.status_code == 409 and early.json()["code"] == "fee_not_paid"
+    wrong = signed(c, "POST", f"/api/cases/{fee}/fee-paid", fee_paid_body(3400))
+    assert wrong.status_code == 422 and wrong.json()["code"] == "amount_mismatch"
+    for _ in range(2):  # idempotent by out_trade_no
+        paid = signed(c, "POST", f"/api/cases/{fee}/fee-paid", fee_paid_body(3500))
+        assert paid.status_code == 200 and paid.json() == {"case_no": fee, "fee_status": "paid"}
+    receipts = [
+        signed(c, "POST", f"/api/cases/{fee}/receipt", {"out_trade_no": "ZB20261130000000PAY0000001"}).json()
+        for _ in range(2)
+    ]
+    assert receipts[0] == receipts[1] and receipts[0]["receipt_no"] and receipts[0]["verify_url"].startswith("https://")
     rec.wait_delivered(fee, 6)
     wait_idle(c, rejected), wait_idle(c, fee)
     events = [(r["body"]["event"], r["body"]["data"]) for r in rec.attempts(rejected)]
@@ -727,7 +753,7 @@ def test_rejection_and_fee_scripts_and_mail_results(c, rec):
     assert events[2][1]["reason"]
     events = [(r["body"]["event"], r["body"]["data"]) for r in rec.attempts(fee)]
     assert [e for e, _ in events] == ["accepted", "in_review", "fee_assessed", "approved", "result_issued", "closed"]
-    assert events[2][1] == {"amount_fen": 3500}
+    assert events[2][1]["amount_fen"] == 3500
     assert events[4][1]["kind"] == "mail" and events[4][1]["tracking_no"]
     assert signed(c, "GET", f"/api/cases/{rejected}").json()["status"] == "closed"
 

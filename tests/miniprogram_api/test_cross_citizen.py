@@ -16,10 +16,10 @@ import httpx
 import pytest
 
 from tests.conftest import SIM_MP_APPID, Server, WeChatSim
-from tests.helpers import RENEWAL, auth, id_number, new_draft, photo_id, renewal_answers, to_l3
+from tests.helpers import RENEWAL, assess_fee, auth, id_number, new_draft, photo_id, renewal_answers, to_l3
 
 # What each path parameter names: one of the citizen's own objects, or a public one.
-OWNED = {"draft_id", "material_id", "case_no", "address_id", "slot"}
+OWNED = {"draft_id", "material_id", "case_no", "address_id", "slot", "payment_id"}
 PUBLIC = {"code"}  # a service of the public catalogue: every citizen may read it
 ALLOWED = {403, 404, 405, 422}  # refused, or refused before any data is looked at
 
@@ -59,6 +59,15 @@ def owner(server, wechat_sim) -> dict:
         assert case.status_code == 201, case.text
         draft = new_draft(c, service_code=RENEWAL)
         address = c.get("/api/v1/me/addresses").json()["items"][0]
+    # A fee on the case, and A's order to pay it.
+    assess_fee(server, tokens, case.json()["case_no"])
+    with server.client(headers=auth(tokens)) as c:
+        payment = c.post(
+            f"/api/v1/cases/{case.json()['case_no']}/payments",
+            json={"channel": "wechat"},
+            headers={"Idempotency-Key": uuid.uuid4().hex},
+        )
+        assert payment.status_code == 201, payment.text
     return {
         "tokens": tokens,
         "personal": personal,
@@ -68,6 +77,7 @@ def owner(server, wechat_sim) -> dict:
             "case_no": case.json()["case_no"],
             "address_id": address["id"],
             "slot": "photo",
+            "payment_id": payment.json()["payment_id"],
         },
         "draft": draft,
     }

@@ -5,7 +5,8 @@ simulator. Branch logic of settlement and refunds is in tests/handlers/payments/
 from __future__ import annotations
 
 import base64
-import json
+import os
+import signal
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -14,10 +15,17 @@ from datetime import datetime
 import httpx
 import pytest
 
-from bridge.signing import sign
 from core.china_time import CHINA
-from tests.conftest import ALIPAY_APP_ID, ALIPAY_SELLER, PAY_MCHID, PLATFORM_KEY, PLATFORM_SECRET, SIM_MP_APPID
-from tests.helpers import auth, case_of, official_client, submit_renewal, wait_for
+from tests.conftest import (
+    ALIPAY_APP_ID,
+    ALIPAY_SELLER,
+    PAY_MCHID,
+    SIM_MP_APPID,
+    make_server,
+    spawn,
+    wait_healthy,
+)
+from tests.helpers import assess_fee, auth, case_of, official_client, platform_callback, submit_renewal, wait_for
 
 
 @pytest.fixture(autouse=True)
@@ -25,23 +33,10 @@ def catalogue(server):
     assert server.cli("load-demo").returncode == 0
 
 
-def callback(server, case_no: str, seq: int, event: str, data: dict | None = None) -> None:
-    body = {"case_no": case_no, "seq": seq, "event": event, "at": datetime.now(CHINA).isoformat(), "data": data or {}}
-    raw = json.dumps(body, ensure_ascii=False).encode()
-    headers = sign("POST", "/bridge/callback", raw, app_key=PLATFORM_KEY, secret=PLATFORM_SECRET)
-    response = httpx.post(
-        f"{server.url}/bridge/callback", content=raw, headers={**headers, "Content-Type": "application/json"}
-    )
-    assert response.status_code == 200, response.text
-
-
 def fee_due(server, wechat_sim, name: str, amount_fen: int = 2000) -> tuple[dict, str]:
     """A citizen's case in review with a fee assessed by the platform: (tokens, case_no)."""
     tokens, case_no = submit_renewal(server, wechat_sim, name)
-    wait_for(lambda: case_of(server, tokens, case_no)["status"] == "delivered_to_platform")
-    callback(server, case_no, 1, "accepted")
-    callback(server, case_no, 2, "in_review")
-    callback(server, case_no, 3, "fee_assessed", {"amount_fen": amount_fen, "notice_no": "5105002600001234"})
+    assess_fee(server, tokens, case_no, amount_fen)
     return tokens, case_no
 
 
@@ -338,8 +333,8 @@ def test_a_rejected_case_gets_its_fee_back_once(server, wechat_sim, pay_sim):
     order = pay_order(server, tokens, case_no, "wechat").json()
     pay_sim.wechat("pay", {"out_trade_no": order["out_trade_no"]})
     wait_for(lambda: db_order(server, order["out_trade_no"])["state"] == "paid")
-    callback(server, case_no, 4, "rejected", {"reason": "不符合换领条件"})
-    callback(server, case_no, 4, "rejected", {"reason": "不符合换领条件"})  # a duplicate
+    platform_callback(server, case_no, 4, "rejected", {"reason": "不符合换领条件"})
+    platform_callback(server, case_no, 4, "rejected", {"reason": "不符合换领条件"})  # a duplicate
     for _ in range(2):  # the refund job, twice: the channel refunds once (out_refund_no)
         assert server.cli("sweep", "refunds").returncode == 0
     wait_for(lambda: db_order(server, order["out_trade_no"])["state"] == "refunded", timeout=30)
@@ -382,3 +377,36 @@ def test_amounts_at_both_ends_are_exact(server, wechat_sim, pay_sim):
     pay_sim.alipay("pay", {"out_trade_no": order["out_trade_no"]})
     wait_for(lambda: db_order(server, order["out_trade_no"])["state"] == "paid")
     assert pay_sim.alipay(f"trades/{order['out_trade_no']}")["total_amount"] == "0.01"
+
+
+@pytest.fixture
+def crash_server(tmp_path_factory, databases, wechat_sim):
+    """A server of its own, to be killed."""
+    srv, _ = make_server(tmp_path_factory, databases, wechat_sim, "paykill")
+    assert srv.cli("load-demo").returncode == 0
+    yield srv
+    srv.stop()
+
+
+def test_a_server_killed_before_it_commits_the_notify_ends_paid_once(crash_server, wechat_sim, pay_sim):
+    server = crash_server
+    tokens, case_no = fee_due(server, wechat_sim, "缴费卯")
+    order = pay_order(server, tokens, case_no, "wechat").json()
+    # The server dies (SIGKILL: no clean-up, nothing committed of what it was doing) ...
+    os.killpg(server.proc.pid, signal.SIGKILL)
+    server.proc.wait()
+    # ... while the payer pays: WeChat Pay's notify finds nobody and keeps retrying on its schedule.
+    pay_sim.wechat("pay", {"out_trade_no": order["out_trade_no"]})
+    wait_for(lambda: len(pay_sim.wechat(f"deliveries?out_trade_no={order['out_trade_no']}")["deliveries"]) >= 3)
+    assert db_order(server, order["out_trade_no"])["state"] == "paying"
+    # The server comes back on its address; the next retry lands and is applied once.
+    port = server.url.rsplit(":", 1)[1]
+    restarted = spawn(["serve", "--port", port], env=server.env, cwd=server.cwd, log_path=server.cwd / "restart.log")
+    server.proc, server.log_path = restarted.proc, restarted.log_path
+    wait_healthy(server)
+    wait_for(lambda: db_order(server, order["out_trade_no"])["state"] == "paid", timeout=60)
+    pay_sim.wechat("resend", {"out_trade_no": order["out_trade_no"]})  # and once more, for good measure
+    time.sleep(0.5)
+    assert paid_events(server, order["out_trade_no"]) == 1
+    assert rows_of_case(server, case_no, "outbox", "fee_paid") == 1
+    assert rows_of_case(server, case_no, "notifications", "fee_paid") == 1

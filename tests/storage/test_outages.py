@@ -108,7 +108,7 @@ def assert_not_ready(response: httpx.Response) -> None:
 
 
 @needs_redis_server
-def test_redis_outage_is_503_with_retry_after_and_one_line(tmp_path, databases, wechat_sim, platform_sim):
+def test_redis_outage_is_503_with_retry_after_and_one_line(tmp_path, databases, wechat_sim, platform_sim, pay_sim):
     redis = OwnRedis(tmp_path)
     redis.start()
     database = databases.new("sqlite")
@@ -198,7 +198,7 @@ class OwnPostgres:
 
 
 @pytest.mark.skipif(not PG_BINS or shutil.which("runuser") is None, reason="no PostgreSQL server binaries")
-def test_postgresql_restart_is_503_while_it_lasts_then_recovers(tmp_path, wechat_sim, platform_sim):
+def test_postgresql_restart_is_503_while_it_lasts_then_recovers(tmp_path, wechat_sim, platform_sim, pay_sim):
     pg = OwnPostgres()
     try:
         pg.start()
