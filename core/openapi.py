@@ -74,6 +74,7 @@ def document(
     status: int = 200,
     also: Iterable[int] = (),
     errors: Iterable[int] = (),
+    error_content: Mapping[str, dict] | None = None,
     public: bool = False,
 ) -> Callable:
     """Documents a route for `build()`.
@@ -83,8 +84,10 @@ def document(
     query string's model (the one `query_args` validates with), `headers` the request headers
     `{name: {"required", "description", "schema"}}`; `response` the success body's model (`None`
     for a body described only by its `content_type`(s), none at all with status 204), given with
-    `status` and any other success status in `also`; `public` routes need no credentials though
-    their blueprint does.
+    `status` and any other success status in `also`; `errors` the error statuses, answered with
+    our error body unless `error_content` (`{media type: {"schema": ...}}`) says otherwise (a
+    payment channel's own answer format); `public` routes need no credentials though their
+    blueprint does.
     """
     spec = {
         "summary": summary,
@@ -100,6 +103,7 @@ def document(
         "status": status,
         "also": tuple(also),
         "errors": tuple(errors),
+        "error_content": dict(error_content) if error_content else None,
         "public": public,
     }
 
@@ -167,7 +171,7 @@ def _responses(spec: dict[str, Any] | None) -> dict[str, Any]:
         for code in spec["errors"]:
             responses[str(code)] = {
                 "description": HTTPStatus(code).phrase,
-                "content": {"application/json": {"schema": ERROR_SCHEMA}},
+                "content": spec["error_content"] or {"application/json": {"schema": ERROR_SCHEMA}},
             }
     # Any other failure (malformed JSON, a body too large, ...) has the same error body.
     responses["default"] = {"description": "error", "content": {"application/json": {"schema": ERROR_SCHEMA}}}
