@@ -85,6 +85,8 @@ Control API (not the platform's; unsigned):
     GET  /__sim__/cases    {"cases": [...]} every received case: status, seq, received count,
                            callbacks with sends, deliveries and attempts (`?case_no=` for one)
     GET  /__sim__/stats    {"calls": {route: n}, "down", "delay_s", "pending_failures"}
+    POST /__sim__/event    {"case_no", "event", "data"?}  the platform decides `event` now, outside the
+                           script (its next seq), and calls back at once: {"seq", "delivered"}
     POST /__sim__/reset    forgets every case, script choice, failure and nonce; config back to start
 
 Defaults: app key `zb_sim_platform`, secret `sim_platform_secret_0123456789abcdef`.
@@ -606,6 +608,15 @@ class PlatformState:
         except Exception:
             log.exception("platform simulator: script of %s failed", case.case_no)
 
+    async def decide_now(self, case_no: str, event: str, data: dict[str, Any] | None) -> dict[str, Any]:
+        """The platform decides `event` on a case now, outside its script, and calls back at once."""
+        case = self.case(case_no)
+        if data is not None:
+            case.event_data[event] = data
+        callback = self._issue(case, event)
+        delivered = await self._deliver(case, callback)
+        return {"case_no": case.case_no, "seq": callback.seq, "event": event, "delivered": delivered}
+
     def _issue(self, case: SimCase, event: str) -> Callback:
         """The platform decides: the case moves on and gets its next seq."""
         case.seq += 1
@@ -1035,6 +1046,20 @@ def platform_blueprint(state: PlatformState, url_prefix: str = "") -> Blueprint:
     @control("/__sim__/stats", ("GET",))
     def _stats(request: Request) -> dict:
         return state.stats()
+
+    @control("/__sim__/event")
+    async def _event(request: Request) -> dict:
+        body = simserver.json_object(request, empty_ok=False)
+        errors: dict[str, str] = {}
+        case_no = _text(body, "case_no", errors, required=True, max_len=32)
+        event = _text(body, "event", errors, required=True, max_len=32)
+        if event is not None and event not in EVENTS:
+            errors["event"] = f"应为 {', '.join(EVENTS)} 之一"
+        data = body.get("data")
+        if data is not None and not isinstance(data, dict):
+            errors["data"] = "应为对象"
+        simserver.check_fields(errors)
+        return await state.decide_now(case_no, event, data)
 
     @control("/__sim__/reset")
     def _reset(request: Request) -> dict:

@@ -134,12 +134,19 @@ def platform_callback(server, case_no: str, seq: int, event: str, data: dict | N
     assert response.status_code == 200, response.text
 
 
-def assess_fee(server, tokens: dict, case_no: str, amount_fen: int = 2000) -> None:
-    """Takes a submitted case to `in_review` with a fee the platform assessed (and its notice number)."""
+def assess_fee(server, tokens: dict, case_no: str, amount_fen: int = 2000, *, platform=None) -> None:
+    """Takes a submitted case to `in_review` with a fee the platform assessed (and its notice number).
+
+    With `platform` (the platform simulator calling back to `server`), the platform decides and
+    so knows the fee (it takes the payment and issues the receipt); without, the callbacks are
+    sent as the platform would."""
     wait_for(lambda: case_of(server, tokens, case_no)["status"] == "delivered_to_platform")
-    platform_callback(server, case_no, 1, "accepted")
-    platform_callback(server, case_no, 2, "in_review")
-    platform_callback(server, case_no, 3, "fee_assessed", {"amount_fen": amount_fen, "notice_no": "5105002600001234"})
+    fee = {"amount_fen": amount_fen, "notice_no": "5105002600001234"}
+    for seq, (event, data) in enumerate((("accepted", {}), ("in_review", {}), ("fee_assessed", fee)), start=1):
+        if platform is None:
+            platform_callback(server, case_no, seq, event, data)
+        else:
+            assert platform.control("event", {"case_no": case_no, "event": event, "data": data})["delivered"]
 
 
 # -- waiting --------------------------------------------------------------------------------

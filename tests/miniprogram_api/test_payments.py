@@ -33,10 +33,10 @@ def catalogue(server):
     assert server.cli("load-demo").returncode == 0
 
 
-def fee_due(server, wechat_sim, name: str, amount_fen: int = 2000) -> tuple[dict, str]:
+def fee_due(server, wechat_sim, name: str, amount_fen: int = 2000, platform=None) -> tuple[dict, str]:
     """A citizen's case in review with a fee assessed by the platform: (tokens, case_no)."""
     tokens, case_no = submit_renewal(server, wechat_sim, name)
-    assess_fee(server, tokens, case_no, amount_fen)
+    assess_fee(server, tokens, case_no, amount_fen, platform=platform)
     return tokens, case_no
 
 
@@ -165,8 +165,8 @@ def test_the_whole_journey_by_wechat_pay(server, wechat_sim, platform_sim, pay_s
     assert rows_of_case(server, case_no, "outbox", "fee_paid") == 1
 
 
-def test_a_hundred_identical_notifies_are_one_payment(server, wechat_sim, pay_sim):
-    tokens, case_no = fee_due(server, wechat_sim, "缴费乙")
+def test_a_hundred_identical_notifies_are_one_payment(server, wechat_sim, platform_sim, pay_sim):
+    tokens, case_no = fee_due(server, wechat_sim, "缴费乙", platform=platform_sim)
     order = pay_order(server, tokens, case_no, "wechat").json()
     headers, body = signed_notify(pay_sim, wechat_resource(order))
     with ThreadPoolExecutor(25) as pool:
@@ -176,6 +176,11 @@ def test_a_hundred_identical_notifies_are_one_payment(server, wechat_sim, pay_si
     assert rows_of_case(server, case_no, "outbox", "fee_paid") == 1
     assert rows_of_case(server, case_no, "notifications", "fee_paid") == 1
     assert paid_events(server, order["out_trade_no"]) == 1
+    # The platform hears of it once, and the receipt is asked for once.
+    wait_for(lambda: case_of(server, tokens, case_no)["fee"]["receipt"], timeout=30)
+    assert rows_of_case(server, case_no, "outbox", "request_receipt") == 1
+    seen = next(c for c in platform_sim.control("cases")["cases"] if c["case_no"] == case_no)
+    assert len(seen["payments"]) == 1 and len(seen["receipts"]) == 1
 
 
 @pytest.mark.parametrize(
