@@ -167,9 +167,20 @@ class Ticket(Model):
     dedup_key = fields.CharField(max_length=160, unique=True)
     created_at = fields.DatetimeField(auto_now_add=True)
     answered_at = fields.DatetimeField(null=True)
+    # Where it came from (official_account: oa_openid set; miniprogram: oa_openid empty) and
+    # so how the answer goes back.
+    channel = fields.CharField(max_length=16, default="official_account")
+    case_no = fields.CharField(max_length=32, null=True)
+    due_at = fields.DatetimeField(null=True, db_index=True)
+    reminded_at = fields.DatetimeField(null=True)
+    escalated_at = fields.DatetimeField(null=True)
+    answered_by = fields.BigIntField(null=True)  # the official
+    rating = fields.SmallIntField(null=True)  # the citizen's rating of the answer, 1-5
+    rated_at = fields.DatetimeField(null=True)
 
     class Meta:
         table = "tickets"
+        indexes = (("department", "status", "due_at"),)
 
 
 class Material(Model):
@@ -578,3 +589,86 @@ class ReconciliationReport(Model):
     class Meta:
         table = "reconciliation_reports"
         unique_together = (("channel", "bill_date"),)
+
+
+class Evaluation(Model):
+    """A citizen's rating of a case (好差评), one per case: given actively, or the default after 7 days."""
+
+    id = fields.BigIntField(primary_key=True)
+    case: fields.OneToOneRelation[Case] = fields.OneToOneField(
+        "models.Case", related_name="evaluation", on_delete=fields.CASCADE
+    )
+    user: fields.ForeignKeyRelation[User] = fields.ForeignKeyField(
+        "models.User", related_name="evaluations", on_delete=fields.CASCADE
+    )
+    department = fields.CharField(max_length=128)  # the item's department when rated
+    service_code = fields.CharField(max_length=64)
+    level = fields.SmallIntField()  # 5 非常满意 ... 1 非常不满意; 1-2 are 差评
+    tags = fields.JSONField(default=list)
+    comment_enc = fields.BinaryField(null=True)
+    active = fields.BooleanField(default=True)  # False: the default 基本满意 after 7 days
+    channel = fields.CharField(max_length=16)  # miniprogram | official_account | default
+    identity_level = fields.CharField(max_length=2, default="")
+    created_at = fields.DatetimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        table = "evaluations"
+        indexes = (("department", "created_at"), ("level", "created_at"))
+
+
+class Rectification(Model):
+    """The follow-up of a bad review (差评整改): call back, rectify, the citizen answers, or excluded (申诉).
+
+    status is verifying, rectifying, awaiting_citizen, closed or excluded. exclusion is
+    none, requested, approved or refused. round counts the times the citizen sent it back.
+    """
+
+    id = fields.BigIntField(primary_key=True)
+    evaluation: fields.OneToOneRelation[Evaluation] = fields.OneToOneField(
+        "models.Evaluation", related_name="rectification", on_delete=fields.CASCADE
+    )
+    case: fields.ForeignKeyRelation[Case] = fields.ForeignKeyField(
+        "models.Case", related_name="rectifications", on_delete=fields.CASCADE
+    )
+    department = fields.CharField(max_length=128, db_index=True)
+    status = fields.CharField(max_length=20, default="verifying", db_index=True)
+    round = fields.SmallIntField(default=1)
+    verify_due_at = fields.DatetimeField()
+    rectify_due_at = fields.DatetimeField()
+    verified_at = fields.DatetimeField(null=True)
+    verify_note_enc = fields.BinaryField(null=True)
+    rectified_at = fields.DatetimeField(null=True)
+    rectify_text_enc = fields.BinaryField(null=True)
+    citizen_answer = fields.CharField(max_length=16, null=True)  # satisfied | not_satisfied
+    answered_at = fields.DatetimeField(null=True)
+    reminded_at = fields.DatetimeField(null=True)
+    escalated_at = fields.DatetimeField(null=True)
+    exclusion = fields.CharField(max_length=12, default="none")
+    exclusion_reason = fields.CharField(max_length=500, default="")
+    exclusion_decision = fields.CharField(max_length=500, default="")
+    closed_at = fields.DatetimeField(null=True)
+    on_time = fields.BooleanField(null=True)  # rectified by rectify_due_at
+    created_at = fields.DatetimeField(auto_now_add=True)
+    updated_at = fields.DatetimeField(auto_now=True)
+
+    class Meta:
+        table = "rectifications"
+        indexes = (("department", "status", "rectify_due_at"),)
+
+
+class LoopEvent(Model):
+    """One step of a rectification or a ticket, with who took it and when."""
+
+    id = fields.BigIntField(primary_key=True)
+    subject_type = fields.CharField(max_length=16)  # rectification | ticket
+    subject_id = fields.BigIntField()
+    action = fields.CharField(max_length=32)
+    actor_type = fields.CharEnumField(ActorType, max_length=16)
+    actor_id = fields.CharField(max_length=64, null=True)
+    note = fields.TextField(default="")
+    data = fields.JSONField(default=dict)
+    at = fields.DatetimeField(auto_now_add=True)
+
+    class Meta:
+        table = "loop_events"
+        indexes = (("subject_type", "subject_id", "id"),)
