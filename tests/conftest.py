@@ -20,6 +20,7 @@ reported, when TEST_DATABASE_URL / TEST_REDIS_URL are not set).
 from __future__ import annotations
 
 import asyncio
+import atexit
 import base64
 import os
 import random
@@ -463,6 +464,15 @@ def _rsa_pem() -> tuple[bytes, str]:
     return private, public
 
 
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
 def pay_sim_server(tmp_path_factory) -> PaySim:
     """This worker's payment simulator server (started on first use), with keys made for this run:
     the merchant's and the app's generated here, WeChat Pay's and Alipay's by the simulator."""
@@ -471,6 +481,8 @@ def pay_sim_server(tmp_path_factory) -> PaySim:
         return _paysim
     log_dir = tmp_path_factory.mktemp("pay-sim")
     url, proc = start_simulator("payments.paysim", log_dir, "--time-scale", "0.001")
+    # Started on first use, by whichever fixture needs it: stopped when this test process ends.
+    atexit.register(_stop, proc)
     sim = PaySim(url, proc)
     merchant_private, merchant_public = _rsa_pem()
     app_private, app_public = _rsa_pem()
