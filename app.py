@@ -27,6 +27,7 @@ from console import auth as console_auth
 from console import cases as console_cases
 from console import citizens as console_citizens
 from console import payments as console_payments
+from console import stats as console_stats
 from container import SIM_PLATFORM_KEY, SIM_PLATFORM_PREFIX, SIMULATOR_SECRET_HEADER, Services, sim_platform_secret
 from core import http, openapi
 from core.logs import logging_config
@@ -278,6 +279,7 @@ BLUEPRINTS = [
     pay_notify.bp,
     mp_payments.bp,
     console_payments.bp,
+    console_stats.bp,
     mp_materials.bp,
     mp_materials.files_bp,
 ]

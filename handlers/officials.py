@@ -80,7 +80,7 @@ async def create_official(
         username=username,
         display_name=display_name,
         department=department,
-        roles=roles or ["official"],
+        roles=roles or ["officer"],
         password_hash=hash_password(password),
     )
 
