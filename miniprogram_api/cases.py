@@ -23,6 +23,57 @@ class ListQuery(BaseModel):
     limit: int = Field(20, ge=1, le=100)
 
 
+class CaseSummary(BaseModel):
+    case_no: str
+    service_code: str
+    service_name: str
+    status: str
+    status_label: str
+    bundle_no: str | None
+    submitted_at: str
+
+
+class CaseList(BaseModel):
+    items: list[CaseSummary]
+    next_cursor: int | None = Field(description="pass as `before` for the next page; null on the last")
+
+
+class TimelineEntry(BaseModel):
+    status: str
+    label: str
+    at: str
+    note: str
+
+
+class NextAction(BaseModel):
+    type: str = Field(description="correct | wait | pay")
+    fields: list[str] | None = None
+    materials: list[str] | None = None
+    reason: str | None = None
+    can_withdraw: bool | None = None
+    amount_fen: int | None = None
+    notice_no: str | None = None
+
+
+class FeeView(BaseModel):
+    amount_fen: int
+    notice_no: str | None
+    paid: bool
+    paid_at: str | None
+    payment: dict | None = Field(description="the fee's order: payment_id, channel, status, status_label, refunded_fen")
+    receipt: dict | None = Field(description="the e-receipt: receipt_no, verify_url, issued_at")
+
+
+class CaseDetail(CaseSummary):
+    timeline: list[TimelineEntry]
+    next_action: NextAction | None
+    promised_date: str
+    overdue: bool
+    result: dict | None = Field(description="kind, licence_no or tracking_no once issued")
+    fee_fen: int | None
+    fee: FeeView | None
+
+
 class WithdrawIn(BaseModel):
     reason: str = Field("", max_length=200)
 
@@ -35,7 +86,9 @@ class ResubmitIn(BaseModel):
 
 
 @bp.get("/")
-@document(summary="My cases, newest first (keyset pages)", tag="cases", query=ListQuery, errors=(401, 422))
+@document(
+    summary="My cases, newest first (keyset pages)", tag="cases", query=ListQuery, response=CaseList, errors=(401, 422)
+)
 @citizen
 async def mine(request: Request) -> HTTPResponse:
     query = query_args(request, ListQuery)
@@ -43,7 +96,12 @@ async def mine(request: Request) -> HTTPResponse:
 
 
 @bp.get("/<case_no:str>")
-@document(summary="One of my cases: timeline, next action, promised date", tag="cases", errors=(401, 404))
+@document(
+    summary="One of my cases: timeline, next action, promised date, fee",
+    tag="cases",
+    response=CaseDetail,
+    errors=(401, 404),
+)
 @citizen
 async def read(request: Request, case_no: str) -> HTTPResponse:
     return json(await views.view_mine(user=request.ctx.user, case_no=case_no))
@@ -55,6 +113,7 @@ async def read(request: Request, case_no: str) -> HTTPResponse:
     tag="cases",
     body=WithdrawIn,
     body_required=False,
+    response=CaseDetail,
     errors=(401, 404, 409, 422),
 )
 @citizen
@@ -73,6 +132,7 @@ async def withdraw(request: Request, case_no: str) -> HTTPResponse:
     summary="Resubmit after correcting exactly the listed fields and materials",
     tag="cases",
     body=ResubmitIn,
+    response=CaseDetail,
     errors=(401, 404, 409, 422),
 )
 @citizen

@@ -63,6 +63,30 @@ class SearchResult(BaseModel):
     items: list[SearchHit]
 
 
+class Guide(BaseModel):
+    """The six uniform elements (六统一) of an item, its materials and its form."""
+
+    code: str
+    version: int
+    name: str
+    sub_name: str | None
+    item_type: str
+    basis: list | str = Field(description="设定依据: the legal basis")
+    legal_days: int
+    promised_days: int
+    department: str
+    region: str
+    fee: Fee
+    flags: dict
+    min_identity_level: str
+    summary: str
+    conditions: list
+    steps: list
+    result: dict | str | None
+    materials: list[dict] = Field(description="each with key, name, source and fetched_by_sharing")
+    form: dict | None
+
+
 @bp.get("/")
 @document(
     summary="Browse services (filters, keyset pagination)",
@@ -93,7 +117,7 @@ async def search(request: Request) -> HTTPResponse:
 
 
 @bp.get("/<code:str>")
-@document(summary="The full guide of a service (一次性告知)", tag="services", errors=(401, 404))
+@document(summary="The full guide of a service (一次性告知)", tag="services", response=Guide, errors=(401, 404))
 @citizen
 async def guide(request: Request, code: str) -> HTTPResponse:
     return json(await Services.of(request).catalogue.require_guide(code=code))
