@@ -17,6 +17,33 @@ bp = Blueprint("console_cases", url_prefix="/console/api/cases")
 secure(bp, SESSION, unsafe=SESSION_AND_CSRF)
 
 
+class PushAttemptOut(BaseModel):
+    channel: str
+    result: str
+    errcode: int | None
+    detail: str
+    started_at: str
+    finished_at: str | None
+
+
+class NotificationOut(BaseModel):
+    id: int
+    kind: str
+    title: str
+    push_status: str
+    channel: str
+    created_at: str
+    sent_at: str | None
+    read: bool
+    attempts: list[PushAttemptOut]
+
+
+class CasePushes(BaseModel):
+    case_no: str
+    status: str
+    notifications: list[NotificationOut]
+
+
 class ReasonQuery(BaseModel):
     """Why the official looks (checked and audited by the use case, documented here)."""
 
@@ -51,6 +78,7 @@ async def material(request: Request, case_no: str, material_id: str) -> HTTPResp
 @document(
     summary="A case's notifications and every push attempt (why the citizen was or was not reached)",
     tag="console",
+    response=CasePushes,
     errors=(401, 403, 404),
 )
 @official

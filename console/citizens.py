@@ -22,11 +22,28 @@ class ReasonQuery(BaseModel):
     reason: str = Field(min_length=4, max_length=200, description="why the official looks, e.g. the case number")
 
 
+class AddressOut(BaseModel):
+    recipient: str
+    phone: str
+    region_code: str
+    detail: str
+
+
+class CitizenOut(BaseModel):
+    id: int
+    identity_level: str
+    name: str | None
+    id_number: str | None
+    phone: str | None
+    addresses: list[AddressOut]
+
+
 @bp.get("/<user_id:int>")
 @document(
     summary="Read a citizen's clear personal data (role personal_data; ?reason= required; audited)",
     tag="console",
     query=ReasonQuery,
+    response=CitizenOut,
     errors=(401, 403, 404, 422),
 )
 @official

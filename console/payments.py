@@ -24,6 +24,38 @@ class ReportQuery(BaseModel):
     date: dt.date | None = Field(None, description="the bill's day, China time (YYYY-MM-DD)")
 
 
+class ReportOut(BaseModel):
+    channel: str
+    bill_date: str
+    created_at: str
+    summary: dict = Field(
+        description="payments and refunds: matched, channel_only (长款), ours_only (短款), amount_mismatch; totals"
+    )
+    items: list[dict] = Field(description="every line that needs a person: kind, out_trade_no, channel_fen, ours_fen")
+
+
+class ReportList(BaseModel):
+    items: list[ReportOut]
+
+
+class AlertOut(BaseModel):
+    id: int
+    kind: str
+    out_trade_no: str | None
+    detail: dict
+    created_at: str
+    resolved_at: str | None
+
+
+class AlertList(BaseModel):
+    items: list[AlertOut]
+
+
+class Resolved(BaseModel):
+    id: int
+    resolved: bool
+
+
 class AlertQuery(BaseModel):
     open: bool = Field(True, description="only alerts nobody has resolved yet")
 
@@ -33,6 +65,7 @@ class AlertQuery(BaseModel):
     summary="Reconciliation reports (对账): matched, 长款, 短款, mismatches and totals per channel and day",
     tag="console",
     query=ReportQuery,
+    response=ReportList,
     errors=(401, 403, 422),
 )
 @official
@@ -53,6 +86,7 @@ async def reconciliation(request: Request) -> HTTPResponse:
     summary="Payment alerts: mismatches, payments after close, failed refunds",
     tag="console",
     query=AlertQuery,
+    response=AlertList,
     errors=(401, 403, 422),
 )
 @official
@@ -68,7 +102,7 @@ async def alerts(request: Request) -> HTTPResponse:
 
 
 @bp.post("/alerts/<alert_id:int>/resolve")
-@document(summary="Mark a payment alert as dealt with", tag="console", errors=(401, 403, 404))
+@document(summary="Mark a payment alert as dealt with", tag="console", response=Resolved, errors=(401, 403, 404))
 @official
 async def resolve(request: Request, alert_id: int) -> HTTPResponse:
     data = await finance.resolve_alert(

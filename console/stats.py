@@ -26,11 +26,48 @@ class StatsQuery(BaseModel):
     )
 
 
+class EvaluationFigures(BaseModel):
+    total: int
+    active: int
+    default: int
+    by_level: dict[str, dict[str, int]] = Field(description='{"1".."5": {"all", "active"}}')
+    good_rate: float | None = Field(description="好评率: levels 3-5 over all")
+    active_good_rate: float | None = Field(description="主动评价好评率: the same over active evaluations")
+    unrated_rate: float | None = Field(description="未评价率: default evaluations over all")
+
+
+class BadReviewFigures(BaseModel):
+    total: int
+    rectifications: int
+    closed: int
+    rectified: int
+    rectified_on_time: int
+    rectification_rate: float | None
+    on_time_rate: float | None
+
+
+class TicketFigures(BaseModel):
+    received: int
+    answered: int
+    answered_on_time: int
+    on_time_rate: float | None
+
+
+class StatsOut(BaseModel):
+    from_: str = Field(alias="from")
+    to: str
+    department: str | None
+    evaluations: EvaluationFigures
+    bad_reviews: BadReviewFigures
+    tickets: dict[str, TicketFigures] = Field(description="consultation and complaint")
+
+
 @bp.get("/evaluations")
 @document(
     summary="好差评 and ticket statistics: per level, 好评率, 主动评价好评率, 未评价率, rectification, answers on time",
     tag="console",
     query=StatsQuery,
+    response=StatsOut,
     errors=(401, 403, 404, 422),
 )
 @official
