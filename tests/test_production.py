@@ -54,7 +54,16 @@ def test_production_refuses_to_start_with_a_simulated_channel(tmp_path, command)
     )
     result = run_cli(command, env=env, cwd=tmp_path, timeout=30)
     assert result.returncode == 2, result.stdout + result.stderr
-    for name in ("WECHAT_OA_APPID", "WECHAT_OA_TOKEN", "PLATFORM_BASE_URL", "PLATFORM_SECRET"):
+    for name in (
+        "WECHAT_OA_APPID",
+        "WECHAT_OA_TOKEN",
+        "PLATFORM_BASE_URL",
+        "PLATFORM_SECRET",
+        "WECHATPAY_MCHID",
+        "WECHATPAY_APIV3_KEY",
+        "ALIPAY_APP_ID",
+        "ALIPAY_PUBLIC_KEY",
+    ):
         assert name in result.stderr
     assert "WECHAT_MP_APPID" not in result.stderr  # configured, so not named
     assert "ALLOW_SIMULATORS" in result.stderr
