@@ -26,6 +26,7 @@ from bridge.simulator import PlatformState, platform_blueprint
 from console import auth as console_auth
 from console import cases as console_cases
 from console import citizens as console_citizens
+from console import evaluations as console_evaluations
 from console import payments as console_payments
 from console import stats as console_stats
 from container import SIM_PLATFORM_KEY, SIM_PLATFORM_PREFIX, SIMULATOR_SECRET_HEADER, Services, sim_platform_secret
@@ -37,6 +38,7 @@ from jobs.worker import broker, run_embedded_scheduler
 from miniprogram_api import auth as mp_auth
 from miniprogram_api import cases as mp_cases
 from miniprogram_api import drafts as mp_drafts
+from miniprogram_api import evaluations as mp_evaluations
 from miniprogram_api import identity as mp_identity
 from miniprogram_api import inbox as mp_inbox
 from miniprogram_api import materials as mp_materials
@@ -268,11 +270,13 @@ BLUEPRINTS = [
     console_auth.bp,
     console_citizens.bp,
     console_cases.bp,
+    console_evaluations.bp,
     mp_auth.bp,
     mp_identity.bp,
     mp_services.bp,
     mp_drafts.bp,
     mp_cases.bp,
+    mp_evaluations.bp,
     mp_inbox.bp,
     oa_callback.bp,
     platform_callback.bp,

@@ -31,6 +31,8 @@ from handlers.bot import FAQ, Bot, load_halls
 from handlers.cases.outbox import Relay
 from handlers.catalog.reader import CatalogueReader
 from handlers.drafts import Drafts
+from handlers.evaluation.loop import LoopPolicy, Rectifications
+from handlers.evaluation.rating import Evaluations
 from handlers.materials.links import platform_links
 from handlers.materials.service import Materials, Pipeline
 from handlers.payments.channels import Channels
@@ -139,6 +141,7 @@ class Services:
             halls=load_halls(),
             mp_appid=mp_appid(self.settings),
             faq=FAQ.load(),
+            evaluations=self.evaluations,
         )
 
     # -- materials ---------------------------------------------------------------------------
@@ -213,12 +216,39 @@ class Services:
             material_links=platform_links(signing_key=s.secret_key().encode(), base_url=s.public_base_url),
             kicks=self.kicks,
             lease=timedelta(seconds=s.OUTBOX_STUCK_S),
-            deliveries={kind: self.fee_relay.deliver for kind in FeeRelay.kinds},
+            deliveries={kind: self.fee_relay.deliver for kind in FeeRelay.kinds}
+            | {kind: self.evaluations.deliver for kind in Evaluations.kinds},
         )
 
     @cached_property
     def fee_relay(self) -> FeeRelay:
         return FeeRelay(platform=self.platform, kicks=self.kicks)
+
+    # -- 好差评 and the rectification loop ---------------------------------------------------
+
+    @cached_property
+    def loop_policy(self) -> LoopPolicy:
+        s = self.settings
+        return LoopPolicy(
+            verify_days=s.RECTIFY_VERIFY_DAYS,
+            rectify_days=s.RECTIFY_DAYS,
+            remind_before=timedelta(hours=s.RECTIFY_REMIND_HOURS),
+        )
+
+    @cached_property
+    def rectifications(self) -> Rectifications:
+        return Rectifications(cipher=self.cipher, kicks=self.kicks, policy=self.loop_policy)
+
+    @cached_property
+    def evaluations(self) -> Evaluations:
+        return Evaluations(
+            cipher=self.cipher,
+            kicks=self.kicks,
+            platform=self.platform,
+            loop=self.rectifications,
+            policy=self.loop_policy,
+            default_after=timedelta(days=self.settings.EVALUATION_DEFAULT_DAYS),
+        )
 
     # -- payments ----------------------------------------------------------------------------
 

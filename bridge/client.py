@@ -73,3 +73,7 @@ class PlatformClient:
         """Asks for the fee's e-receipt (财政电子票据): {"receipt_no", "verify_url", "issued_at"};
         the same out_trade_no again answers the same receipt."""
         return await self._call("POST", f"/api/cases/{case_no}/receipt", payload)
+
+    async def evaluation(self, case_no: str, payload: dict[str, Any]) -> dict[str, Any]:
+        """Relays a case's evaluation (好差评) to the provincial system; idempotent there by case_no."""
+        return await self._call("POST", f"/api/cases/{case_no}/evaluation", payload)

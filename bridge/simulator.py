@@ -35,6 +35,11 @@ Platform API (JSON in and out; errors are `{"code", "message", "details"}`):
     POST /api/cases/{case_no}/receipt   {"out_trade_no", "amount_fen", "payer"?} -> {"receipt_no", "verify_url",
                                         "issued_at"} (财政电子票据), once the fee is paid (409 fee_not_paid
                                         before); the same out_trade_no again answers the same receipt
+    POST /api/cases/{case_no}/evaluation {"level": 1-5, "tags", "active", "channel", "evaluated_at", "comment"?, ...}
+                                        -> {"case_no", "evaluation_no", "accepted": true} (好差评); one per
+                                        case: the same case again answers the same evaluation_no and
+                                        records nothing new (`evaluation_calls` counts the calls); 409
+                                        not_concluded before the platform's decision
     unknown case_no: 404 not_found
 
 Statuses are Zhangban's `CaseStatus` values: `delivered_to_platform` (received, not yet accepted),
@@ -197,7 +202,8 @@ WITHDRAW = "/api/cases/{case_no}/withdraw"
 RESUBMIT = "/api/cases/{case_no}/resubmit"
 FEE_PAID = "/api/cases/{case_no}/fee-paid"
 RECEIPT = "/api/cases/{case_no}/receipt"
-API_ROUTES = (CASES, CASE, WITHDRAW, RESUBMIT, FEE_PAID, RECEIPT)
+EVALUATION = "/api/cases/{case_no}/evaluation"
+API_ROUTES = (CASES, CASE, WITHDRAW, RESUBMIT, FEE_PAID, RECEIPT, EVALUATION)
 _ROUTE_RES = {t: re.compile("^" + re.escape(t).replace(re.escape("{case_no}"), "[^/]+") + r"\Z") for t in API_ROUTES}
 
 _CASE_NO = re.compile(r"^[A-Za-z0-9_-]{1,32}\Z")
@@ -288,6 +294,8 @@ class SimCase:
     fee_fen: int | None = None
     payments: dict[str, dict[str, Any]] = field(default_factory=dict)  # out_trade_no -> fee-paid body
     receipts: dict[str, dict[str, Any]] = field(default_factory=dict)  # out_trade_no -> receipt
+    evaluation: dict[str, Any] | None = None  # the 好差评 received, once
+    evaluation_calls: int = 0
     fee_paid: asyncio.Event = field(default_factory=asyncio.Event)
 
     def view(self) -> dict[str, Any]:
@@ -308,6 +316,8 @@ class SimCase:
             "fee_fen": self.fee_fen,
             "payments": list(self.payments.values()),
             "receipts": list(self.receipts.values()),
+            "evaluation": self.evaluation,
+            "evaluation_calls": self.evaluation_calls,
             "callbacks": [cb.view() for cb in self.callbacks],
         }
 
@@ -559,6 +569,34 @@ class PlatformState:
         }
         case.receipts[out_trade_no] = receipt
         return receipt
+
+    def evaluate(self, case_no: str, body: dict[str, Any]) -> dict[str, Any]:
+        """A case's evaluation (好差评): recorded once per case, the same answer again after."""
+        case = self.case(case_no)
+        case.evaluation_calls += 1
+        errors: dict[str, str] = {}
+        level = body.get("level")
+        if isinstance(level, bool) or not isinstance(level, int) or not 1 <= level <= 5:
+            errors["level"] = "应为 1-5 的整数"
+        if not isinstance(body.get("tags", []), list):
+            errors["tags"] = "应为列表"
+        if not isinstance(body.get("active"), bool):
+            errors["active"] = "应为布尔值"
+        _text(body, "channel", errors, required=True, max_len=16)
+        _text(body, "evaluated_at", errors, required=True, max_len=40)
+        _text(body, "comment", errors, max_len=500)
+        simserver.check_fields(errors)
+        if case.evaluation is not None:
+            return {"case_no": case.case_no, "evaluation_no": case.evaluation["evaluation_no"], "accepted": True}
+        if case.status not in (APPROVED, REJECTED, RESULT_ISSUED, CLOSED):
+            raise ApiFailure(409, "not_concluded", "办件尚未办结，不能评价", {"status": case.status})
+        number = f"HCP{datetime.now(CHINA):%Y%m%d}{secrets.randbelow(10**8):08d}"
+        case.evaluation = {
+            **body,
+            "evaluation_no": number,
+            "received_at": datetime.now(CHINA).isoformat(timespec="seconds"),
+        }
+        return {"case_no": case.case_no, "evaluation_no": number, "accepted": True}
 
     def view(self, case_no: str) -> dict[str, Any]:
         case = self.case(case_no)
@@ -944,6 +982,10 @@ def platform_blueprint(state: PlatformState, url_prefix: str = "") -> Blueprint:
     @api(RECEIPT, "POST")
     def _receipt(request: Request, case_no: str):
         return state.receipt(case_no, simserver.json_object(request, empty_ok=False))
+
+    @api(EVALUATION, "POST")
+    def _evaluation(request: Request, case_no: str):
+        return state.evaluate(case_no, simserver.json_object(request, empty_ok=False))
 
     # -- control ---------------------------------------------------------------------------
 

@@ -194,6 +194,13 @@ class Settings(BaseSettings):
     # platform callback for this long are looked up at the platform.
     OUTBOX_STUCK_S: int = Field(600, ge=1)
     PLATFORM_SILENCE_S: int = Field(2 * 86400, ge=1)
+    # 好差评: a case unrated this many days after its decision gets the default 基本满意; a bad
+    # review's call-back (回访) and rectification (整改) deadlines in working days, and how many
+    # hours before a deadline the department is reminded.
+    EVALUATION_DEFAULT_DAYS: int = Field(7, ge=1, le=60)
+    RECTIFY_VERIFY_DAYS: int = Field(1, ge=1, le=30)
+    RECTIFY_DAYS: int = Field(15, ge=1, le=90)
+    RECTIFY_REMIND_HOURS: int = Field(8, ge=1, le=240)
 
     @field_validator("PUSH_QUIET_HOURS")
     @classmethod

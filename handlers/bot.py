@@ -28,6 +28,7 @@ from tortoise.transactions import in_transaction
 from handlers.cases.lifecycle import STATUS_LABELS
 from handlers.catalog.reader import CatalogueReader
 from handlers.catalog.search import SearchIndex
+from handlers.evaluation.rating import Evaluations
 from handlers.numbers import next_number
 from storage.crypto import FieldCipher
 from storage.models import Case, Follower, Ticket, User
@@ -39,6 +40,7 @@ log = logging.getLogger("zhangban.bot")
 HALLS_FILE = Path(__file__).resolve().parent.parent / "data" / "halls.yaml"
 FAQ_FILE = Path(__file__).resolve().parent.parent / "data" / "faq.yaml"
 CASE_NO = re.compile(r"ZB\d{14}")
+RATING_INTENT = re.compile(r"^\s*评价\s*(ZB\d{14})\s*([1-5])(?:[\s,，:：]+(.*))?$", re.S | re.I)
 TICKET_INTENT = re.compile(r"^\s*(咨询|投诉)[\s:：，,]*(.*)$", re.S)
 MENU_WORDS = {"菜单", "帮助", "help", "?", "？", "你好", "您好"}
 PROGRESS_WORDS = {"查进度", "进度", "办件进度", "查询进度", "我的办件"}
@@ -130,9 +132,11 @@ class Bot:
         halls: list[Hall],
         mp_appid: str,
         faq: FAQ | None = None,
+        evaluations: Evaluations | None = None,
     ):
         self.catalogue, self.cipher, self.halls, self.mp_appid = catalogue, cipher, halls, mp_appid
         self.faq = faq
+        self.evaluations = evaluations
 
     def mp_link(self, text: str, path: str = "pages/index/index") -> str:
         """A mini-program link inside a text message, as WeChat renders it."""
@@ -280,6 +284,10 @@ class Bot:
         text = text.strip()
         if not text or text.lower() in MENU_WORDS:
             return MENU_TEXT
+        rating = RATING_INTENT.match(text)
+        if rating and self.evaluations is not None:
+            case_no, level, comment = rating.group(1).upper(), int(rating.group(2)), (rating.group(3) or "").strip()
+            return await self.evaluations.rate_by_message(follower, case_no, level, comment or None)
         found = CASE_NO.search(text.upper())
         if found or text in PROGRESS_WORDS:
             return await self.progress(follower, found.group(0) if found else None)
@@ -294,6 +302,8 @@ class Bot:
             return await self.progress(follower, None)
         if key == "MENU_CONSULT":
             return "请回复“咨询 + 您的问题”或“投诉 + 具体内容”，我们会转交相关部门在规定时间内答复。"
+        if key == "EVALUATE" and self.evaluations is not None:
+            return await self.evaluations.menu_hint(follower)
         if key == "MENU_HALLS":
             return "请点击输入框旁的“+”，发送您的位置，为您查找附近的政务服务大厅。"
         return MENU_TEXT
@@ -317,6 +327,7 @@ def menu_definition(mp_appid: str, public_base_url: str) -> dict:
                     {"type": "click", "name": "查进度", "key": "MENU_PROGRESS"},
                     {"type": "click", "name": "咨询投诉", "key": "MENU_CONSULT"},
                     {"type": "click", "name": "附近大厅", "key": "MENU_HALLS"},
+                    {"type": "click", "name": "评价办件", "key": "EVALUATE"},
                 ],
             },
         ]

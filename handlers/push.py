@@ -56,6 +56,9 @@ PHRASES: dict[str, str] = {
     "fee_paid": "已缴费",
     "fee_refunded": "已退费",
     "receipt_issued": "已开票",
+    "evaluation_verified": "已回访",
+    "rectification_replied": "已整改",
+    "evaluation_reviewed": "评价复核",
 }
 URGENT = frozenset({"correction_requested", "fee_assessed"})
 NO_GRANT, NOT_FOLLOWING = 43101, 43004
@@ -76,6 +79,10 @@ def _amount(fen: int) -> str:
     return f"{fen // 100}.{fen % 100:02d}"
 
 
+# The decision's push invites the rating (好差评) of the case.
+RATE_INVITE = "欢迎在小程序办件详情中对本次服务进行评价。"
+
+
 def body_of(kind: str, data: dict) -> str:
     """What the citizen is told, in full (the inbox shows it; templates carry a short cut)."""
     reason = str(data.get("reason") or "").strip()
@@ -92,15 +99,16 @@ def body_of(kind: str, data: dict) -> str:
     if kind == "fee_assessed":
         return f"应缴费用 {_amount(int(data.get('amount_fen', 0)))} 元，请在小程序中完成缴费。"
     if kind == "approved":
-        return "您的申请已审批通过。"
+        return "您的申请已审批通过。" + RATE_INVITE
     if kind == "rejected":
-        return f"很遗憾，您的申请未予通过：{reason}。" if reason else "很遗憾，您的申请未予通过。"
+        refused = f"很遗憾，您的申请未予通过：{reason}。" if reason else "很遗憾，您的申请未予通过。"
+        return refused + RATE_INVITE
     if kind == "result_issued":
         if data.get("kind") == "mail" and data.get("tracking_no"):
-            return f"办理结果已寄出，快递单号 {data['tracking_no']}。"
+            return f"办理结果已寄出，快递单号 {data['tracking_no']}。" + RATE_INVITE
         if data.get("licence_no"):
-            return f"电子证照已出具（编号 {data['licence_no']}），可在小程序中查看。"
-        return "办理结果已出具，可在小程序中查看。"
+            return f"电子证照已出具（编号 {data['licence_no']}），可在小程序中查看。" + RATE_INVITE
+        return "办理结果已出具，可在小程序中查看。" + RATE_INVITE
     if kind == "closed":
         return "您的办件已办结，欢迎对本次服务进行评价。"
     if kind == "fee_paid":
@@ -112,6 +120,14 @@ def body_of(kind: str, data: dict) -> str:
         return f"缴费电子票据已开具，票据号 {data.get('receipt_no', '')}，可在办件详情中查验。"
     if kind == "overdue":
         return "您的办件已超过承诺办结时限，我们已督促承办部门尽快办理。"
+    if kind == "evaluation_verified":
+        return f"承办部门已就您的评价进行核实回访：{data.get('text', '')}"
+    if kind == "rectification_replied":
+        return f"承办部门已就您的评价完成整改：{data.get('text', '')}。请在小程序中反馈是否满意。"
+    if kind == "evaluation_reviewed":
+        if data.get("approved"):
+            return f"经复核，您对本办件的评价不计入统计：{reason}"
+        return f"经复核，您的评价继续有效，承办部门将继续整改。{reason}".strip()
     raise KeyError(kind)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from handlers import audit
 from handlers.cases.access import case_for_official, my_case
 from handlers.cases.lifecycle import STATUS_LABELS, S, promised_date
+from handlers.evaluation.views import case_evaluation
 from handlers.payments.orders import PAYABLE, fee_of_case
 from handlers.push import attempts_of_case
 from storage.models import ActorType, Case, CaseEvent, CaseStatus, Official, User
@@ -73,6 +74,7 @@ async def detail(case: Case) -> dict:
         "result": result,
         "fee_fen": case.fee_fen,
         "fee": await fee_of_case(case),
+        **await case_evaluation(case),
     }
 
 
