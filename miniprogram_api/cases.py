@@ -64,6 +64,17 @@ class FeeView(BaseModel):
     receipt: dict | None = Field(description="the e-receipt: receipt_no, verify_url, issued_at")
 
 
+class EvaluationSummary(BaseModel):
+    level: int
+    level_label: str
+    tags: list[str]
+    active: bool = Field(description="false: the default 基本满意 given after 7 days without a rating")
+    channel: str
+    created_at: str
+    rectification_status: str | None
+    awaiting_answer: bool = Field(description="the department replied to a bad review: answer satisfied or not")
+
+
 class CaseDetail(CaseSummary):
     timeline: list[TimelineEntry]
     next_action: NextAction | None
@@ -72,6 +83,8 @@ class CaseDetail(CaseSummary):
     result: dict | None = Field(description="kind, licence_no or tracking_no once issued")
     fee_fen: int | None
     fee: FeeView | None
+    evaluation: EvaluationSummary | None
+    evaluation_invited: bool = Field(description="the case may be rated now")
 
 
 class WithdrawIn(BaseModel):
