@@ -30,6 +30,7 @@ log = logging.getLogger("zhangban.payments")
 S = CaseStatus
 # A case that ends without a decision in the citizen's favour returns the fee.
 REFUNDED_CASE_STATES = (S.REJECTED, S.WITHDRAWN)
+_CASE_COLUMNS = ("id", "case_no", "status", "user_id", "service_code", "service_name", "fee_ref", "fee_paid_at")
 
 
 @dataclass(frozen=True)
@@ -135,7 +136,8 @@ async def _paid(order: PaymentOrder, trade: ChannelTrade, *, source: str) -> Set
         if order.state not in OPEN:
             return Settled("duplicate")
         await move(order, "paid", source=source, data=data, **money)
-        case = await Case.select_for_update().get(id=order.case_id)
+        # Only what the change needs: not the sealed form snapshot, which can be kilobytes.
+        case = await Case.select_for_update().filter(id=order.case_id).only(*_CASE_COLUMNS).get()
         refund_due = False
         if case.fee_ref == order.fee_ref and case.fee_paid_at is None:
             await Case.filter(id=case.id).update(fee_paid_at=paid_at)
