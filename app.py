@@ -27,6 +27,7 @@ from console import auth as console_auth
 from console import cases as console_cases
 from console import citizens as console_citizens
 from console import payments as console_payments
+from console import tickets as console_tickets
 from container import SIM_PLATFORM_KEY, SIM_PLATFORM_PREFIX, SIMULATOR_SECRET_HEADER, Services, sim_platform_secret
 from core import http, openapi
 from core.logs import logging_config
@@ -41,6 +42,7 @@ from miniprogram_api import inbox as mp_inbox
 from miniprogram_api import materials as mp_materials
 from miniprogram_api import payments as mp_payments
 from miniprogram_api import services as mp_services
+from miniprogram_api import tickets as mp_tickets
 from ops import docs, health
 from payments import notify as pay_notify
 from payments.alipay_sim import AlipayState, alipay_blueprint
@@ -280,6 +282,8 @@ BLUEPRINTS = [
     console_payments.bp,
     mp_materials.bp,
     mp_materials.files_bp,
+    mp_tickets.bp,
+    console_tickets.bp,
 ]
 
 

@@ -194,6 +194,12 @@ class Settings(BaseSettings):
     # platform callback for this long are looked up at the platform.
     OUTBOX_STUCK_S: int = Field(600, ge=1)
     PLATFORM_SILENCE_S: int = Field(2 * 86400, ge=1)
+    # Consultations and complaints: answered within these working days, routed to the duty
+    # department when no service matches, the department reminded this many hours before the deadline.
+    TICKET_CONSULTATION_DAYS: int = Field(2, ge=1, le=60)
+    TICKET_COMPLAINT_DAYS: int = Field(5, ge=1, le=60)
+    TICKET_DUTY_DEPARTMENT: str = Field("泸州市政务服务中心", min_length=1, max_length=128)
+    TICKET_REMIND_HOURS: int = Field(24, ge=1, le=720)
 
     @field_validator("PUSH_QUIET_HOURS")
     @classmethod
