@@ -24,6 +24,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from tortoise.exceptions import IntegrityError
 from tortoise.transactions import in_transaction
 
 from core.china_time import working_deadline
@@ -142,6 +143,22 @@ def confirmation(ticket: Ticket, policy: TicketPolicy) -> str:
     return (
         f"您的{label}已受理，编号 {ticket.ticket_no}，已转交{ticket.department}，"
         f"将在{policy.days(ticket.kind)}个工作日内答复。"
+    )
+
+
+async def _answer_notification(ticket: Ticket, user_id: int, now: datetime) -> Notification:
+    """The citizen's notification of the answer (one per ticket, by its dedup key); the answer itself
+    stays sealed on the ticket and travels only in the push (`Tickets.route_of`)."""
+    label = label_of(ticket.kind)
+    return await Notification.create(
+        dedup_key=f"ticket:{ticket.ticket_no}:answered",
+        user_id=user_id,
+        case_id=None,
+        kind=ANSWERED,
+        title=f"您的{label}已答复"[:64],
+        body=f"您的{label}（编号 {ticket.ticket_no}）已由{ticket.department}答复，请在小程序中查看并评价。",
+        page=ticket_page(ticket.ticket_no),
+        next_attempt_at=now,
     )
 
 
@@ -357,7 +374,6 @@ class Tickets:
         now = now or datetime.now(UTC)
         ticket = await self._in_scope(official, ticket_no)
         user_id = await self._citizen_of(ticket)
-        label = label_of(ticket.kind)
         async with in_transaction():
             changed = await Ticket.filter(id=ticket.id, status="open", answered_at__isnull=True).update(
                 status="answered",
@@ -372,16 +388,7 @@ class Tickets:
             await event(ticket, "answered", ActorType.OFFICIAL, official.id, on_time=on_time)
             notification = None
             if user_id is not None:
-                notification = await Notification.create(
-                    dedup_key=f"ticket:{ticket.ticket_no}:answered",
-                    user_id=user_id,
-                    case_id=None,
-                    kind=ANSWERED,
-                    title=f"您的{label}已答复"[:64],
-                    body=f"您的{label}（编号 {ticket.ticket_no}）已由{ticket.department}答复，请在小程序中查看并评价。",
-                    page=ticket_page(ticket.ticket_no),
-                    next_attempt_at=now,
-                )
+                notification = await _answer_notification(ticket, user_id, now)
             await audit.record(
                 actor_type=ActorType.OFFICIAL,
                 actor_id=official.id,
@@ -478,7 +485,25 @@ class Tickets:
                         to="supervisor",
                     )
                     escalated += 1
-        return {"reminded": reminded, "escalated": escalated}
+        return {"reminded": reminded, "escalated": escalated, "linked": await self._answers_for_linked(now)}
+
+    async def _answers_for_linked(self, now: datetime) -> int:
+        """Answers of bot tickets whose follower had no account then and has one now: their notification."""
+        made = []
+        pending = await Ticket.filter(user_id__isnull=True, answered_at__isnull=False).exclude(oa_openid="").limit(500)
+        for ticket in pending:
+            user_id = await self._citizen_of(ticket)
+            if user_id is None:
+                continue
+            try:
+                async with in_transaction():
+                    if await Ticket.filter(id=ticket.id, user_id__isnull=True).update(user_id=user_id):
+                        made.append((await _answer_notification(ticket, user_id, now)).id)
+            except IntegrityError:  # its notification exists already
+                continue
+        if made:
+            await self.kicks.push(made)
+        return len(made)
 
     # -- how the answer travels ----------------------------------------------------------------
 

@@ -14,5 +14,5 @@ async def ticket_deadlines(context: Context = TaskiqDepends()) -> dict:
     services = context.state.services
     async with held_lock(services.redis, services.keys("lock", "ticket_deadlines"), timeout=300) as held:
         if not held:
-            return {"reminded": 0, "escalated": 0}
+            return {"reminded": 0, "escalated": 0, "linked": 0}
         return await services.tickets.sweep_deadlines()

@@ -10,7 +10,7 @@ from core.china_time import CHINA
 from core.kicks import NO_KICKS
 from handlers.catalog.reader import CatalogueReader
 from handlers.tickets import ANSWERED, TicketPolicy, Tickets
-from storage.models import LoopEvent, Notification, Ticket
+from storage.models import Follower, LoopEvent, Notification, Official, Ticket
 from tests import factories
 
 
@@ -69,13 +69,13 @@ async def test_reminder_before_the_deadline_and_escalation_after_it(tickets):
         user=user, kind="consultation", content="公积金提取要带什么材料", now=china(2026, 11, 2, 9)
     )
     due = datetime.fromisoformat(made["due_at"])
-    assert await tickets.sweep_deadlines(now=due - timedelta(hours=30)) == {"reminded": 0, "escalated": 0}
-    assert await tickets.sweep_deadlines(now=due - timedelta(hours=2)) == {"reminded": 1, "escalated": 0}
-    assert await tickets.sweep_deadlines(now=due - timedelta(hours=1)) == {"reminded": 0, "escalated": 0}
+    assert await tickets.sweep_deadlines(now=due - timedelta(hours=30)) == {"reminded": 0, "escalated": 0, "linked": 0}
+    assert await tickets.sweep_deadlines(now=due - timedelta(hours=2)) == {"reminded": 1, "escalated": 0, "linked": 0}
+    assert await tickets.sweep_deadlines(now=due - timedelta(hours=1)) == {"reminded": 0, "escalated": 0, "linked": 0}
     row = await Ticket.get(ticket_no=made["ticket_no"])
     assert row.reminded_at == due - timedelta(hours=2) and row.escalated_at is None
-    assert await tickets.sweep_deadlines(now=due + timedelta(minutes=1)) == {"reminded": 0, "escalated": 1}
-    assert await tickets.sweep_deadlines(now=due + timedelta(hours=5)) == {"reminded": 0, "escalated": 0}
+    assert await tickets.sweep_deadlines(now=due + timedelta(minutes=1)) == {"reminded": 0, "escalated": 1, "linked": 0}
+    assert await tickets.sweep_deadlines(now=due + timedelta(hours=5)) == {"reminded": 0, "escalated": 0, "linked": 0}
     row = await Ticket.get(ticket_no=made["ticket_no"])
     assert row.escalated_at == due + timedelta(minutes=1)
     assert await actions(made["ticket_no"]) == ["created", "reminded", "escalated"]
@@ -88,8 +88,8 @@ async def test_an_answered_ticket_is_neither_reminded_nor_escalated(tickets):
     made = await tickets.create(user=user, kind="complaint", content="公积金提取一直没到账", now=china(2026, 11, 2, 9))
     await Ticket.filter(ticket_no=made["ticket_no"]).update(status="answered", answered_at=datetime.now(UTC))
     due = datetime.fromisoformat(made["due_at"])
-    assert await tickets.sweep_deadlines(now=due - timedelta(hours=1)) == {"reminded": 0, "escalated": 0}
-    assert await tickets.sweep_deadlines(now=due + timedelta(days=1)) == {"reminded": 0, "escalated": 0}
+    assert await tickets.sweep_deadlines(now=due - timedelta(hours=1)) == {"reminded": 0, "escalated": 0, "linked": 0}
+    assert await tickets.sweep_deadlines(now=due + timedelta(days=1)) == {"reminded": 0, "escalated": 0, "linked": 0}
 
 
 async def test_the_answer_route_follows_the_channel_the_citizen_used(tickets, cipher):
@@ -116,3 +116,29 @@ async def test_the_answer_route_follows_the_channel_the_citizen_used(tickets, ci
     oa_route = await tickets.route_of(await Notification.get(dedup_key=f"ticket:{oa.ticket_no}:answered"))
     assert oa_route.channels == ("custom", "template") and oa_route.oa_openid == follower.oa_openid
     assert "携带身份证到任一网点办理。" in oa_route.text and oa.ticket_no in oa_route.text
+
+
+async def test_an_answer_to_an_unlinked_follower_is_notified_once_they_link(tickets, cipher):
+    follower = await factories.create_follower(unionid="oU_link_later")
+    ticket = await Ticket.create(
+        ticket_no="ZX20261102000998",
+        kind="consultation",
+        oa_openid=follower.oa_openid,
+        content_enc=cipher.encrypt("社保卡怎么补办", column="tickets.content"),
+        dedup_key="oa:late-link",
+        channel="official_account",
+        department="泸州市政务服务中心",
+        due_at=datetime.now(UTC) + timedelta(days=2),
+    )
+    official = await Official.create(
+        username="fund1", display_name="办事员", department="泸州市政务服务中心", roles=["officer"], password_hash="-"
+    )
+    await tickets.answer(official=official, ticket_no=ticket.ticket_no, text="携带身份证办理。", ip="-", request_id="-")
+    assert not await Notification.filter(dedup_key=f"ticket:{ticket.ticket_no}:answered").exists()
+    assert (await tickets.sweep_deadlines())["linked"] == 0
+    user = await factories.create_user(unionid="oU_link_later")
+    await Follower.filter(oa_openid=follower.oa_openid).update(user_id=user.id)
+    assert (await tickets.sweep_deadlines())["linked"] == 1
+    assert (await tickets.sweep_deadlines())["linked"] == 0
+    notification = await Notification.get(dedup_key=f"ticket:{ticket.ticket_no}:answered")
+    assert notification.user_id == user.id and "携带身份证" not in notification.body  # the answer stays sealed
