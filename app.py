@@ -29,6 +29,7 @@ from console import citizens as console_citizens
 from console import evaluations as console_evaluations
 from console import payments as console_payments
 from console import stats as console_stats
+from console import tickets as console_tickets
 from container import SIM_PLATFORM_KEY, SIM_PLATFORM_PREFIX, SIMULATOR_SECRET_HEADER, Services, sim_platform_secret
 from core import http, openapi
 from core.logs import logging_config
@@ -44,6 +45,7 @@ from miniprogram_api import inbox as mp_inbox
 from miniprogram_api import materials as mp_materials
 from miniprogram_api import payments as mp_payments
 from miniprogram_api import services as mp_services
+from miniprogram_api import tickets as mp_tickets
 from ops import docs, health
 from payments import notify as pay_notify
 from payments.alipay_sim import AlipayState, alipay_blueprint
@@ -286,6 +288,8 @@ BLUEPRINTS = [
     console_stats.bp,
     mp_materials.bp,
     mp_materials.files_bp,
+    mp_tickets.bp,
+    console_tickets.bp,
 ]
 
 

@@ -43,6 +43,7 @@ from handlers.payments.reconcile import Reconciler
 from handlers.payments.recovery import Sweeper
 from handlers.payments.refunds import Refunder
 from handlers.push import Pusher
+from handlers.tickets import ANSWERED, TicketPolicy, Tickets
 from payments.alipay import Alipay
 from payments.setup import alipay_config, wechatpay_config
 from payments.wechatpay import WeChatPay
@@ -142,7 +143,22 @@ class Services:
             mp_appid=mp_appid(self.settings),
             faq=FAQ.load(),
             evaluations=self.evaluations,
+            ticket_policy=self.ticket_policy,
         )
+
+    @cached_property
+    def ticket_policy(self) -> TicketPolicy:
+        s = self.settings
+        return TicketPolicy(
+            consultation_days=s.TICKET_CONSULTATION_DAYS,
+            complaint_days=s.TICKET_COMPLAINT_DAYS,
+            duty_department=s.TICKET_DUTY_DEPARTMENT,
+            remind_before=timedelta(hours=s.TICKET_REMIND_HOURS),
+        )
+
+    @cached_property
+    def tickets(self) -> Tickets:
+        return Tickets(catalogue=self.catalogue, cipher=self.cipher, policy=self.ticket_policy, kicks=self.kicks)
 
     # -- materials ---------------------------------------------------------------------------
 
@@ -193,6 +209,7 @@ class Services:
             lease_s=s.PUSH_LEASE_S,
             max_attempts=s.PUSH_MAX_ATTEMPTS,
             miniprogram_state="developer" if s.embedded else "formal",
+            routes={ANSWERED: self.tickets.route_of},
         )
 
     # -- the core platform -----------------------------------------------------------------

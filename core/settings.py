@@ -201,6 +201,12 @@ class Settings(BaseSettings):
     RECTIFY_VERIFY_DAYS: int = Field(1, ge=1, le=30)
     RECTIFY_DAYS: int = Field(15, ge=1, le=90)
     RECTIFY_REMIND_HOURS: int = Field(8, ge=1, le=240)
+    # Consultations and complaints: answered within these working days, routed to the duty
+    # department when no service matches, the department reminded this many hours before the deadline.
+    TICKET_CONSULTATION_DAYS: int = Field(2, ge=1, le=60)
+    TICKET_COMPLAINT_DAYS: int = Field(5, ge=1, le=60)
+    TICKET_DUTY_DEPARTMENT: str = Field("泸州市政务服务中心", min_length=1, max_length=128)
+    TICKET_REMIND_HOURS: int = Field(24, ge=1, le=720)
 
     @field_validator("PUSH_QUIET_HOURS")
     @classmethod

@@ -23,13 +23,12 @@ from typing import Protocol
 import yaml
 from redis.asyncio import Redis
 from tortoise.exceptions import IntegrityError
-from tortoise.transactions import in_transaction
 
 from handlers.cases.lifecycle import STATUS_LABELS
 from handlers.catalog.reader import CatalogueReader
 from handlers.catalog.search import SearchIndex
 from handlers.evaluation.rating import Evaluations
-from handlers.numbers import next_number
+from handlers.tickets import TicketPolicy, confirmation, open_ticket
 from storage.crypto import FieldCipher
 from storage.models import Case, Follower, Ticket, User
 from storage.redis import Keys
@@ -133,10 +132,12 @@ class Bot:
         mp_appid: str,
         faq: FAQ | None = None,
         evaluations: Evaluations | None = None,
+        ticket_policy: TicketPolicy | None = None,
     ):
         self.catalogue, self.cipher, self.halls, self.mp_appid = catalogue, cipher, halls, mp_appid
         self.faq = faq
         self.evaluations = evaluations
+        self.ticket_policy = ticket_policy or TicketPolicy()
 
     def mp_link(self, text: str, path: str = "pages/index/index") -> str:
         """A mini-program link inside a text message, as WeChat renders it."""
@@ -245,33 +246,26 @@ class Bot:
         existing = await Ticket.get_or_none(dedup_key=dedup_key)
         if existing is not None:
             return self._ticket_confirmation(existing)
-        index = await self.catalogue.search_index()
-        hits = index.search(content, limit=1)
-        department, service_code = "泸州市政务服务中心", None
-        if hits and hits[0].score >= index.MIN_SCORE:
-            guide = await self.catalogue.guide(hits[0].code)
-            department, service_code = guide["department"], guide["code"]
+        department, service_code = await self.ticket_policy.route(self.catalogue, content)
         try:
-            async with in_transaction():
-                ticket = await Ticket.create(
-                    ticket_no=await next_number("ZX" if kind == "consultation" else "TS"),
-                    kind=kind,
-                    oa_openid=follower.oa_openid,
-                    user_id=follower.user_id,
-                    department=department,
-                    service_code=service_code,
-                    content_enc=self.cipher.encrypt(content[:2000], column="tickets.content"),
-                    dedup_key=dedup_key,
-                )
+            ticket = await open_ticket(
+                cipher=self.cipher,
+                policy=self.ticket_policy,
+                kind=kind,
+                content=content,
+                department=department,
+                service_code=service_code,
+                dedup_key=dedup_key,
+                channel="official_account",
+                user_id=follower.user_id,
+                oa_openid=follower.oa_openid,
+            )
         except IntegrityError:  # the same message taken concurrently: one ticket
             ticket = await Ticket.get(dedup_key=dedup_key)
         return self._ticket_confirmation(ticket)
 
-    @staticmethod
-    def _ticket_confirmation(ticket: Ticket) -> str:
-        label = "咨询" if ticket.kind == "consultation" else "投诉"
-        promise = "3个工作日" if ticket.kind == "consultation" else "5个工作日"
-        return f"您的{label}已受理，编号 {ticket.ticket_no}，已转交{ticket.department}，将在{promise}内答复。"
+    def _ticket_confirmation(self, ticket: Ticket) -> str:
+        return confirmation(ticket, self.ticket_policy)
 
     def halls_answer(self, lat: float, lng: float) -> str:
         lines = ["离您最近的政务服务大厅："]

@@ -28,7 +28,8 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from tortoise.exceptions import IntegrityError
@@ -62,11 +63,13 @@ PHRASES: dict[str, str] = {
 }
 URGENT = frozenset({"correction_requested", "fee_assessed"})
 NO_GRANT, NOT_FOLLOWING = 43101, 43004
+OUTSIDE_WINDOW = 45015  # a customer-service message more than 48 hours after the follower's last message
 TRANSIENT_ERRCODES = frozenset({-1, 45009, 45011})
 # Refusals that mean "not through this channel": (attempt result, what officials read).
 FALL_THROUGH = {
     NO_GRANT: ("no_grant", "用户未授权订阅消息（43101），改用下一渠道"),
     NOT_FOLLOWING: ("not_following", "用户已取消关注公众号"),
+    OUTSIDE_WINDOW: ("outside_window", "超出48小时客服消息窗口（45015），改用下一渠道"),
 }
 MAX_BACKOFF_S = 3600
 
@@ -155,14 +158,31 @@ def clip(value: str, limit: int) -> str:
     return value if len(value) <= limit else value[: limit - 1] + "…"
 
 
-def template_data(notification: Notification, case: Case | None) -> dict:
+@dataclass(frozen=True)
+class Route:
+    """How a notification that is not about a case travels (a ticket's answer), given by the
+    `Pusher.routes` hook of its kind: the channels to try in order ("custom": a customer-service
+    text to `oa_openid` while its follower is inside `custom_window`; "subscribe": the
+    mini-program's subscribe message; "template": the official account's template message to
+    `oa_openid`), the inbox always; `reference` and `phrase` fill the template's number and status."""
+
+    reference: str
+    phrase: str
+    channels: tuple[str, ...]
+    oa_openid: str | None = None
+    text: str = ""
+    custom_window: timedelta = timedelta(hours=48)
+
+
+def template_data(notification: Notification, case: Case | None, route: Route | None = None) -> dict:
     """The progress template's keywords within WeChat's limits (thing 20, phrase 5 Chinese
     characters, character_string 32 printable ASCII, time)."""
     at = notification.created_at.astimezone(CHINA)
+    reference = route.reference if route else str(notification.id)
     return {
         "thing1": {"value": clip(case.service_name if case else notification.title, 20)},
-        "character_string2": {"value": (case.case_no if case else str(notification.id))[:32]},
-        "phrase3": {"value": PHRASES.get(notification.kind, "有更新")},
+        "character_string2": {"value": (case.case_no if case else reference)[:32]},
+        "phrase3": {"value": route.phrase if route else PHRASES.get(notification.kind, "有更新")},
         "time4": {"value": f"{at:%Y年%m月%d日 %H:%M}"},
         "thing5": {"value": clip(notification.body, 20)},
     }
@@ -185,6 +205,8 @@ class Pusher:
     lease_s: int = 120
     max_attempts: int = 8
     miniprogram_state: str = "formal"
+    # Case-less notification kinds -> their route (e.g. a ticket's answer: handlers.tickets).
+    routes: dict[str, Callable[[Notification], Awaitable[Route | None]]] = field(default_factory=dict)
 
     async def run_due(self, *, limit: int = 200) -> int:
         """Pushes every due notification (at most `limit`); returns how many were settled."""
@@ -261,6 +283,10 @@ class Pusher:
 
     async def _push(self, notification: Notification) -> str:
         """The channel that carried it: "subscribe", "template" or "inbox"; raises _Retry."""
+        if notification.case_id is None and notification.kind in self.routes:
+            route = await self.routes[notification.kind](notification)
+            if route is not None:
+                return await self._push_routed(notification, route)
         user: User = notification.user
         data = template_data(notification, notification.case)
         if self.mp_template_id and user.openid and await self._take_grant(user.id):
@@ -313,6 +339,77 @@ class Pusher:
             finished_at=datetime.now(UTC),
             result="inbox_only",
             detail="，".join(reasons) + "，仅站内消息",
+        )
+        return "inbox"
+
+    async def _push_routed(self, notification: Notification, route: Route) -> str:
+        """A case-less notification along its route: "custom", "subscribe", "template" or "inbox"; raises _Retry."""
+        user: User = notification.user
+        data = template_data(notification, None, route)
+        follower = await Follower.get_or_none(oa_openid=route.oa_openid, subscribed=True) if route.oa_openid else None
+        reasons = []
+        for channel in route.channels:
+            if channel == "custom":
+                seen = follower.last_message_at if follower else None
+                if seen is None or datetime.now(UTC) - seen > route.custom_window:
+                    reasons.append("超出48小时客服消息窗口")
+                    continue
+
+                async def custom() -> str:
+                    await self.oa.send_text(follower.oa_openid, route.text)
+                    return ""
+
+                if await self._attempt(notification.id, "custom", custom) is None:
+                    return "custom"
+            elif channel == "subscribe":
+                if not (self.mp_template_id and user.openid and await self._take_grant(user.id)):
+                    reasons.append("无剩余订阅授权")
+                    continue
+
+                async def subscribe() -> str:
+                    await self.mp.send_subscribe(
+                        openid=user.openid,
+                        template_id=self.mp_template_id,
+                        data=data,
+                        page=notification.page,
+                        miniprogram_state=self.miniprogram_state,
+                    )
+                    return ""
+
+                try:
+                    refused = await self._attempt(notification.id, "subscribe", subscribe)
+                except _Retry:
+                    await self._give_back_grant(user.id)
+                    raise
+                if refused is None:
+                    return "subscribe"
+                if refused == NO_GRANT:
+                    await SubscriptionGrant.filter(user_id=user.id, template_id=self.mp_template_id).update(remaining=0)
+            elif channel == "template":
+                if not (self.oa_template_id and follower is not None):
+                    reasons.append("未关注公众号")
+                    continue
+
+                async def template() -> str:
+                    msgid = await self.oa.send_template(
+                        follower.oa_openid,
+                        self.oa_template_id,
+                        data,
+                        miniprogram={"appid": self.mp_appid, "pagepath": notification.page},
+                    )
+                    return f"msgid {msgid}"
+
+                refused = await self._attempt(notification.id, "template", template)
+                if refused is None:
+                    return "template"
+                if refused == NOT_FOLLOWING:
+                    await Follower.filter(oa_openid=follower.oa_openid).update(subscribed=False)
+        await PushAttempt.create(
+            notification_id=notification.id,
+            channel="inbox",
+            finished_at=datetime.now(UTC),
+            result="inbox_only",
+            detail=("，".join(reasons) + "，" if reasons else "") + "仅站内消息",
         )
         return "inbox"
 

@@ -16,7 +16,7 @@ from taskiq.cli.scheduler.run import SchedulerLoop
 
 from container import Services
 from core.backoff import backoff_s
-from jobs import cases, drafts, evaluation, ops, payments, push  # noqa: F401  (registers every task with the broker)
+from jobs import cases, drafts, evaluation, ops, payments, push, tickets  # noqa: F401  (registers every task with the broker)
 from jobs.broker import StreamBroker, broker, scheduler, settings
 from jobs.kicks import BrokerKicks
 from storage.db import close_db, init_db
@@ -24,7 +24,15 @@ from storage.redis import REDIS_OUTAGES
 
 log = logging.getLogger("zhangban.jobs")
 
-TASK_MODULES = ["jobs.cases", "jobs.drafts", "jobs.evaluation", "jobs.ops", "jobs.payments", "jobs.push"]
+TASK_MODULES = [
+    "jobs.cases",
+    "jobs.drafts",
+    "jobs.evaluation",
+    "jobs.ops",
+    "jobs.payments",
+    "jobs.push",
+    "jobs.tickets",
+]
 __all__ = ["TASK_MODULES", "broker", "scheduler", "run_embedded_scheduler"]
 
 
