@@ -19,7 +19,7 @@ from tests.conftest import SIM_MP_APPID, Server, WeChatSim
 from tests.helpers import RENEWAL, assess_fee, auth, id_number, new_draft, photo_id, renewal_answers, to_l3
 
 # What each path parameter names: one of the citizen's own objects, or a public one.
-OWNED = {"draft_id", "material_id", "case_no", "address_id", "slot", "payment_id"}
+OWNED = {"draft_id", "material_id", "case_no", "address_id", "slot", "payment_id", "ticket_no"}
 PUBLIC = {"code"}  # a service of the public catalogue: every citizen may read it
 ALLOWED = {403, 404, 405, 422}  # refused, or refused before any data is looked at
 
@@ -68,6 +68,8 @@ def owner(server, wechat_sim) -> dict:
             headers={"Idempotency-Key": uuid.uuid4().hex},
         )
         assert payment.status_code == 201, payment.text
+        ticket = c.post("/api/v1/tickets", json={"kind": "consultation", "content": "换领身份证需要带户口簿吗？"})
+        assert ticket.status_code == 201, ticket.text
     return {
         "tokens": tokens,
         "personal": personal,
@@ -78,6 +80,7 @@ def owner(server, wechat_sim) -> dict:
             "address_id": address["id"],
             "slot": "photo",
             "payment_id": payment.json()["payment_id"],
+            "ticket_no": ticket.json()["ticket_no"],
         },
         "draft": draft,
     }
