@@ -387,7 +387,7 @@ def test_amounts_at_both_ends_are_exact(server, wechat_sim, pay_sim):
 @pytest.fixture
 def crash_server(tmp_path_factory, databases, wechat_sim):
     """A server of its own, to be killed."""
-    srv, _ = make_server(tmp_path_factory, databases, wechat_sim, "paykill")
+    srv, _ = make_server(tmp_path_factory, databases, wechat_sim, "paykill", with_workers=True)
     assert srv.cli("load-demo").returncode == 0
     yield srv
     srv.stop()
