@@ -27,6 +27,7 @@ from console import auth as console_auth
 from console import cases as console_cases
 from console import citizens as console_citizens
 from console import evaluations as console_evaluations
+from console import notices as console_notices
 from console import payments as console_payments
 from console import stats as console_stats
 from console import tickets as console_tickets
@@ -43,6 +44,7 @@ from miniprogram_api import evaluations as mp_evaluations
 from miniprogram_api import identity as mp_identity
 from miniprogram_api import inbox as mp_inbox
 from miniprogram_api import materials as mp_materials
+from miniprogram_api import notices as mp_notices
 from miniprogram_api import payments as mp_payments
 from miniprogram_api import services as mp_services
 from miniprogram_api import tickets as mp_tickets
@@ -290,6 +292,8 @@ BLUEPRINTS = [
     mp_materials.files_bp,
     mp_tickets.bp,
     console_tickets.bp,
+    console_notices.bp,
+    mp_notices.bp,
 ]
 
 

@@ -35,6 +35,8 @@ from handlers.evaluation.loop import LoopPolicy, Rectifications
 from handlers.evaluation.rating import Evaluations
 from handlers.materials.links import platform_links
 from handlers.materials.service import Materials, Pipeline
+from handlers.notices.notices import Notices
+from handlers.notices.sender import Sender
 from handlers.payments.channels import Channels
 from handlers.payments.notifies import Notifies
 from handlers.payments.orders import Payments
@@ -144,6 +146,7 @@ class Services:
             faq=FAQ.load(),
             evaluations=self.evaluations,
             ticket_policy=self.ticket_policy,
+            notices=self.notices,
         )
 
     @cached_property
@@ -210,6 +213,29 @@ class Services:
             max_attempts=s.PUSH_MAX_ATTEMPTS,
             miniprogram_state="developer" if s.embedded else "formal",
             routes={ANSWERED: self.tickets.route_of},
+        )
+
+    # -- service notices ---------------------------------------------------------------------
+
+    @cached_property
+    def notices(self) -> Notices:
+        return Notices(catalogue=self.catalogue)
+
+    @cached_property
+    def notice_sender(self) -> Sender:
+        s = self.settings
+        return Sender(
+            mp=self.wechat_mp,
+            oa=self.oa,
+            mp_appid=mp_appid(s),
+            # A notice fills the progress template's keywords; a deployment with a template of its own sets these.
+            mp_template_id=s.NOTICE_MP_TEMPLATE_ID or progress_template(s, "mp"),
+            oa_template_id=s.NOTICE_OA_TEMPLATE_ID or progress_template(s, "oa"),
+            redis=self.redis,
+            keys=self.keys,
+            rate=s.NOTICE_SEND_RATE,
+            batch=s.NOTICE_BATCH,
+            miniprogram_state="developer" if s.embedded else "formal",
         )
 
     # -- the core platform -----------------------------------------------------------------

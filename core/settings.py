@@ -207,6 +207,13 @@ class Settings(BaseSettings):
     TICKET_COMPLAINT_DAYS: int = Field(5, ge=1, le=60)
     TICKET_DUTY_DEPARTMENT: str = Field("泸州市政务服务中心", min_length=1, max_length=128)
     TICKET_REMIND_HOURS: int = Field(24, ge=1, le=720)
+    # Service notices: WeChat messages per second over every sender (0: no limit, benchmarks
+    # only), recipients handed out per batch, and the templates a notice is sent with (unset:
+    # the progress templates, whose keyword layout a notice fills).
+    NOTICE_SEND_RATE: int = Field(50, ge=0, le=10_000)
+    NOTICE_BATCH: int = Field(200, ge=1, le=5_000)
+    NOTICE_MP_TEMPLATE_ID: str | None = Field(None, max_length=128)
+    NOTICE_OA_TEMPLATE_ID: str | None = Field(None, max_length=128)
 
     @field_validator("PUSH_QUIET_HOURS")
     @classmethod
@@ -232,6 +239,8 @@ class Settings(BaseSettings):
         "S3_ENDPOINT_URL",
         "PUSH_MP_TEMPLATE_ID",
         "PUSH_OA_TEMPLATE_ID",
+        "NOTICE_MP_TEMPLATE_ID",
+        "NOTICE_OA_TEMPLATE_ID",
         "ALLOW_SIMULATORS",
         "SIMULATOR_SECRET",
         "FORWARDED_SECRET",

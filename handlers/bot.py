@@ -28,6 +28,7 @@ from handlers.cases.lifecycle import STATUS_LABELS
 from handlers.catalog.reader import CatalogueReader
 from handlers.catalog.search import SearchIndex
 from handlers.evaluation.rating import Evaluations
+from handlers.notices.notices import Notices
 from handlers.tickets import TicketPolicy, confirmation, open_ticket
 from storage.crypto import FieldCipher
 from storage.models import Case, Follower, Ticket, User
@@ -43,6 +44,7 @@ RATING_INTENT = re.compile(r"^\s*评价\s*(ZB\d{14})\s*([1-5])(?:[\s,，:：]+(.
 TICKET_INTENT = re.compile(r"^\s*(咨询|投诉)[\s:：，,]*(.*)$", re.S)
 MENU_WORDS = {"菜单", "帮助", "help", "?", "？", "你好", "您好"}
 PROGRESS_WORDS = {"查进度", "进度", "办件进度", "查询进度", "我的办件"}
+NOTICE_WORDS = {"通知", "公告", "通知公告", "最新通知", "最新公告"}
 
 IMAGE_HINT = "图片请在掌办小程序的申请页面上传，公众号暂不接收材料图片。"
 VOICE_HINT = "抱歉，没有听清您的语音，请用文字再说一遍。"
@@ -133,11 +135,13 @@ class Bot:
         faq: FAQ | None = None,
         evaluations: Evaluations | None = None,
         ticket_policy: TicketPolicy | None = None,
+        notices: Notices | None = None,
     ):
         self.catalogue, self.cipher, self.halls, self.mp_appid = catalogue, cipher, halls, mp_appid
         self.faq = faq
         self.evaluations = evaluations
         self.ticket_policy = ticket_policy or TicketPolicy()
+        self.notices = notices
 
     def mp_link(self, text: str, path: str = "pages/index/index") -> str:
         """A mini-program link inside a text message, as WeChat renders it."""
@@ -282,6 +286,8 @@ class Bot:
         if rating and self.evaluations is not None:
             case_no, level, comment = rating.group(1).upper(), int(rating.group(2)), (rating.group(3) or "").strip()
             return await self.evaluations.rate_by_message(follower, case_no, level, comment or None)
+        if text in NOTICE_WORDS and self.notices is not None:
+            return await self.notices.latest_text(lambda label, path: self.mp_link(label, path))
         found = CASE_NO.search(text.upper())
         if found or text in PROGRESS_WORDS:
             return await self.progress(follower, found.group(0) if found else None)

@@ -16,7 +16,7 @@ from taskiq.cli.scheduler.run import SchedulerLoop
 
 from container import Services
 from core.backoff import backoff_s
-from jobs import cases, drafts, evaluation, ops, payments, push, tickets  # noqa: F401  (registers every task with the broker)
+from jobs import cases, drafts, evaluation, notices, ops, payments, push, tickets  # noqa: F401  (registers every task with the broker)
 from jobs.broker import StreamBroker, broker, scheduler, settings
 from jobs.kicks import BrokerKicks
 from storage.db import close_db, init_db
@@ -28,6 +28,7 @@ TASK_MODULES = [
     "jobs.cases",
     "jobs.drafts",
     "jobs.evaluation",
+    "jobs.notices",
     "jobs.ops",
     "jobs.payments",
     "jobs.push",

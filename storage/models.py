@@ -672,3 +672,84 @@ class LoopEvent(Model):
     class Meta:
         table = "loop_events"
         indexes = (("subject_type", "subject_id", "id"),)
+
+
+class ThemeSubscription(Model):
+    """A citizen who asked for the notices of one catalogue theme (主题订阅)."""
+
+    id = fields.BigIntField(primary_key=True)
+    user: fields.ForeignKeyRelation[User] = fields.ForeignKeyField(
+        "models.User", related_name="theme_subscriptions", on_delete=fields.CASCADE
+    )
+    theme = fields.CharField(max_length=64)
+    created_at = fields.DatetimeField(auto_now_add=True)
+
+    class Meta:
+        table = "theme_subscriptions"
+        unique_together = (("user", "theme"),)
+        indexes = (("theme", "user_id"),)
+
+
+class Notice(Model):
+    """A service notice (通知公告) an official sends to an audience of citizens or followers.
+
+    status is draft, scheduled, sending, sent or cancelled. cursor is the key of the last
+    recipient handed out, so a sender that stopped resumes after it. paused_until holds the
+    send back after a WeChat quota error (45009).
+    """
+
+    id = fields.BigIntField(primary_key=True)
+    title = fields.CharField(max_length=64)
+    body = fields.TextField()
+    link_kind = fields.CharField(max_length=16, default="none")  # none | service | page
+    link_target = fields.CharField(max_length=256, default="")
+    image_url = fields.CharField(max_length=512, null=True)
+    audience = fields.JSONField(default=dict)  # {"kind": followers | service | theme | region, ...}
+    status = fields.CharField(max_length=16, default="draft", db_index=True)
+    scheduled_at = fields.DatetimeField(null=True, db_index=True)
+    department = fields.CharField(max_length=128, db_index=True)
+    created_by = fields.BigIntField()  # the official
+    total = fields.IntField(default=0)
+    sent = fields.IntField(default=0)
+    failed = fields.IntField(default=0)
+    skipped = fields.IntField(default=0)
+    cursor = fields.CharField(max_length=72, null=True)
+    exhausted = fields.BooleanField(default=False)  # every recipient has been handed out
+    paused_until = fields.DatetimeField(null=True)
+    quota_hits = fields.IntField(default=0)
+    published_at = fields.DatetimeField(null=True, db_index=True)
+    finished_at = fields.DatetimeField(null=True)
+    cancelled_at = fields.DatetimeField(null=True)
+    created_at = fields.DatetimeField(auto_now_add=True)
+    updated_at = fields.DatetimeField(auto_now=True)
+
+    class Meta:
+        table = "notices"
+        indexes = (("status", "published_at"),)
+
+
+class NoticeDelivery(Model):
+    """One recipient of one notice, unique per notice and recipient: a notice reaches a citizen once.
+
+    recipient is u:<user id> or f:<official account openid>. status is pending, sending, sent,
+    failed or skipped, channel subscribe, template or inbox.
+    """
+
+    id = fields.BigIntField(primary_key=True)
+    notice: fields.ForeignKeyRelation[Notice] = fields.ForeignKeyField(
+        "models.Notice", related_name="deliveries", on_delete=fields.CASCADE
+    )
+    recipient = fields.CharField(max_length=72)
+    user_id = fields.BigIntField(null=True)
+    oa_openid = fields.CharField(max_length=64, null=True)
+    status = fields.CharField(max_length=12, default="pending")
+    channel = fields.CharField(max_length=16, default="")
+    errcode = fields.IntField(null=True)
+    detail = fields.CharField(max_length=200, default="")
+    created_at = fields.DatetimeField(auto_now_add=True)
+    finished_at = fields.DatetimeField(null=True)
+
+    class Meta:
+        table = "notice_deliveries"
+        unique_together = (("notice", "recipient"),)
+        indexes = (("notice_id", "status", "id"),)

@@ -53,6 +53,7 @@ Control API (not WeChat; JSON in and out; errors are `{"code", "message", "detai
 
     POST /__sim__/apps            {"appid", "secret", "kind"?: "miniprogram"|"official_account"}
     POST /__sim__/users           {"appid", "openid"?, "unionid"?: str|true, "phone"?} -> {"openid", "unionid"}
+    POST /__sim__/users/bulk      {"appid", "prefix", "start"?: 0, "count"} users <prefix><7-digit i> (benchmarks)
     POST /__sim__/login-code      {"appid", "openid"?} -> {"code", "openid"}   (what wx.login gives)
     POST /__sim__/phone-code      {"appid", "openid", "phone", "country_code"?: "86"} -> {"code"}
     POST /__sim__/face/complete   {"verify_id", "verify_ret": 10000}
@@ -1106,6 +1107,18 @@ def simulator_blueprint(state: SimState, url_prefix: str = "") -> Blueprint:
         state.app(appid)
         user = state.add_user(appid, openid, unionid=unionid, phone=phone, country_code=country_code)
         return {"openid": user.openid, "unionid": user.unionid}
+
+    @control("/__sim__/users/bulk")
+    def _users_bulk(request: Request) -> dict:
+        fields = _Fields(simserver.json_object(request))
+        appid, prefix = fields.text("appid"), fields.text("prefix", max_len=40)
+        start = fields.integer("start", default=0, low=0, high=10_000_000)
+        count = fields.integer("count", default=1, low=1, high=200_000)
+        fields.done()
+        state.app(appid)
+        for i in range(start, start + count):
+            state.add_user(appid, f"{prefix}{i:07d}")
+        return {"appid": appid, "created": count, "first": f"{prefix}{start:07d}"}
 
     @control("/__sim__/login-code")
     def _login_code(request: Request) -> dict:
