@@ -354,9 +354,11 @@ def check_query_strings(request: Request) -> None:
         raise errors.ValidationFailed(fields)
 
 
-def query_args(request: Request, model: type[ModelT]) -> ModelT:
-    """The query string validated as `model` (first value of each key)."""
-    return validate(model, {k: v[0] for k, v in request.args.items()})
+def query_args(request: Request, model: type[ModelT], *, keep_blank: bool = False) -> ModelT:
+    """The query string validated as `model` (first value of each key); with `keep_blank`, a key
+    given empty (`?cursor=`) is validated as the empty string instead of being dropped."""
+    args = request.get_args(keep_blank_values=True) if keep_blank else request.args
+    return validate(model, {k: v[0] for k, v in args.items()})
 
 
 # -- stored files ----------------------------------------------------------------------------

@@ -73,7 +73,7 @@ class ThemeState(BaseModel):
 )
 @citizen
 async def listing(request: Request) -> HTTPResponse:
-    query = query_args(request, ListQuery)
+    query = query_args(request, ListQuery, keep_blank=True)
     return json(await Services.of(request).notices.published(cursor=query.cursor, limit=query.limit))
 
 

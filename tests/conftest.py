@@ -474,14 +474,19 @@ def _stop(proc: subprocess.Popen) -> None:
 
 
 def pay_sim_server(tmp_path_factory) -> PaySim:
-    """This worker's payment simulator server (started on first use), with keys made for this run:
-    the merchant's and the app's generated here, WeChat Pay's and Alipay's by the simulator."""
+    """This worker's payment simulator server (started on first use), with keys made for this run."""
     global _paysim
-    if _paysim is not None:
-        return _paysim
-    log_dir = tmp_path_factory.mktemp("pay-sim")
+    if _paysim is None:
+        _paysim = start_pay_sim(tmp_path_factory.mktemp("pay-sim"))
+    return _paysim
+
+
+def start_pay_sim(log_dir: Path) -> PaySim:
+    """`python -m payments.paysim` with a merchant registered at both channels (the merchant's and
+    the app's keys generated here, WeChat Pay's and Alipay's by the simulator); `.env` configures
+    a server for it. Stopped when this process ends."""
+    log_dir.mkdir(parents=True, exist_ok=True)
     url, proc = start_simulator("payments.paysim", log_dir, "--time-scale", "0.001")
-    # Started on first use, by whichever fixture needs it: stopped when this test process ends.
     atexit.register(_stop, proc)
     sim = PaySim(url, proc)
     merchant_private, merchant_public = _rsa_pem()
@@ -520,7 +525,6 @@ def pay_sim_server(tmp_path_factory) -> PaySim:
         "ALIPAY_PUBLIC_KEY": str(log_dir / "alipay_public.pem"),
         "ALIPAY_SELLER_ID": ALIPAY_SELLER,
     }
-    _paysim = sim
     return sim
 
 

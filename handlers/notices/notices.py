@@ -26,6 +26,7 @@ from handlers.notices.sender import notice_page
 from handlers.scoping import in_scope, is_admin, require_role
 from storage.models import ActorType, CaseStatus, Notice, NoticeDelivery, Official, ThemeSubscription, User
 
+INT64_MAX = 2**63 - 1  # the largest id a BIGINT column holds
 PUBLISHER = "publisher"
 EDITABLE = ("draft", "scheduled")
 PUBLISHED = ("sending", "sent")
@@ -108,6 +109,8 @@ def _cursor_of(notice: Notice) -> str:
 def _parse_cursor(cursor: str) -> tuple[datetime, int]:
     try:
         micros, notice_id = cursor.split("-", 1)
+        if not 0 < int(notice_id) <= INT64_MAX:
+            raise ValueError("notice id out of range")
         return datetime.fromtimestamp(int(micros) / 1_000_000, UTC), int(notice_id)
     except (ValueError, OverflowError, OSError):
         raise ValidationFailed({"cursor": "分页游标无效"}) from None

@@ -50,6 +50,7 @@ from tests.conftest import (  # noqa: E402  (the repository root must be importa
     base_env,
     free_port,
     production_env,
+    start_pay_sim,
     start_server,
 )
 from tests.oa_pusher import OA_APPID, OA_SECRET  # noqa: E402
@@ -149,6 +150,8 @@ def main() -> int:
             "PLATFORM_BASE_URL": platform_url,
             "PLATFORM_APP_KEY": PLATFORM_KEY,
             "PLATFORM_SECRET": PLATFORM_SECRET,
+            # WeChat Pay and Alipay: the payment simulators as their own server, stopped at exit.
+            **start_pay_sim(out / "pay-sim").env,
         }
         if backend == "postgres":
             database = databases.new("postgres")

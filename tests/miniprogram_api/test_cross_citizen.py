@@ -20,7 +20,7 @@ from tests.helpers import RENEWAL, assess_fee, auth, id_number, new_draft, photo
 
 # What each path parameter names: one of the citizen's own objects, or a public one.
 OWNED = {"draft_id", "material_id", "case_no", "address_id", "slot", "payment_id", "ticket_no"}
-PUBLIC = {"code"}  # a service of the public catalogue: every citizen may read it
+PUBLIC = {"code", "notice_id", "theme"}  # public: a catalogue service or theme, a published notice
 ALLOWED = {403, 404, 405, 422}  # refused, or refused before any data is looked at
 
 # Bodies that would succeed on the caller's own object, so a refusal is about ownership.
