@@ -312,21 +312,8 @@ class Pusher:
                 await SubscriptionGrant.filter(user_id=user.id, template_id=self.mp_template_id).update(remaining=0)
         follower = await self._follower(user)
         if self.oa_template_id and follower is not None:
-
-            async def template() -> str:
-                msgid = await self.oa.send_template(
-                    follower.oa_openid,
-                    self.oa_template_id,
-                    data,
-                    miniprogram={"appid": self.mp_appid, "pagepath": notification.page},
-                )
-                return f"msgid {msgid}"
-
-            refused = await self._attempt(notification.id, "template", template)
-            if refused is None:
+            if await self._by_template(notification, follower, data):
                 return "template"
-            if refused == NOT_FOLLOWING:
-                await Follower.filter(oa_openid=follower.oa_openid).update(subscribed=False)
         reasons = []
         if not self.mp_template_id or not user.openid:
             reasons.append("未配置小程序订阅消息")
@@ -389,21 +376,8 @@ class Pusher:
                 if not (self.oa_template_id and follower is not None):
                     reasons.append("未关注公众号")
                     continue
-
-                async def template() -> str:
-                    msgid = await self.oa.send_template(
-                        follower.oa_openid,
-                        self.oa_template_id,
-                        data,
-                        miniprogram={"appid": self.mp_appid, "pagepath": notification.page},
-                    )
-                    return f"msgid {msgid}"
-
-                refused = await self._attempt(notification.id, "template", template)
-                if refused is None:
+                if await self._by_template(notification, follower, data):
                     return "template"
-                if refused == NOT_FOLLOWING:
-                    await Follower.filter(oa_openid=follower.oa_openid).update(subscribed=False)
         await PushAttempt.create(
             notification_id=notification.id,
             channel="inbox",
@@ -412,6 +386,24 @@ class Pusher:
             detail=("，".join(reasons) + "，" if reasons else "") + "仅站内消息",
         )
         return "inbox"
+
+    async def _by_template(self, notification: Notification, follower: Follower, data: dict) -> bool:
+        """One try by the official account's template message (opening the mini-program page); True
+        when WeChat took it. A follower WeChat says has left is marked unsubscribed."""
+
+        async def template() -> str:
+            msgid = await self.oa.send_template(
+                follower.oa_openid,
+                self.oa_template_id,
+                data,
+                miniprogram={"appid": self.mp_appid, "pagepath": notification.page},
+            )
+            return f"msgid {msgid}"
+
+        refused = await self._attempt(notification.id, "template", template)
+        if refused == NOT_FOLLOWING:
+            await Follower.filter(oa_openid=follower.oa_openid).update(subscribed=False)
+        return refused is None
 
     async def _attempt(self, notification_id: int, channel: str, send) -> int | None:
         """One recorded try at a channel: None when WeChat took it, its errcode when WeChat refused
