@@ -240,11 +240,28 @@ class Payments:
     async def list_for_case(self, *, user: User, case_no: str) -> dict:
         case = await my_case(user=user, case_no=case_no)
         orders = await PaymentOrder.filter(case_id=case.id).order_by("-id").limit(50)
-        return {"items": [await self.view(o, with_pay=False) for o in orders]}
+        refunds: dict[int, list[PaymentRefund]] = {}
+        for refund in await PaymentRefund.filter(order_id__in=[o.id for o in orders]).order_by("id"):
+            refunds.setdefault(refund.order_id, []).append(refund)
+        return {
+            "items": [
+                await self.view(o, with_pay=False, case_no=case.case_no, refunds=refunds.get(o.id, [])) for o in orders
+            ]
+        }
 
-    async def view(self, order: PaymentOrder, *, with_pay: bool = True) -> dict:
-        case_no = await Case.filter(id=order.case_id).first().values_list("case_no", flat=True)
-        refunds = await PaymentRefund.filter(order_id=order.id).order_by("id")
+    async def view(
+        self,
+        order: PaymentOrder,
+        *,
+        with_pay: bool = True,
+        case_no: str | None = None,
+        refunds: list[PaymentRefund] | None = None,
+    ) -> dict:
+        """The order as its citizen sees it (`case_no` and `refunds` when the caller has them already)."""
+        if case_no is None:
+            case_no = await Case.filter(id=order.case_id).first().values_list("case_no", flat=True)
+        if refunds is None:
+            refunds = await PaymentRefund.filter(order_id=order.id).order_by("id")
         body = {
             "payment_id": order.payment_id,
             "out_trade_no": order.out_trade_no,

@@ -12,11 +12,12 @@ from datetime import UTC, datetime, timedelta
 from tortoise.transactions import in_transaction
 
 from core.backoff import backoff
+from handlers.payments.alerts import raise_alert
 from handlers.payments.channels import Channels, provider_of
 from handlers.payments.states import move
 from handlers.push import notify
 from payments.base import ChannelRefund, PaymentError
-from storage.models import ActorType, Case, CaseEvent, Notification, PaymentAlert, PaymentOrder, PaymentRefund
+from storage.models import ActorType, Case, CaseEvent, Notification, PaymentOrder, PaymentRefund
 
 log = logging.getLogger("zhangban.payments")
 LEASE = timedelta(minutes=2)
@@ -93,14 +94,8 @@ class Refunder:
                 next_attempt_at=datetime.now(UTC) + backoff(attempts, base_s=5, cap_s=MAX_BACKOFF_S),
             )
             if failed:
-                await PaymentAlert.get_or_create(
-                    dedup_key=f"refund_failed:{refund.out_refund_no}",
-                    defaults={
-                        "order": order,
-                        "kind": "refund_failed",
-                        "detail": {"out_refund_no": refund.out_refund_no, "error": f"{exc.code}: {exc}"[:300]},
-                    },
-                )
+                detail = {"out_refund_no": refund.out_refund_no, "error": f"{exc.code}: {exc}"[:300]}
+                await raise_alert("refund_failed", order=order, dedup=refund.out_refund_no, detail=detail)
             log.warning("refund %s failed: %s", refund.out_refund_no, exc, extra={"retryable": exc.retryable})
             return 0, []
         if answer.state == "processing" and refund.state == "requested":
@@ -156,24 +151,12 @@ async def apply_refund(answer: ChannelRefund, *, source: str) -> tuple[int, list
         now = datetime.now(UTC)
         if answer.state != "success":
             await PaymentRefund.filter(id=refund.id).update(state="failed", done_at=now, refund_id=answer.refund_id)
-            await PaymentAlert.get_or_create(
-                dedup_key=f"refund_failed:{refund.out_refund_no}",
-                defaults={"order": order, "kind": "refund_failed", "detail": {"out_refund_no": refund.out_refund_no}},
-            )
+            detail = {"out_refund_no": refund.out_refund_no, "channel_state": answer.state}
+            await raise_alert("refund_failed", order=order, dedup=refund.out_refund_no, detail=detail)
             return 1, []
         if answer.amount_fen != refund.amount_fen:
-            await PaymentAlert.get_or_create(
-                dedup_key=f"refund_amount:{refund.out_refund_no}",
-                defaults={
-                    "order": order,
-                    "kind": "mismatch",
-                    "detail": {
-                        "out_refund_no": refund.out_refund_no,
-                        "ours": refund.amount_fen,
-                        "theirs": answer.amount_fen,
-                    },
-                },
-            )
+            detail = {"out_refund_no": refund.out_refund_no, "ours": refund.amount_fen, "theirs": answer.amount_fen}
+            await raise_alert("mismatch", order=order, dedup=f"refund:{refund.out_refund_no}", detail=detail)
             return 0, []
         await PaymentRefund.filter(id=refund.id).update(state="success", done_at=now, refund_id=answer.refund_id)
         refunded = order.refunded_fen + refund.amount_fen

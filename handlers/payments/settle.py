@@ -15,16 +15,16 @@ import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from tortoise.exceptions import IntegrityError
 from tortoise.transactions import in_transaction
 
 from core.kicks import Kicks
+from handlers.payments.alerts import raise_alert
 from handlers.payments.channels import CHANNEL_LABELS, Channels, provider_of
 from handlers.payments.refunds import open_refund
 from handlers.payments.states import OPEN, move
 from handlers.push import notify
 from payments.base import ChannelTrade
-from storage.models import ActorType, Case, CaseEvent, CaseStatus, Notification, Outbox, PaymentAlert, PaymentOrder
+from storage.models import ActorType, Case, CaseEvent, CaseStatus, Notification, Outbox, PaymentOrder
 
 log = logging.getLogger("zhangban.payments")
 S = CaseStatus
@@ -54,15 +54,6 @@ async def after_settled(settled: Settled | None, kicks: Kicks) -> None:
         await kicks.relay()
     if settled.refund_due:
         await kicks.refunds()
-
-
-async def raise_alert(kind: str, *, order: PaymentOrder | None, dedup: str, detail: dict) -> None:
-    """An alert for officials, once per `dedup` however often the cause repeats."""
-    try:
-        await PaymentAlert.create(order=order, kind=kind, dedup_key=f"{kind}:{dedup}"[:128], detail=detail)
-        log.warning("payment alert %s", kind, extra={"dedup": dedup, **{k: str(v) for k, v in detail.items()}})
-    except IntegrityError:
-        pass
 
 
 def mismatches(order: PaymentOrder, trade: ChannelTrade, channels: Channels) -> dict[str, dict]:
