@@ -22,14 +22,19 @@ DEMO_CATALOGUE = Path(__file__).resolve().parents[2] / "data" / "catalogue.yaml"
 SHARED_PARTS = {"region", "departments", "themes", "synonyms", "bundles"}
 
 
-async def publish_catalogue(*, catalogue: Catalogue, redis=None, keys=None) -> dict[str, int]:
-    """Publishes every changed item as a new version, all in one transaction; counts what happened."""
+async def publish_catalogue(*, catalogue: Catalogue, redis=None, keys=None, on_publish=None) -> dict:
+    """Publishes every changed item as a new version, all in one transaction; answers what happened:
+    `published` and `unchanged` counts, the `changed` items (`code`, `name`, `version`) and the
+    catalogue `revision` after it. `on_publish(result)` runs inside the transaction (the audit row).
+
+    Publishes are serialised on the catalogue's state row, so two at once cannot both make the same
+    item's next version."""
     counts = {"published": 0, "unchanged": 0}
+    changed: list[dict] = []
     shared = catalogue.model_dump(mode="json", by_alias=True, include=SHARED_PARTS)
+    await CatalogueState.get_or_create(id="catalogue", defaults={"revision": 0, "content": {}})
     async with in_transaction():
-        state = await CatalogueState.get_or_none(id="catalogue")
-        if state is None:
-            state = await CatalogueState.create(id="catalogue", revision=0, content={})
+        state = await CatalogueState.filter(id="catalogue").select_for_update().get()
         for item in catalogue.items:
             content = item_content(catalogue, item)
             digest = hashlib.sha256(json.dumps(content, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
@@ -51,16 +56,20 @@ async def publish_catalogue(*, catalogue: Catalogue, redis=None, keys=None) -> d
                 is_current=True,
             )
             counts["published"] += 1
+            changed.append({"code": item.code, "name": item.name, "version": version})
         if counts["published"] or state.content != shared:
             state.content = shared
             state.revision += 1
             await state.save()
+        result = {**counts, "changed": changed, "revision": state.revision}
+        if on_publish is not None:
+            await on_publish(result)
     if redis is not None:
         await forget_revision(redis=redis, keys=keys)
-    return counts
+    return result
 
 
-async def load_catalogue_file(path: Path, *, redis=None, keys=None) -> dict[str, int]:
+async def load_catalogue_file(path: Path, *, redis=None, keys=None) -> dict:
     """Validates the whole file at `path`, then publishes it; raises CatalogueError first if bad."""
     catalogue = parse_catalogue(path.read_text(encoding="utf-8"))
     return await publish_catalogue(catalogue=catalogue, redis=redis, keys=keys)
