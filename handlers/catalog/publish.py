@@ -22,6 +22,21 @@ DEMO_CATALOGUE = Path(__file__).resolve().parents[2] / "data" / "catalogue.yaml"
 SHARED_PARTS = {"region", "departments", "themes", "synonyms", "bundles"}
 
 
+def content_digest(content: dict) -> str:
+    """What tells one published version of an item from another."""
+    return hashlib.sha256(json.dumps(content, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+
+async def pending_changes(catalogue: Catalogue) -> list[str]:
+    """The codes of the items that publishing `catalogue` now would make a new version of."""
+    current = dict(
+        await ServiceItem.filter(is_current=True, code__in=[i.code for i in catalogue.items]).values_list(
+            "code", "content_sha256"
+        )
+    )
+    return [i.code for i in catalogue.items if current.get(i.code) != content_digest(item_content(catalogue, i))]
+
+
 async def publish_catalogue(*, catalogue: Catalogue, redis=None, keys=None, on_publish=None) -> dict:
     """Publishes every changed item as a new version, all in one transaction; answers what happened:
     `published` and `unchanged` counts, the `changed` items (`code`, `name`, `version`) and the
@@ -37,7 +52,7 @@ async def publish_catalogue(*, catalogue: Catalogue, redis=None, keys=None, on_p
         state = await CatalogueState.filter(id="catalogue").select_for_update().get()
         for item in catalogue.items:
             content = item_content(catalogue, item)
-            digest = hashlib.sha256(json.dumps(content, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+            digest = content_digest(content)
             current = await ServiceItem.filter(code=item.code, is_current=True).select_for_update().first()
             if current is not None and current.content_sha256 == digest:
                 counts["unchanged"] += 1
