@@ -12,7 +12,7 @@ import hashlib
 
 from core.errors import NotFound
 from handlers import audit
-from handlers.catalog.publish import pending_changes, publish_catalogue
+from handlers.catalog.publish import export_catalogue, pending_changes, publish_catalogue
 from handlers.catalog.schema import Catalogue, CatalogueError, parse_catalogue
 from handlers.scoping import ADMIN, require_role
 from storage.models import ActorType, Official, ServiceItem
@@ -119,3 +119,9 @@ async def versions(*, official: Official, code: str) -> dict:
         "code": code,
         "items": [{**_item(r), "is_current": r.is_current, "content_sha256": r.content_sha256} for r in rows],
     }
+
+
+async def export(*, official: Official) -> str:
+    """The published catalogue as a file in the import format, to edit and upload again."""
+    require_role(official, ADMIN)
+    return await export_catalogue()

@@ -370,3 +370,99 @@ def test_http_bad_input_is_refused_not_crashed(catalogue_server):
     too_big = client.post("/console/api/catalogue/validate", json={"text": "#" * (3 * 1024 * 1024)}, headers=csrf)
     assert too_big.status_code == 422 and too_big.json()["code"] == "validation_failed"
     assert client.get("/console/api/catalogue/items", params={"limit": 0}).status_code == 422
+
+
+# -- the page ----------------------------------------------------------------------------------
+
+
+def upload(client: httpx.Client, csrf: dict, text: str | bytes, action: str, name: str = "catalogue.yaml"):
+    body = text.encode("utf-8") if isinstance(text, str) else text
+    return client.post(
+        "/console/catalogue",
+        data={"csrf_token": csrf["X-CSRF-Token"], "action": action},
+        files={"file": (name, body, "application/yaml")},
+    )
+
+
+def test_page_checks_and_publishes_an_uploaded_file(catalogue_server):
+    client, csrf = console(catalogue_server, "admin")
+    page = client.get("/console/catalogue")
+    assert page.status_code == 200, page.text
+    assert "script-src 'self'" in page.headers["Content-Security-Policy"]
+    assert DEMO["items"][0]["code"] in page.text and "<h1>事项目录</h1>" in page.text
+    before = current(client)
+
+    text, paths = broken()
+    for action in ("check", "publish"):
+        shown = upload(client, csrf, text, action, name="有错的目录.yaml")
+        assert shown.status_code == 422, shown.text[:2000]
+        assert "有错的目录.yaml 有 5 处问题" in shown.text
+        for path in paths:
+            assert f"<code>{path}</code>" in shown.text
+        assert "不能为空" in shown.text and "缺少此项" in shown.text
+        assert current(client) == before
+    assert "目录没有任何更改" in shown.text
+
+    new_code = f"T{uuid.uuid4().hex[:12]}"
+    edited = current_demo(client)  # in code order, not the demo file's
+    code0 = edited["items"][0]["code"]
+    good = dump(changed(edited, new_code=new_code))
+    checked = upload(client, csrf, good, "check")
+    assert checked.status_code == 200 and "检查通过" in checked.text and new_code in checked.text
+    assert current(client) == before
+
+    published = upload(client, csrf, good, "publish")
+    assert published.status_code == 303 and published.headers["location"] == "/console/catalogue"
+    landing = client.get("/console/catalogue")
+    assert "2 个事项更新" in landing.text
+    assert current(client) == {**before, code0: before[code0] + 1, new_code: 1}
+    again = upload(client, csrf, good, "publish")
+    assert again.status_code == 303
+    assert "目录没有变化" in client.get("/console/catalogue").text
+
+    history = client.get(f"/console/catalogue/items/{code0}")
+    assert history.status_code == 200 and "当前版本" in history.text and "历史版本" in history.text
+    exported = client.get(f"/console/catalogue/items/{code0}?format=csv")
+    assert (
+        exported.text.startswith("\ufeff版本,")
+        and exported.text.count("\n")
+        == len(client.get(f"/console/api/catalogue/items/{code0}/versions").json()["items"]) + 1
+    )
+    assert client.get("/console/catalogue/items/no-such-item").status_code == 404
+
+
+def current_demo(client: httpx.Client) -> dict:
+    """The published catalogue, exported through the page (what an admin would edit)."""
+    exported = client.get("/console/catalogue/export")
+    assert exported.status_code == 200 and "attachment" in exported.headers["content-disposition"]
+    return yaml.safe_load(exported.text)
+
+
+def test_page_refuses_what_it_cannot_read_and_who_may_not(catalogue_server):
+    client, csrf = console(catalogue_server, "admin")
+    before = current(client)
+    for body, message in [
+        (b"", "请选择要上传的目录文件"),
+        ("schema: 1\nregion: 成都".encode("gbk"), "不是 UTF-8 编码"),
+        (b"schema: 1\x00", "不是文本文件"),
+    ]:
+        shown = upload(client, csrf, body, "publish")
+        assert shown.status_code == 422 and message in shown.text, shown.text[:1500]
+    no_token = client.post(
+        "/console/catalogue",
+        data={"action": "publish"},
+        files={"file": ("c.yaml", dump(changed()), "application/yaml")},
+    )
+    assert no_token.status_code == 403
+    assert current(client) == before
+    csv = client.get("/console/catalogue?format=csv")
+    assert csv.status_code == 200 and csv.text.startswith("\ufeff事项编码,事项名称")
+    assert csv.text.count("\n") == len(before) + 1
+
+    officer, officer_csrf = console(catalogue_server, "officer", "supervisor", "publisher", "finance")
+    assert officer.get("/console/catalogue").status_code == 403
+    assert officer.get("/console/catalogue/export").status_code == 403
+    assert upload(officer, officer_csrf, dump(changed()), "publish").status_code == 403
+    assert current(client) == before
+    anonymous = catalogue_server.client().get("/console/catalogue")
+    assert anonymous.status_code in (302, 303) and anonymous.headers["location"].startswith("/console/login")
