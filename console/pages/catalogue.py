@@ -5,17 +5,28 @@ catalogue as a file to edit."""
 
 from __future__ import annotations
 
+import datetime as dt
+
 from sanic import Blueprint, Request
 from sanic.response import HTTPResponse, raw
 
 from console.pages.base import csv_response, form_value, page, redirect_to, render, secure_headers
 from container import Services
+from core.china_time import CHINA
 from core.http import client_ip, request_id
 from handlers.catalog import admin
 from handlers.catalog.schema import MAX_TEXT_BYTES, CatalogueError
 
 bp = Blueprint("console_pages_catalogue", url_prefix="/console")
 PAGE_SIZE = 100
+
+
+def china_time(value: str | None) -> str:
+    """An ISO 8601 moment as China time, to the second."""
+    if not value:
+        return ""
+    moment = dt.datetime.fromisoformat(value)
+    return (moment.astimezone(CHINA) if moment.tzinfo else moment).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def _after(request: Request) -> str | None:
@@ -35,6 +46,7 @@ async def _page(request: Request, *, status: int = 200, **context) -> HTTPRespon
         items=found["items"],
         next_url=f"/console/catalogue?after={cursor}" if cursor else None,
         max_mb=MAX_TEXT_BYTES // (1024 * 1024),
+        when=china_time,
         **context,
     )
 
@@ -47,7 +59,7 @@ async def listing(request: Request) -> HTTPResponse:
         while True:
             found = await admin.current_items(official=official, after=after, limit=500)
             rows += [
-                [i["code"], i["name"], i["department"], i["version"], i["status"], i["published_at"] or ""]
+                [i["code"], i["name"], i["department"], i["version"], i["status"], china_time(i["published_at"])]
                 for i in found["items"]
             ]
             if (after := found["next_cursor"]) is None:
@@ -121,14 +133,14 @@ async def versions(request: Request, code: str) -> HTTPResponse:
                 v["department"],
                 v["status"],
                 v["is_current"],
-                v["published_at"] or "",
+                china_time(v["published_at"]),
                 v["content_sha256"],
             ]
             for v in history["items"]
         ]
         header = ["版本", "事项名称", "部门", "状态", "当前版本", "发布时间", "内容摘要"]
         return csv_response(f"catalogue-{code}-versions.csv", header, rows)
-    return render(request, "catalogue_versions.html", code=code, versions=history["items"])
+    return render(request, "catalogue_versions.html", code=code, versions=history["items"], when=china_time)
 
 
 @bp.get("/catalogue/export")

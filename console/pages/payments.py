@@ -11,6 +11,7 @@ from sanic import Blueprint, Request
 from sanic.response import HTTPResponse
 
 from console.pages.base import csv_response, page, redirect_to, render
+from core.china_time import CHINA
 from core.http import client_ip, request_id
 from handlers.payments import finance
 
@@ -79,7 +80,16 @@ def _filters(request: Request) -> tuple[str | None, dt.date | None, bool, list[d
 
 
 def _time(value: str | None) -> str:
-    return (value or "")[:19].replace("T", " ")
+    """An ISO 8601 moment as China time, to the second (what officials read)."""
+    if not value:
+        return ""
+    try:
+        moment = dt.datetime.fromisoformat(value)
+    except ValueError:
+        return value[:19].replace("T", " ")
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(CHINA)
+    return moment.strftime("%Y-%m-%d %H:%M:%S")
 
 
 def _detail(detail: dict) -> str:

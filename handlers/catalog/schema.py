@@ -229,7 +229,8 @@ def _message(error: dict) -> str:
     if template is None:
         return str(error["msg"])
     try:
-        return template.format(**{k: str(v) for k, v in ctx.items()})
+        # pydantic lists choices as "'a', 'b' or 'c'"
+        return template.format(**{k: str(v).replace(" or ", ", ") for k, v in ctx.items()})
     except (KeyError, IndexError):
         return str(error["msg"])
 
