@@ -7,6 +7,7 @@ themes and bundles are checked on the raw file so that they are reported alongsi
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 import yaml
@@ -381,6 +382,25 @@ def _load(text: str) -> tuple[object, yaml.Node | None]:
     return raw, root
 
 
+_NESTED = re.compile(r"^((?:steps|checks)(?:\.[A-Za-z_0-9]+)*): (.+)$", re.S)
+
+
+def _split(loc: Loc, code: str, message: str) -> list[tuple[Loc, str, str]]:
+    """A form's own check reports several problems in one message (`steps.0.key: ...; checks.1.path:
+    ...`): each becomes a problem of its own, at its full path."""
+    if code != "value_error":
+        return [(loc, code, message)]
+    parts = re.split(r"; (?=(?:steps|checks)[.:])", message)
+    matched = [_NESTED.match(part) for part in parts]
+    if not all(matched):
+        return [(loc, code, message)]
+    return [
+        (loc + tuple(int(x) if x.isdigit() else x for x in m.group(1).split(".")), code, m.group(2))
+        for m in matched
+        if m is not None
+    ]
+
+
 def parse_catalogue(text: str) -> Catalogue:
     """The validated catalogue in `text`; raises CatalogueError listing every problem at once, each
     with its path (`items[3].materials[1].name`) and the line it is on."""
@@ -390,7 +410,9 @@ def parse_catalogue(text: str) -> Catalogue:
     try:
         catalogue = Catalogue.model_validate(raw)
     except ValidationError as exc:
-        found = [(tuple(e["loc"]), e["type"], _message(e)) for e in exc.errors(include_url=False)]
+        found = [
+            split for e in exc.errors(include_url=False) for split in _split(tuple(e["loc"]), e["type"], _message(e))
+        ]
     found += _reference_problems(raw)
     if found or catalogue is None:
         problems = []

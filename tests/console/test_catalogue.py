@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
@@ -18,7 +19,7 @@ import yaml
 from core.errors import Forbidden, NotFound
 from handlers.catalog import admin
 from handlers.catalog.publish import DEMO_CATALOGUE
-from handlers.catalog.schema import CatalogueError
+from handlers.catalog.schema import CatalogueError, parse_catalogue
 from storage.models import AuditLog, CatalogueState, Official, ServiceItem
 from tests.conftest import make_server
 from tests.helpers import auth, login
@@ -227,6 +228,21 @@ async def test_items_come_in_keyset_pages_and_versions_newest_first(scratch):
         assert caught.value.code == "service_not_found"
 
 
+def test_a_forms_own_problems_each_get_their_full_path():
+    """The form engine checks a whole form in one go; each of its problems is listed on its own."""
+    data = copy.deepcopy(DEMO)
+    steps = data["items"][0]["form"]["steps"]
+    steps[0]["fields"][1]["key"] = steps[0]["fields"][0]["key"]
+    steps.append(copy.deepcopy(steps[0]))
+    with pytest.raises(CatalogueError) as caught:
+        parse_catalogue(dump(data))
+    paths = [p["path"] for p in caught.value.problems]
+    assert "items[0].form.steps[0].fields[1].key" in paths
+    assert f"items[0].form.steps[{len(steps) - 1}].key" in paths
+    assert all(p["line"] for p in caught.value.problems)
+    assert not any(";" in p["message"] for p in caught.value.problems)
+
+
 # -- over HTTP ---------------------------------------------------------------------------------
 
 
@@ -332,6 +348,29 @@ def test_http_validate_publish_and_versions(catalogue_server, wechat_sim):
         ("catalogue.publish", str(body["revision"])),
         ("catalogue.publish", str(body["revision"])),
     ]
+
+
+def test_http_publishes_at_once_make_one_current_version_each(catalogue_server):
+    """Four admins publish different changes of the same item at the same moment: each publish is
+    whole, versions follow one another without a gap or a duplicate, one of them is current."""
+    clients = [console(catalogue_server, "admin") for _ in range(4)]
+    code1 = DEMO["items"][1]["code"]
+    before = current(clients[0][0])
+
+    def publish(n: int) -> httpx.Response:
+        data = copy.deepcopy(DEMO)
+        data["items"][1]["summary"] = f"并发发布 {n} {uuid.uuid4().hex}"
+        client, csrf = clients[n]
+        return client.post("/console/api/catalogue/publish", json={"text": dump(data)}, headers=csrf)
+
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(publish, range(4)))
+    assert [a.status_code for a in answers] == [200] * 4, [a.text for a in answers]
+    made = sorted(c["version"] for a in answers for c in a.json()["changed"] if c["code"] == code1)
+    assert made == [before[code1] + n for n in range(1, 5)]
+    assert len({a.json()["revision"] for a in answers}) == 4
+    history = clients[0][0].get(f"/console/api/catalogue/items/{code1}/versions").json()["items"]
+    assert [v["is_current"] for v in history].count(True) == 1 and history[0]["version"] == made[-1]
 
 
 def test_http_only_admins_and_only_with_csrf(catalogue_server):
