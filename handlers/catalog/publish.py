@@ -83,7 +83,7 @@ async def publish_catalogue(*, catalogue: Catalogue, redis=None, keys=None, on_p
 
 async def load_catalogue_file(path: Path, *, redis=None, keys=None) -> dict:
     """Validates the whole file at `path`, then publishes it; raises CatalogueError first if bad."""
-    catalogue = parse_catalogue(path.read_text(encoding="utf-8"))
+    catalogue = parse_catalogue(path.read_text(encoding="utf-8"), trusted=True)
     return await publish_catalogue(catalogue=catalogue, redis=redis, keys=keys)
 
 

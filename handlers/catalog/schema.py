@@ -148,6 +148,9 @@ class Catalogue(Frozen):
 # aliases are expanded (an alias repeats a node without repeating its text: "billion laughs").
 MAX_TEXT_BYTES = 2 * 1024 * 1024
 MAX_EXPANDED_NODES = 500_000
+# A file the operator imports from the server's disk (`import-catalogue`) may be a city's whole
+# catalogue: no size cap, and room for thousands of items (an alias bomb is still refused).
+TRUSTED_EXPANDED_NODES = 50_000_000
 MAX_DEPTH = 40
 
 Loc = tuple[str | int, ...]
@@ -339,9 +342,10 @@ def _check_depth(text: str, loader_class) -> None:
             depth -= 1
 
 
-def _load(text: str) -> tuple[object, yaml.Node | None]:
+def _load(text: str, *, trusted: bool = False) -> tuple[object, yaml.Node | None]:
     """The YAML document and its node tree (for line numbers); CatalogueError on a syntax error."""
-    if len(text.encode("utf-8", "surrogatepass")) > MAX_TEXT_BYTES:
+    max_nodes = TRUSTED_EXPANDED_NODES if trusted else MAX_EXPANDED_NODES
+    if not trusted and len(text.encode("utf-8", "surrogatepass")) > MAX_TEXT_BYTES:
         raise CatalogueError(
             [
                 problem(
@@ -356,7 +360,7 @@ def _load(text: str) -> tuple[object, yaml.Node | None]:
     try:
         _check_depth(text, loader_class)
         root = loader.get_single_node()
-        if root is not None and _expanded_size(root, MAX_EXPANDED_NODES) > MAX_EXPANDED_NODES:
+        if root is not None and _expanded_size(root, max_nodes) > max_nodes:
             raise CatalogueError(
                 [problem((), "文件中的锚点引用（&/*）展开后过大或自我引用，请直接写出内容", code="too_large")]
             )
@@ -401,10 +405,11 @@ def _split(loc: Loc, code: str, message: str) -> list[tuple[Loc, str, str]]:
     ]
 
 
-def parse_catalogue(text: str) -> Catalogue:
+def parse_catalogue(text: str, *, trusted: bool = False) -> Catalogue:
     """The validated catalogue in `text`; raises CatalogueError listing every problem at once, each
-    with its path (`items[3].materials[1].name`) and the line it is on."""
-    raw, root = _load(text)
+    with its path (`items[3].materials[1].name`) and the line it is on. `trusted`: a file of the
+    operator's (`import-catalogue`), not an upload, so not capped in size."""
+    raw, root = _load(text, trusted=trusted)
     found: list[tuple[Loc, str, str]] = []
     catalogue = None
     try:

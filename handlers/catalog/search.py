@@ -56,6 +56,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass
 
 import jieba
+import numpy as np
 
 __all__ = ["Hit", "SearchIndex", "tokenize"]
 
@@ -220,6 +221,29 @@ def _bm25_postings(fields: dict[str, list[list[str]]]) -> dict[str, dict[int, fl
     return {term: dict(by_doc) for term, by_doc in postings.items()}
 
 
+# A posting list as two arrays: the items holding the term (ascending) and each one's score part.
+Postings = tuple[np.ndarray, np.ndarray]
+
+
+def _as_arrays(postings: dict[str, dict[int, float]]) -> dict[str, Postings]:
+    """term -> (item indices ascending, parts): compact, and a handful of objects per term instead
+    of one per (term, item), so a large catalogue's index costs the garbage collector little."""
+    out: dict[str, Postings] = {}
+    for term, by_doc in postings.items():
+        docs = sorted(by_doc)
+        out[term] = (
+            np.fromiter(docs, dtype=np.intp, count=len(docs)),
+            np.fromiter((by_doc[d] for d in docs), dtype=np.float64, count=len(docs)),
+        )
+    return out
+
+
+def _holds(postings: Postings, doc: int) -> bool:
+    docs = postings[0]
+    at = int(docs.searchsorted(doc))
+    return at < len(docs) and int(docs[at]) == doc
+
+
 def _field_texts(item: dict) -> dict[str, list[str]]:
     """The texts of each field group of an item (content dict as published)."""
     steps = item.get("steps") or []
@@ -263,8 +287,8 @@ class SearchIndex:
     def __init__(self, codes, names, words, pairs, groups, core_vocabulary, phrases):
         self._codes: list[str] = codes
         self._names: list[str] = names
-        self._words: dict[str, dict[int, float]] = words
-        self._pairs: dict[str, dict[int, float]] = pairs
+        self._words: dict[str, Postings] = _as_arrays(words)
+        self._pairs: dict[str, Postings] = _as_arrays(pairs)
         self._groups: dict[str, list[str]] = groups
         self._core: frozenset[str] = core_vocabulary
         self._phrases: frozenset[str] = phrases
@@ -343,41 +367,59 @@ class SearchIndex:
         return tokens
 
     def search(self, query: str, limit: int = 10) -> list[Hit]:
-        """Items matching `query`, best first; scores rounded to 3 decimals, only scores > 0."""
+        """Items matching `query`, best first; scores rounded to 3 decimals, only scores > 0.
+
+        Scores add up in one array over the items (each posting is a pair of arrays: item indices
+        and their parts), in the same order as a per-item sum, so the figures are the same to the
+        last bit; only the best `limit` are rounded, sorted and explained."""
         _ensure_jieba()
         text = _normalize(query)
-        if not text or limit <= 0:
+        if not text or limit <= 0 or not self._codes:
             return []
         spans = _spans(text)
-        scores: dict[int, float] = defaultdict(float)
-        # doc -> query token -> the synonyms through which it hit (empty: it hit literally)
-        matched: dict[int, dict[str, list[str]]] = defaultdict(dict)
+        scores = np.zeros(len(self._codes))
+        hit_terms: list[tuple[_QueryTerm, Postings]] = []
         hit_sources: set[str] = set()
         for qt in self._expand(self._query_tokens(spans)):
             postings = self._words.get(qt.term)
-            if not postings:
+            if postings is None:
                 continue
             hit_sources.update(qt.sources)
-            for doc, part in postings.items():
-                scores[doc] += qt.weight * part
-                for source, synonym in qt.sources.items():
-                    syns = matched[doc].setdefault(source, [])
-                    if synonym:
-                        syns.append(qt.term)
-        pair_hits: dict[int, list[str]] = defaultdict(list)
+            docs, parts = postings
+            scores[docs] += qt.weight * parts
+            hit_terms.append((qt, postings))
+        hit_pairs: list[tuple[str, Postings]] = []
         for pair, weight in _query_pairs(text, spans, hit_sources).items():
-            for doc, part in self._pairs.get(pair, {}).items():
-                scores[doc] += PAIR_WEIGHT * weight * part
-                pair_hits[doc].append(pair)
+            postings = self._pairs.get(pair)
+            if postings is None:
+                continue
+            docs, parts = postings
+            scores[docs] += PAIR_WEIGHT * weight * parts
+            hit_pairs.append((pair, postings))
 
+        # A score that rounds to 0.000 is no hit; of the rest, only those that may rank in the
+        # first `limit` (ties at the cut included) are rounded and sorted.
+        candidates = np.flatnonzero(scores >= 0.0004)
+        if len(candidates) > limit:
+            cut = np.partition(scores[candidates], len(candidates) - limit)[len(candidates) - limit]
+            candidates = candidates[scores[candidates] >= cut - 0.001]
         ranked = sorted(
-            ((round(score, 3), doc) for doc, score in scores.items() if round(score, 3) > 0),
+            ((rounded, int(doc)) for doc in candidates.tolist() if (rounded := round(float(scores[doc]), 3)) > 0),
             key=lambda sd: (-sd[0], sd[1]),
-        )
-        return [
-            Hit(self._codes[doc], self._names[doc], score, self._reason(text, matched.get(doc, {}), pair_hits[doc]))
-            for score, doc in ranked[:limit]
-        ]
+        )[:limit]
+        hits = []
+        for score, doc in ranked:
+            # doc -> query token -> the synonyms through which it hit (empty: it hit literally)
+            matched: dict[str, list[str]] = {}
+            for qt, postings in hit_terms:
+                if _holds(postings, doc):
+                    for source, synonym in qt.sources.items():
+                        syns = matched.setdefault(source, [])
+                        if synonym:
+                            syns.append(qt.term)
+            pairs = [pair for pair, postings in hit_pairs if _holds(postings, doc)]
+            hits.append(Hit(self._codes[doc], self._names[doc], score, self._reason(text, matched, pairs)))
+        return hits
 
     def _reason(self, text: str, matched: dict[str, list[str]], pairs: list[str]) -> str:
         """匹配：身份证、过期（同义：有效期满）；相近：开店 - the query words that hit and how."""

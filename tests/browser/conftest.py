@@ -37,8 +37,10 @@ def chromium_path() -> str:
     return path
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def browser() -> Iterator[Browser]:
+    # One browser a test: while Playwright's sync API runs, its event loop is the thread's, and a
+    # later test of this worker that calls asyncio.run (the PostgreSQL fixtures do) would fail.
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=chromium_path(), headless=True, args=CHROMIUM_ARGS)
         yield browser
