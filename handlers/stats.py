@@ -28,7 +28,7 @@ from storage.models import Evaluation, Rectification, Ticket
 MAX_DAYS = 366
 
 
-def _bounds(start: date, end: date) -> tuple[datetime, datetime]:
+def day_bounds(start: date, end: date) -> tuple[datetime, datetime]:
     if end < start:
         raise ValidationFailed({"to": "结束日期不能早于开始日期"})
     if (end - start).days >= MAX_DAYS:
@@ -44,7 +44,7 @@ def _rate(part: int, whole: int) -> float | None:
 
 async def evaluation_stats(*, start: date, end: date, department: str | None) -> dict:
     """The figures of the module docstring for evaluations made from `start` to `end` (China days)."""
-    low, high = _bounds(start, end)
+    low, high = day_bounds(start, end)
     scope = {"department": department} if department else {}
     excluded = Rectification.filter(exclusion="approved").values("evaluation_id")
     evaluations = Evaluation.filter(created_at__gte=low, created_at__lt=high, **scope).exclude(
