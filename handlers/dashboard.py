@@ -32,7 +32,8 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
 from pypika_tortoise.terms import Function as SqlFunction
-from tortoise.expressions import Function, Q
+from tortoise.expressions import Case as SqlCase
+from tortoise.expressions import Function, Q, RawSQL, When
 from tortoise.functions import Count, Min
 
 from core.china_time import CALENDAR, CHINA, add_working_days
@@ -186,32 +187,40 @@ async def dashboard(
     low, high = day_bounds(start, end)
     now = now or datetime.now(UTC)
     facts = await item_facts()
+    scope = _items_of(department, facts)
     return {
         "from": start.isoformat(),
         "to": end.isoformat(),
         "department": department,
-        "cases": await _cases_per_day(start, end, low, high, department, facts),
-        "handling": await _handling(low, high, department, facts),
+        "cases": await _cases_per_day(start, end, low, high, scope, facts),
+        "handling": await _handling(low, high, scope, facts),
         "overdue": await _overdue(department, facts, now),
         **{
             k: v
             for k, v in (await evaluation_stats(start=start, end=end, department=department)).items()
             if k in ("evaluations", "bad_reviews", "tickets")
         },
-        "pushes": await _pushes(low, high, department),
+        "pushes": await _pushes(low, high, scope),
     }
 
 
-def _case_scope(department: str | None, prefix: str = "") -> dict:
-    return {f"{prefix}service_item__department": department} if department else {}
+def _items_of(department: str | None, facts: dict[int, ItemFacts]) -> dict:
+    """The filter of a department's cases: by their item versions (no join to the catalogue)."""
+    if department is None:
+        return {}
+    return {"service_item_id__in": [i for i, f in facts.items() if f.department == department] or [0]}
+
+
+def _prefixed(scope: dict, prefix: str) -> dict:
+    return {prefix + key: value for key, value in scope.items()}
 
 
 async def _cases_per_day(
-    start: date, end: date, low: datetime, high: datetime, department: str | None, facts: dict[int, ItemFacts]
+    start: date, end: date, low: datetime, high: datetime, scope: dict, facts: dict[int, ItemFacts]
 ) -> dict:
     online = [item_id for item_id, f in facts.items() if f.fully_online] or [0]
     rows = (
-        await Case.filter(submitted_at__gte=low, submitted_at__lt=high, **_case_scope(department))
+        await Case.filter(submitted_at__gte=low, submitted_at__lt=high, **scope)
         .annotate(
             day=ChinaDate("submitted_at"), n=Count("id"), online=Count("id", _filter=Q(service_item_id__in=online))
         )
@@ -234,29 +243,43 @@ async def _cases_per_day(
     }
 
 
-async def _handling(low: datetime, high: datetime, department: str | None, facts: dict[int, ItemFacts]) -> dict:
-    decided = CaseEvent.filter(to_status__in=DECISIONS, at__gte=low, at__lt=high, **_case_scope(department, "case__"))
+async def _handling(low: datetime, high: datetime, scope: dict, facts: dict[int, ItemFacts]) -> dict:
+    decided = CaseEvent.filter(to_status__in=DECISIONS, at__gte=low, at__lt=high, **_prefixed(scope, "case__"))
     by_decision_day = await decided.annotate(day=ChinaDate("at"), n=Count("id")).group_by("day").values("day", "n")
-    late = await decided.filter(case__overdue_at__isnull=False).count()
-    by_submission_day = (
-        await decided.annotate(day=ChinaDate("case__submitted_at"), n=Count("id")).group_by("day").values("day", "n")
+    # Grouped by submission day and promised length at once (a CASE over the item versions: a
+    # few distinct lengths), with those decided after the overdue sweep had marked them.
+    lengths: dict[int, list[int]] = defaultdict(list)
+    for item_id, f in facts.items():
+        lengths[f.promised_days].append(item_id)
+    promised = SqlCase(
+        *(
+            When(case__service_item_id__in=ids, then=RawSQL(str(int(days))))
+            for days, ids in sorted(lengths.items())
+            if days
+        ),
+        default=RawSQL("0"),  # literals: a parameter in THEN would be typed text by PostgreSQL
     )
-    by_item = (
-        await decided.annotate(n=Count("id")).group_by("case__service_item_id").values("case__service_item_id", "n")
+    by_submission = (
+        await decided.annotate(
+            day=ChinaDate("case__submitted_at"),
+            promised=promised,
+            n=Count("id"),
+            late=Count("id", _filter=Q(case__overdue_at__isnull=False)),
+        )
+        .group_by("day", "promised")
+        .values("day", "promised", "n", "late")
     )
     count = sum(r["n"] for r in by_decision_day)
+    late = sum(r["late"] for r in by_submission)
     decisions = [(_day(r["day"]), r["n"]) for r in by_decision_day]
-    submissions = [(_day(r["day"]), r["n"]) for r in by_submission_day]
+    submissions = [(_day(r["day"]), r["n"]) for r in by_submission]
     numbers = working_day_numbers({d for d, _ in decisions} | {d for d, _ in submissions})
     spent = sum(numbers[d] * n for d, n in decisions) - sum(numbers[d] * n for d, n in submissions)
-    promised = sum(
-        (facts[r["case__service_item_id"]].promised_days if r["case__service_item_id"] in facts else 0) * r["n"]
-        for r in by_item
-    )
+    promised_total = sum(int(r["promised"] or 0) * r["n"] for r in by_submission)
     return {
         "decided": count,
         "average_working_days": round(spent / count, 2) if count else None,
-        "average_promised_days": round(promised / count, 2) if count else None,
+        "average_promised_days": round(promised_total / count, 2) if count else None,
         "decided_late": late,
         "on_time_rate": _rate(count - late, count),
     }
@@ -329,18 +352,16 @@ def _channel_rows(rows: list[dict]) -> list[dict]:
     return out
 
 
-async def _pushes(low: datetime, high: datetime, department: str | None) -> dict:
+async def _pushes(low: datetime, high: datetime, scope: dict) -> dict:
     attempts = (
-        await PushAttempt.filter(
-            started_at__gte=low, started_at__lt=high, **_case_scope(department, "notification__case__")
-        )
+        await PushAttempt.filter(started_at__gte=low, started_at__lt=high, **_prefixed(scope, "notification__case__"))
         .exclude(channel="-")
         .annotate(n=Count("id"))
         .group_by("channel", "result")
         .values("channel", "result", "n")
     )
     outcomes = (
-        await Notification.filter(created_at__gte=low, created_at__lt=high, **_case_scope(department, "case__"))
+        await Notification.filter(created_at__gte=low, created_at__lt=high, **_prefixed(scope, "case__"))
         .annotate(n=Count("id"))
         .group_by("push_status", "channel")
         .values("push_status", "channel", "n")
@@ -478,16 +499,17 @@ async def _ticket_alerts(department: str | None, now: datetime, remind: timedelt
 
 
 async def _push_alerts(department: str | None, now: datetime) -> dict:
+    scope = _items_of(department, await item_facts())
     since = now - timedelta(hours=24)
     rows = (
-        await PushAttempt.filter(started_at__gte=since, **_case_scope(department, "notification__case__"))
+        await PushAttempt.filter(started_at__gte=since, **_prefixed(scope, "notification__case__"))
         .exclude(channel="-")
         .annotate(n=Count("id"))
         .group_by("channel", "result")
         .values("channel", "result", "n")
     )
     failed_notifications = await Notification.filter(
-        push_status="failed", created_at__gte=since, **_case_scope(department, "case__")
+        push_status="failed", created_at__gte=since, **_prefixed(scope, "case__")
     ).count()
     channels = [c for c in _channel_rows(rows) if c["failed"]]
     return {

@@ -316,6 +316,7 @@ class Case(Model):
 
     class Meta:
         table = "cases"
+        indexes = (("submitted_at",),)  # the dashboard: cases per day
 
 
 class Draft(Model):
@@ -405,7 +406,7 @@ class CaseEvent(Model):
 
     class Meta:
         table = "case_events"
-        indexes = (("case_id", "at"),)
+        indexes = (("case_id", "at"), ("to_status", "at"))  # the dashboard: decisions per day
 
 
 class SubscriptionGrant(Model):
@@ -456,7 +457,7 @@ class Notification(Model):
 
     class Meta:
         table = "notifications"
-        indexes = (("user_id", "id"),)
+        indexes = (("user_id", "id"), ("created_at",))
 
 
 class PushAttempt(Model):
@@ -475,6 +476,7 @@ class PushAttempt(Model):
 
     class Meta:
         table = "push_attempts"
+        indexes = (("started_at",),)  # the dashboard and alerts: attempts per channel over a range
 
 
 class PaymentOrder(Model):
