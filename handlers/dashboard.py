@@ -37,7 +37,7 @@ from tortoise.expressions import Function, Q, RawSQL, When
 from tortoise.functions import Count, Min
 
 from core.china_time import CALENDAR, CHINA, add_working_days
-from core.errors import Forbidden
+from core.errors import Forbidden, ValidationFailed
 from handlers.scoping import ADMIN, OFFICER, SUPERVISOR, in_scope, is_admin, require_role, roles_of
 from handlers.stats import day_bounds, evaluation_stats
 from storage.models import (
@@ -56,6 +56,7 @@ from storage.models import (
 
 S = CaseStatus
 DEFAULT_DAYS = 30
+FIRST_DAY, LAST_DAY = date(2000, 1, 1), date(2099, 12, 31)
 # Open against the promised date, as the overdue sweep (handlers.cases.sweeps.OPEN) counts them.
 OPEN = (S.SUBMITTED, S.DELIVERED, S.ACCEPTED, S.IN_REVIEW, S.RESUBMITTED)
 DECISIONS = (S.APPROVED.value, S.REJECTED.value)
@@ -163,6 +164,9 @@ async def item_facts() -> dict[int, ItemFacts]:
 
 def resolve_range(start: date | None, end: date | None, now: datetime | None = None) -> tuple[date, date]:
     """The range asked for; by default the last 30 China days up to today (or up to `end`, or from `start`)."""
+    for name, value in (("from", start), ("to", end)):
+        if value is not None and not FIRST_DAY <= value <= LAST_DAY:
+            raise ValidationFailed({name: f"日期须在{FIRST_DAY.year}年至{LAST_DAY.year}年之间"})
     if start is None and end is None:
         end = china_today(now)
     if start is None:

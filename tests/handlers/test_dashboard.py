@@ -8,7 +8,7 @@ from datetime import UTC, date, datetime, time, timedelta
 import pytest
 
 from core.china_time import CHINA
-from core.errors import Forbidden, NotFound
+from core.errors import Forbidden, NotFound, ValidationFailed
 from core.kicks import NO_KICKS
 from handlers import dashboard
 from handlers.cases.sweeps import mark_overdue
@@ -191,6 +191,9 @@ def test_a_range_given_at_one_end_runs_thirty_days():
     assert dashboard.resolve_range(None, date(2026, 6, 30), now) == (date(2026, 6, 1), date(2026, 6, 30))
     assert dashboard.resolve_range(date(2026, 6, 1), None, now) == (date(2026, 6, 1), date(2026, 6, 30))
     assert dashboard.resolve_range(date(2026, 11, 20), None, now) == (date(2026, 11, 20), date(2026, 11, 30))
+    for far in (date(1, 1, 1), date(9999, 12, 31)):  # no overflow into a 500
+        with pytest.raises(ValidationFailed):
+            dashboard.resolve_range(far, None, now)
 
 
 # -- alerts ----------------------------------------------------------------------------------
