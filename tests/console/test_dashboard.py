@@ -4,11 +4,9 @@ checked against prepared rows in tests/handlers/test_dashboard.py."""
 
 from __future__ import annotations
 
-import secrets
-
 import pytest
 
-from tests.helpers import CODE, RENEWAL, official_client
+from tests.helpers import CODE, RENEWAL, insert_case_row, insert_ticket_row, official_client
 
 DASHBOARD, ALERTS = "/console/api/dashboard", "/console/api/alerts"
 PSB, HRSS = "泸州市公安局", "泸州市人力资源和社会保障局"
@@ -22,39 +20,11 @@ def catalogue(server):
     assert server.cli("load-demo").returncode == 0
 
 
-def insert_case(server, code: str, submitted_at: str) -> None:
-    """A case row as the app writes it, submitted at `submitted_at` (UTC)."""
-    db = server.database
-    item_id, name = db.query(f"SELECT id, name FROM service_items WHERE code = '{code}' AND is_current = true")[0]
-    user_id = db.query(
-        "INSERT INTO users (identity_level, is_active, created_at, updated_at) "
-        "VALUES ('L1', true, '2025-03-01 00:00:00+00:00', '2025-03-01 00:00:00+00:00') RETURNING id"
-    )[0][0]
-    db.query(
-        "INSERT INTO cases (case_no, user_id, service_item_id, service_code, service_name, status, materials, "
-        "fee_ref, platform_seq, row_version, submitted_at, updated_at) VALUES "
-        f"('ZBT{secrets.token_hex(6)}', {user_id}, {item_id}, '{code}', '{name}', 'in_review', '{{}}', '', 0, 1, "
-        f"'{submitted_at}', '{submitted_at}')"
-    )
-
-
-def insert_ticket(server, department: str, due_at: str) -> str:
-    ticket_no = "TS" + secrets.token_hex(6)
-    blob = "X'78'" if server.database.kind == "sqlite" else "decode('78', 'hex')"
-    server.database.query(
-        "INSERT INTO tickets (ticket_no, kind, oa_openid, department, content_enc, status, dedup_key, created_at, "
-        f"channel) VALUES ('{ticket_no}', 'complaint', '', '{department}', {blob}, 'open', '{ticket_no}', "
-        f"'{due_at}', 'miniprogram')"
-    )
-    server.database.query(f"UPDATE tickets SET due_at = '{due_at}' WHERE ticket_no = '{ticket_no}'")
-    return ticket_no
-
-
 def test_the_dashboard_counts_only_the_officials_department(server):
-    insert_case(server, RENEWAL, "2025-03-10 02:00:00+00:00")
-    insert_case(server, RENEWAL, "2025-03-11 15:30:00+00:00")  # 23:30 on 11 March in China
-    insert_case(server, SOCIAL_CARD, "2025-03-11 03:00:00+00:00")
-    insert_case(server, RENEWAL, "2025-03-12 16:30:00+00:00")  # 13 March in China: after the range
+    insert_case_row(server, RENEWAL, "2025-03-10 02:00:00+00:00")
+    insert_case_row(server, RENEWAL, "2025-03-11 15:30:00+00:00")  # 23:30 on 11 March in China
+    insert_case_row(server, SOCIAL_CARD, "2025-03-11 03:00:00+00:00")
+    insert_case_row(server, RENEWAL, "2025-03-12 16:30:00+00:00")  # 13 March in China: after the range
 
     officer = official_client(server, "psb")
     mine = officer.get(DASHBOARD, params=RANGE)
@@ -103,8 +73,8 @@ def test_the_dashboard_refuses_strangers_other_roles_and_bad_queries(server, cli
 
 
 def test_alerts_are_scoped_and_sectioned_by_role(server):
-    psb_ticket = insert_ticket(server, PSB, "2025-03-01 00:00:00+00:00")
-    hrss_ticket = insert_ticket(server, HRSS, "2025-03-01 00:00:00+00:00")
+    psb_ticket = insert_ticket_row(server, PSB, "2025-03-01 00:00:00+00:00")
+    hrss_ticket = insert_ticket_row(server, HRSS, "2025-03-01 00:00:00+00:00")
 
     officer = official_client(server, "psb")
     mine = officer.get(ALERTS)
@@ -127,3 +97,60 @@ def test_alerts_are_scoped_and_sectioned_by_role(server):
     assert admin["department"] is None and admin["payments"] is not None
     assert isinstance(admin["outbox"]["backlog"], int) and "oldest_age_s" in admin["outbox"]
     assert {psb_ticket, hrss_ticket} <= {t["ticket_no"] for t in admin["tickets"]["items"]}  # the oldest due
+
+
+# -- the pages -----------------------------------------------------------------------------------
+
+PAGE_RANGE = {"from": "2025-04-07", "to": "2025-04-09"}
+
+
+def test_the_dashboard_page_draws_its_charts_and_exports_every_table(server, client):
+    insert_case_row(server, RENEWAL, "2025-04-08 02:00:00+00:00")
+    insert_case_row(server, RENEWAL, "2025-04-08 03:00:00+00:00")
+    insert_case_row(server, SOCIAL_CARD, "2025-04-08 03:00:00+00:00")  # another department's
+
+    stranger = client.get("/console/", params=PAGE_RANGE, follow_redirects=False)
+    assert stranger.status_code in (302, 303) and stranger.headers["location"].startswith("/console/login?next=")
+    officer = official_client(server, "psb")
+    page = officer.get("/console/", params=PAGE_RANGE)
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+    assert "script-src 'self'" in page.headers["content-security-policy"]
+    html = page.text
+    assert html.count('<svg class="chart"') >= 3 and "每日提交办件量" in html
+    assert '<rect class="bar"' in html and "04-08：2件" in html  # the day's bar, titled with its count
+    for table in ("summary", "days", "overdue", "levels", "channels"):
+        assert f"/console/dashboard/export/{table}?from=2025-04-07&amp;to=2025-04-09" in html, table
+
+    csv = officer.get("/console/dashboard/export/days", params=PAGE_RANGE)
+    assert csv.status_code == 200 and csv.headers["content-type"].startswith("text/csv"), csv.text[:3000]
+    lines = csv.content.decode("utf-8-sig").splitlines()
+    assert lines == ["日期,提交办件,全程网办", "2025-04-07,0,0", "2025-04-08,2,0", "2025-04-09,0,0"]
+    summary = officer.get("/console/dashboard/export/summary", params=PAGE_RANGE).content.decode("utf-8-sig")
+    assert "提交办件,2" in summary.splitlines()
+
+    assert officer.get("/console/dashboard/export/days", params={**PAGE_RANGE, "department": HRSS}).status_code == 404
+    assert officer.get("/console/dashboard/export/nothing").status_code == 404
+    bad = officer.get("/console/", params={"from": "2025-04-09", "to": "2025-04-01"})
+    assert bad.status_code == 422 and "text/html" in bad.headers["content-type"]
+
+    publisher = official_client(server, "psb", "publisher")
+    welcome = publisher.get("/console/")
+    assert welcome.status_code == 200 and '<svg class="chart"' not in welcome.text
+    assert publisher.get("/console/dashboard/export/days").status_code == 403
+
+
+def test_the_alerts_page_lists_and_exports_the_departments_tickets(server):
+    mine = insert_ticket_row(server, PSB, "2025-02-01 00:00:00+00:00")
+    theirs = insert_ticket_row(server, HRSS, "2025-02-01 00:00:00+00:00")
+    officer = official_client(server, "psb")
+    page = officer.get("/console/alerts")
+    assert page.status_code == 200 and "待办提醒" in page.text
+    assert mine in page.text and theirs not in page.text
+    assert "/console/alerts/export/tickets" in page.text and "/console/alerts/export/payments" not in page.text
+    csv = officer.get("/console/alerts/export/tickets").content.decode("utf-8-sig").splitlines()
+    assert csv[0] == "编号,类型,部门,截止时间,已超期,已上报"
+    assert any(line.startswith(f"{mine},投诉,{PSB},") and ",是," in line for line in csv)
+    assert not any(theirs in line for line in csv)
+    assert officer.get("/console/alerts/export/payments").status_code == 404  # not a finance official
+    finance = official_client(server, "psb", "finance")
+    assert finance.get("/console/alerts/export/payments").status_code == 200
