@@ -32,6 +32,7 @@ import argparse
 import asyncio
 import datetime as dt
 import importlib.util
+import os
 import secrets
 import signal
 import sys
@@ -266,6 +267,7 @@ def main(argv: list[str] | None = None) -> int:
     now = dt.datetime.now(dt.UTC)
     when = now.strftime("%Y-%m-%d %H:%M UTC")
     machine = hb.machine_line()
+    load_before = os.getloadavg()[0]
     print(f"Dashboard benchmark, {when}\n{machine}\n", flush=True)
     platform, account = cb.Platform(), bot.Account()
     tmp = tempfile.TemporaryDirectory(prefix="zb-bench-dashboard-")
@@ -371,6 +373,10 @@ def main(argv: list[str] | None = None) -> int:
         notes.append(hb.delete_redis_keys(prefix))
         tmp.cleanup()
 
+    notes.append(
+        f"load average (1 min) {load_before:.1f} at the start and {os.getloadavg()[0]:.1f} at the end on "
+        f"{os.cpu_count()} cores shared with other work: the times are upper bounds"
+    )
     lines = [
         SECTION,
         "",
