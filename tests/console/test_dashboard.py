@@ -62,6 +62,8 @@ def test_the_dashboard_refuses_strangers_other_roles_and_bad_queries(server, cli
         ({"from": "2025-03-12", "to": "2025-03-10"}, "to"),
         ({"from": "2024-01-01", "to": "2025-03-10"}, "to"),
         ({"department": "局" * 129}, "department"),
+        ({"from": "0001-01-01"}, "from"),  # no overflow of China midnight into year 0
+        ({"to": "9999-12-31"}, "to"),
     ):
         bad = officer.get(DASHBOARD, params=params)
         assert bad.status_code == 422, (params, bad.text)
