@@ -25,6 +25,7 @@ from bridge import callback as platform_callback
 from bridge.simulator import PlatformState, platform_blueprint
 from console import auth as console_auth
 from console import cases as console_cases
+from console import catalogue as console_catalogue
 from console import citizens as console_citizens
 from console import dashboard as console_dashboard
 from console import evaluations as console_evaluations
@@ -299,6 +300,7 @@ BLUEPRINTS = [
     console_notices.bp,
     mp_notices.bp,
     console_officials.bp,
+    console_catalogue.bp,
     *PAGE_BLUEPRINTS,
 ]
 
