@@ -4,7 +4,7 @@ from tortoise.migrations import operations as ops
 
 
 class Migration(migrations.Migration):
-    dependencies = [("models", "0005_notices")]
+    dependencies = [("models", "0006_console_accounts")]
 
     initial = False
 
