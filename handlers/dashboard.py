@@ -39,7 +39,7 @@ from tortoise.functions import Count, Min
 from core.china_time import CALENDAR, CHINA, add_working_days
 from core.errors import Forbidden, ValidationFailed
 from handlers.scoping import ADMIN, OFFICER, SUPERVISOR, in_scope, is_admin, require_role, roles_of
-from handlers.stats import day_bounds, evaluation_stats
+from handlers.stats import FIRST_DAY, LAST_DAY, day_bounds, evaluation_stats
 from storage.models import (
     Case,
     CaseEvent,
@@ -56,7 +56,6 @@ from storage.models import (
 
 S = CaseStatus
 DEFAULT_DAYS = 30
-FIRST_DAY, LAST_DAY = date(2000, 1, 1), date(2099, 12, 31)
 # Open against the promised date, as the overdue sweep (handlers.cases.sweeps.OPEN) counts them.
 OPEN = (S.SUBMITTED, S.DELIVERED, S.ACCEPTED, S.IN_REVIEW, S.RESUBMITTED)
 DECISIONS = (S.APPROVED.value, S.REJECTED.value)
