@@ -27,6 +27,7 @@ from console import auth as console_auth
 from console import cases as console_cases
 from console import catalogue as console_catalogue
 from console import citizens as console_citizens
+from console import dashboard as console_dashboard
 from console import evaluations as console_evaluations
 from console import notices as console_notices
 from console import officials as console_officials
@@ -291,6 +292,7 @@ BLUEPRINTS = [
     mp_payments.bp,
     console_payments.bp,
     console_stats.bp,
+    console_dashboard.bp,
     mp_materials.bp,
     mp_materials.files_bp,
     mp_tickets.bp,

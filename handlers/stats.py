@@ -26,9 +26,16 @@ from core.errors import ValidationFailed
 from storage.models import Evaluation, Rectification, Ticket
 
 MAX_DAYS = 366
+# Statistics cover days of this century: midnight in China of 0001-01-01 or the day after
+# 9999-12-31 is outside what a datetime holds.
+FIRST_DAY, LAST_DAY = date(2000, 1, 1), date(2099, 12, 31)
 
 
-def _bounds(start: date, end: date) -> tuple[datetime, datetime]:
+def day_bounds(start: date, end: date) -> tuple[datetime, datetime]:
+    """The UTC instants from the start of China day `start` to the end of China day `end`."""
+    for name, value in (("from", start), ("to", end)):
+        if not FIRST_DAY <= value <= LAST_DAY:
+            raise ValidationFailed({name: f"日期须在{FIRST_DAY.year}年至{LAST_DAY.year}年之间"})
     if end < start:
         raise ValidationFailed({"to": "结束日期不能早于开始日期"})
     if (end - start).days >= MAX_DAYS:
@@ -44,7 +51,7 @@ def _rate(part: int, whole: int) -> float | None:
 
 async def evaluation_stats(*, start: date, end: date, department: str | None) -> dict:
     """The figures of the module docstring for evaluations made from `start` to `end` (China days)."""
-    low, high = _bounds(start, end)
+    low, high = day_bounds(start, end)
     scope = {"department": department} if department else {}
     excluded = Rectification.filter(exclusion="approved").values("evaluation_id")
     evaluations = Evaluation.filter(created_at__gte=low, created_at__lt=high, **scope).exclude(

@@ -334,6 +334,7 @@ class Case(Model):
 
     class Meta:
         table = "cases"
+        indexes = (("submitted_at",),)  # the dashboard: cases per day
 
 
 class Draft(Model):
@@ -423,7 +424,7 @@ class CaseEvent(Model):
 
     class Meta:
         table = "case_events"
-        indexes = (("case_id", "at"),)
+        indexes = (("case_id", "at"), ("to_status", "at"))  # the dashboard: decisions per day
 
 
 class SubscriptionGrant(Model):
@@ -474,7 +475,7 @@ class Notification(Model):
 
     class Meta:
         table = "notifications"
-        indexes = (("user_id", "id"),)
+        indexes = (("user_id", "id"), ("created_at",))
 
 
 class PushAttempt(Model):
@@ -493,6 +494,7 @@ class PushAttempt(Model):
 
     class Meta:
         table = "push_attempts"
+        indexes = (("started_at",),)  # the dashboard and alerts: attempts per channel over a range
 
 
 class PaymentOrder(Model):

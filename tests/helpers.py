@@ -9,8 +9,10 @@ from __future__ import annotations
 import io
 import json
 import random
+import secrets
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from datetime import date, timedelta
 
 import httpx
@@ -204,3 +206,43 @@ def official_client(server: Server, department: str, *roles: str) -> httpx.Clien
     client = server.client()
     assert client.post("/console/api/session", json={"username": username, "password": password}).status_code == 200
     return client
+
+
+# -- rows written straight into the server's database (for figures over a chosen range) -------
+
+
+def _query(server, sql: str) -> list[tuple]:
+    """`server.database.query` in a thread of its own: on PostgreSQL it runs its own event loop,
+    which cannot start in a thread that already runs one (Playwright's sync API does)."""
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(server.database.query, sql).result()
+
+
+def insert_case_row(server, code: str, submitted_at: str) -> None:
+    """A case row as the app writes it, submitted at `submitted_at` (UTC)."""
+    item_id, name = _query(server, f"SELECT id, name FROM service_items WHERE code = '{code}' AND is_current = true")[0]
+    user_id = _query(
+        server,
+        "INSERT INTO users (identity_level, is_active, created_at, updated_at) "
+        "VALUES ('L1', true, '2025-03-01 00:00:00+00:00', '2025-03-01 00:00:00+00:00') RETURNING id",
+    )[0][0]
+    _query(
+        server,
+        "INSERT INTO cases (case_no, user_id, service_item_id, service_code, service_name, status, materials, "
+        "fee_ref, platform_seq, row_version, submitted_at, updated_at) VALUES "
+        f"('ZBT{secrets.token_hex(6)}', {user_id}, {item_id}, '{code}', '{name}', 'in_review', '{{}}', '', 0, 1, "
+        f"'{submitted_at}', '{submitted_at}')",
+    )
+
+
+def insert_ticket_row(server, department: str, due_at: str) -> str:
+    ticket_no = "TS" + secrets.token_hex(6)
+    blob = "X'78'" if server.database.kind == "sqlite" else "decode('78', 'hex')"
+    _query(
+        server,
+        "INSERT INTO tickets (ticket_no, kind, oa_openid, department, content_enc, status, dedup_key, created_at, "
+        f"channel) VALUES ('{ticket_no}', 'complaint', '', '{department}', {blob}, 'open', '{ticket_no}', "
+        f"'{due_at}', 'miniprogram')",
+    )
+    _query(server, f"UPDATE tickets SET due_at = '{due_at}' WHERE ticket_no = '{ticket_no}'")
+    return ticket_no

@@ -116,3 +116,6 @@ async def test_nothing_to_divide_by_is_null_and_ranges_are_checked(db):
         await evaluation_stats(start=DAY, end=DAY - timedelta(days=1), department=None)
     with pytest.raises(ValidationFailed):
         await evaluation_stats(start=DAY - timedelta(days=400), end=DAY, department=None)
+    for far in (date(1, 1, 1), date(9999, 12, 31)):  # China midnight would overflow a datetime
+        with pytest.raises(ValidationFailed):
+            await evaluation_stats(start=far, end=far, department=None)
