@@ -22,7 +22,7 @@ from core.errors import Busy, Conflict, NotFound, Unprocessable, ValidationFaile
 from handlers import audit
 from handlers.cases.access import case_for_official
 from handlers.materials.links import PLATFORM_VIEWER, citizen_links, verify
-from handlers.materials.pipeline import PDF, Processed, process, sniff, watermark
+from handlers.materials.pipeline import PDF, Processed, keep_pixel_blocks, process, sniff, watermark
 from handlers.numbers import CHINA
 from storage.files import FileSealer, FileStore
 from storage.models import ActorType, Draft, Material, User
@@ -49,6 +49,7 @@ class Pipeline:
 
     def __init__(self, workers: int = 2, queue: int = 4):
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="media")
+        keep_pixel_blocks(workers)  # each worker reuses its pixel memory instead of faulting in fresh pages
         self._capacity = workers + queue
         self._in_flight = 0
 

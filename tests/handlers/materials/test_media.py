@@ -5,6 +5,7 @@ Pure functions, no servers: these tests need none of the fixtures in conftest.py
 
 from __future__ import annotations
 
+import functools
 import gc
 import hashlib
 import io
@@ -290,6 +291,111 @@ def test_heic_with_orientation_is_upright_once():
     assert_no_metadata(out.data)
 
 
+# Each EXIF orientation and the transpose that turns an upright picture into what is stored.
+_STORED_AS = {
+    1: None,
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_90,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_270,
+}
+
+
+def marked_upright(width: int, height: int) -> Image.Image:
+    """Card-like text with a red block top-left and a green block bottom-right."""
+    upright = card(width, height, seed=7)
+    draw = ImageDraw.Draw(upright)
+    draw.rectangle((0, 0, width // 6, height // 6), fill=RED)
+    draw.rectangle((width - width // 6, height - height // 6, width - 1, height - 1), fill=(0, 255, 0))
+    return upright
+
+
+def mean_difference(a: Image.Image, b: Image.Image) -> float:
+    from PIL import ImageChops, ImageStat
+
+    return sum(ImageStat.Stat(ImageChops.difference(a.convert("RGB"), b.convert("RGB"))).mean) / 3
+
+
+def stored_with_orientation(orientation: int) -> bytes:
+    """The marked upright 3200x2134 picture stored as a phone stores it with `orientation`."""
+    upright = marked_upright(3200, 2134)
+    turn = _STORED_AS[orientation]
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    return jpeg_bytes(upright if turn is None else upright.transpose(turn), quality=92, exif=exif)
+
+
+@functools.lru_cache(maxsize=1)
+def upright_reference() -> Processed:
+    return process(stored_with_orientation(1), max_edge=1600, thumb_edge=320)
+
+
+@pytest.mark.parametrize("orientation", sorted(_STORED_AS))
+def test_every_orientation_comes_out_upright_main_and_thumbnail(orientation):
+    """The picture is turned upright only at its final sizes (main, thumbnail, hint copy),
+    after the reduced decode (1/2), the resize and the box reduction (by 3, 1600 px not a
+    multiple of it): each comes out as the same upright picture, whatever the orientation."""
+    out = process(stored_with_orientation(orientation), max_edge=1600, thumb_edge=320)
+    assert (out.width, out.height) == (1600, 1067)
+    main, thumb = open_out(out.data), open_out(out.thumbnail)
+    assert main.size == (1600, 1067) and thumb.size == (320, 213)
+    for im in (main, thumb):
+        w, h = im.size
+        r, g, b = im.getpixel((w // 20, h // 20))
+        assert r > 200 and g < 70 and b < 70, f"orientation {orientation}: red must be top-left"
+        r, g, b = im.getpixel((w - 1 - w // 20, h - 1 - h // 20))
+        assert g > 200 and r < 70 and b < 70, f"orientation {orientation}: green must be bottom-right"
+    assert_no_metadata(out.data)
+    assert_no_metadata(out.thumbnail)
+    assert codes(out) == []
+
+    # Same pixels as the picture stored upright, up to JPEG's block grid falling elsewhere.
+    # A thumbnail resized from the reduced copy without its box (the partial last row or
+    # column of the reduction stretched over the whole width) differs by more than 3.
+    reference = upright_reference()
+    assert mean_difference(main, open_out(reference.data)) < 1.0
+    assert mean_difference(thumb, open_out(reference.thumbnail)) < 2.0
+
+
+def test_thumbnail_size_is_the_one_pillow_gives():
+    for size in [
+        (4000, 3000),
+        (3000, 4000),
+        (1500, 2000),
+        (2000, 1125),
+        (1125, 2000),
+        (1200, 760),
+        (760, 1200),
+        (321, 5000),
+        (5000, 321),
+        (333, 333),
+        (320, 200),
+        (641, 427),
+        (427, 641),
+        (1999, 1),
+        (1, 1999),
+    ]:
+        im = Image.new("L", size)
+        im.thumbnail((320, 320))
+        assert pipeline.thumbnail_size(size, 320) == im.size, size
+        im = Image.new("L", size)
+        im.thumbnail((200, 200))
+        assert pipeline.thumbnail_size(size, 200) == im.size, size
+
+
+def test_broken_orientation_keeps_the_picture_as_stored():
+    stored = marked_upright(900, 600)
+    exif = Image.Exif()
+    exif[0x0112] = 9  # no such orientation
+    out = process(jpeg_bytes(stored, exif=exif))
+    assert (out.width, out.height) == (900, 600)
+    r, g, b = open_out(out.data).getpixel((20, 20))
+    assert r > 200 and g < 70
+
+
 # -- size, draft and resize -------------------------------------------------------------------
 
 
@@ -316,6 +422,7 @@ def test_draft_is_used_before_decoding():
         assert result is not None, "draft() must be configured"
         mode, box = result
         assert mode == "RGB" and box == (0, 0, 2000.0, 1500.0)
+        assert im.decoderconfig == (2, 1), "scale 1/2 in libjpeg's draft mode (no chroma interpolation)"
         assert im.size == (2000, 1500)  # the decoder will produce this, not 4000x3000
         im.load()
         assert im.size == (2000, 1500)
@@ -347,8 +454,9 @@ def test_large_jpeg_is_decoded_reduced_and_resized(monkeypatch):
     exif = Image.Exif()
     exif[0x0112] = 6
     out = process(jpeg_bytes(card(4000, 2250), quality=90, exif=exif))
-    assert seen == [(1125, 2000)]  # decoded at 2000x1125, then turned upright
+    assert seen == [(2000, 1125)]  # decoded and sized at 2000x1125 as stored, turned upright last
     assert (out.width, out.height) == (1125, 2000)
+    assert open_out(out.data).size == (1125, 2000)
     thumb = open_out(out.thumbnail)
     assert max(thumb.size) == 320 and thumb.size == (180, 320)
 
@@ -555,6 +663,55 @@ def test_blur_calibration():
     font = ImageFont.load_default(size=60)
     ImageDraw.Draw(sparse).text((300, 400), "NAME 1234567890 ABC", font=font, fill=(20, 20, 20))
     assert codes(process(jpeg_bytes(sparse, quality=90))) == []
+
+
+def test_tile_variances_are_those_of_each_tile():
+    from PIL import ImageStat
+
+    rnd = random.Random(3)
+    for size in [(510, 382), (512, 384), (64, 64), (70, 10), (130, 200), (1, 1)]:
+        im = Image.effect_noise(size, 60).convert("L")
+        ImageDraw.Draw(im).rectangle((0, 0, size[0] // 3, size[1] // 3), fill=rnd.randrange(256))
+        expected = []
+        for y in range(0, size[1], 64):
+            for x in range(0, size[0], 64):
+                box = (x, y, min(x + 64, size[0]), min(y + 64, size[1]))
+                if (box[2] - x) * (box[3] - y) >= 64 * 64 // 4 or (x == 0 and y == 0):
+                    expected.append(ImageStat.Stat(im.crop(box)).var[0])
+        got = pipeline.tile_variances(im, 64)
+        assert len(got) == len(expected), size
+        assert all(abs(a - b) <= 1e-3 * max(1.0, b) for a, b in zip(got, expected, strict=True)), size
+
+
+def test_hints_from_the_reduced_copy_read_like_the_full_picture():
+    """The hints are computed on the box-reduced copy the thumbnail comes from, not on the
+    output picture; the edge energy they read stays within a few per cent of the full
+    picture's, so BLUR_VARIANCE keeps its calibration."""
+    for width in (2000, 4000):
+        base = card(width, int(width * 0.63))
+        for radius in (0, 1, 2, 3):
+            im = base.filter(ImageFilter.GaussianBlur(radius * width / 1000)) if radius else base
+            decoded, _, turn = pipeline._decode(
+                jpeg_bytes(im, quality=90), "image/jpeg", max_edge=2000, max_pixels=40_000_000
+            )
+            decoded = pipeline._resize_to(decoded, 2000)
+            full = pipeline.quality_measures(decoded)["edge_variance"]
+            small, _ = pipeline._reduced(decoded, 640)
+            assert max(small.size) < max(decoded.size)
+            reduced = pipeline.quality_measures(pipeline._hint_gray(small))["edge_variance"]
+            assert abs(reduced - full) <= 0.12 * full + 2, (width, radius, full, reduced)
+
+
+def test_pillow_keeps_pixel_blocks_for_the_images_in_flight():
+    before = Image.core.get_blocks_max()
+    try:
+        assert before >= pipeline.PIXEL_BLOCKS_PER_IMAGE  # set when the pipeline is imported
+        pipeline.keep_pixel_blocks(3)
+        assert Image.core.get_blocks_max() == max(before, 3 * pipeline.PIXEL_BLOCKS_PER_IMAGE)
+        pipeline.keep_pixel_blocks(1)  # never lowered
+        assert Image.core.get_blocks_max() == max(before, 3 * pipeline.PIXEL_BLOCKS_PER_IMAGE)
+    finally:
+        Image.core.set_blocks_max(before)
 
 
 # -- watermark --------------------------------------------------------------------------------
