@@ -23,6 +23,7 @@ from bot import callback as oa_callback
 from bot.crypto import OACrypto
 from bridge import callback as platform_callback
 from bridge.simulator import PlatformState, platform_blueprint
+from console import audit as console_audit
 from console import auth as console_auth
 from console import cases as console_cases
 from console import citizens as console_citizens
@@ -294,6 +295,7 @@ BLUEPRINTS = [
     console_tickets.bp,
     console_notices.bp,
     mp_notices.bp,
+    console_audit.bp,
 ]
 
 
