@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint install migrate demo bench clean
+.PHONY: run test lint install migrate demo bench clean chromium
 
 $(STAMP): requirements.lock
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -21,7 +21,13 @@ run: $(STAMP)
 # Three pytest workers: most tests wait on servers and sockets, so three keep two cores busy.
 PYTEST_ARGS ?= -n 3
 
-test: $(STAMP)
+# The console's browser tests drive Debian's Chromium (Playwright never downloads a browser here).
+chromium:
+	@command -v chromium >/dev/null 2>&1 || apt-get install -y -q chromium \
+		|| (apt-get update -q && apt-get install -y -q chromium) \
+		|| echo "make: install Debian's chromium package for the browser tests (tests/browser)"
+
+test: $(STAMP) chromium
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)

@@ -29,9 +29,11 @@ from console import cases as console_cases
 from console import citizens as console_citizens
 from console import evaluations as console_evaluations
 from console import notices as console_notices
+from console import officials as console_officials
 from console import payments as console_payments
 from console import stats as console_stats
 from console import tickets as console_tickets
+from console.pages import PAGE_BLUEPRINTS
 from container import SIM_PLATFORM_KEY, SIM_PLATFORM_PREFIX, SIMULATOR_SECRET_HEADER, Services, sim_platform_secret
 from core import http, openapi
 from core.logs import logging_config
@@ -295,7 +297,9 @@ BLUEPRINTS = [
     console_tickets.bp,
     console_notices.bp,
     mp_notices.bp,
+    console_officials.bp,
     console_audit.bp,
+    *PAGE_BLUEPRINTS,
 ]
 
 

@@ -34,7 +34,7 @@ from handlers.cases.sweeps import mark_overdue, query_silent_cases
 from handlers.catalog.publish import DEMO_CATALOGUE, export_catalogue, load_catalogue_file
 from handlers.catalog.schema import CatalogueError
 from handlers.identity import rotate_keys
-from handlers.officials import OfficialExists, UnknownDepartment, create_official
+from handlers.officials import ROLES, OfficialExists, UnknownDepartment, create_official
 from payments import paysim
 from payments.base import PaymentError
 from storage.crypto import FieldCipher
@@ -403,7 +403,9 @@ def build_parser() -> argparse.ArgumentParser:
     official.add_argument(
         "--department", default="", help="a catalogue department, by code or name (e.g. psb or 泸州市公安局)"
     )
-    official.add_argument("--role", action="append", help="a role; repeat for several")
+    official.add_argument(
+        "--role", action="append", choices=ROLES, help="a role; repeat for several (default: officer)"
+    )
     official.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
     parsers["worker"].add_argument("--processes", type=int, default=2, help="worker processes (default 2)")
     parsers["check-jobs"].add_argument("--timeout", type=float, default=10.0)

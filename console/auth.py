@@ -19,6 +19,27 @@ secure(bp, SESSION, unsafe=SESSION_AND_CSRF)
 class SignIn(BaseModel):
     username: str = Field(min_length=1, max_length=64)
     password: str = Field(min_length=10, max_length=256)
+    totp: str | None = Field(
+        None, pattern=r"^\d{6}$", description="the authenticator's code, for an official with a second factor"
+    )
+
+
+class SecondFactorIn(BaseModel):
+    pending: str = Field(min_length=16, max_length=128, description="`details.pending` of the `totp_required` answer")
+    code: str = Field(pattern=r"^\d{6}$", description="the authenticator's 6-digit code")
+
+
+class TotpCode(BaseModel):
+    code: str = Field(pattern=r"^\d{6}$")
+
+
+class TotpSecretOut(BaseModel):
+    secret: str = Field(description="base32, for typing into an authenticator app")
+    uri: str = Field(description="otpauth:// URI, for a QR code")
+
+
+class TotpStateOut(BaseModel):
+    enabled: bool
 
 
 class OfficialOut(BaseModel):
@@ -32,6 +53,9 @@ class OfficialOut(BaseModel):
 class SessionOut(BaseModel):
     official: OfficialOut
     csrf_token: str
+    totp_enrolment_required: bool = Field(
+        description="a role of this official requires a second factor not yet set up: only enrolment is open"
+    )
 
 
 def _official(o) -> dict:
@@ -44,9 +68,35 @@ def _official(o) -> dict:
     }
 
 
+def _session_response(request: Request, session) -> HTTPResponse:
+    response = json(
+        {
+            "official": _official(session.official),
+            "csrf_token": session.csrf_token,
+            "totp_enrolment_required": session.enrolment_required,
+        }
+    )
+    set_session_cookie(request, response, session.token)
+    return response
+
+
+def set_session_cookie(request: Request, response: HTTPResponse, token: str) -> None:
+    """The console session cookie: HttpOnly, SameSite=Strict, Secure when served over https."""
+    response.add_cookie(
+        COOKIE,
+        token,
+        httponly=True,
+        samesite="Strict",
+        secure=Services.of(request).settings.public_base_url.startswith("https://"),
+        max_age=officials.SESSION_TTL_S,
+        path="/console",
+    )
+
+
 @bp.post("/session")
 @document(
-    summary="Official signs in (sets the session cookie)",
+    summary="Official signs in (sets the session cookie); with a second factor: `totp`, or "
+    "`401 totp_required` whose `details.pending` finishes at `POST /console/api/session/totp`",
     tag="console",
     body=SignIn,
     response=SessionOut,
@@ -55,25 +105,42 @@ def _official(o) -> dict:
 )
 async def sign_in(request: Request) -> HTTPResponse:
     body = json_body(request, SignIn)
+    services = Services.of(request)
     session = await officials.sign_in(
-        redis=Services.of(request).redis,
-        keys=Services.of(request).keys,
+        redis=services.redis,
+        keys=services.keys,
+        cipher=services.cipher,
         username=body.username,
         password=body.password,
+        totp=body.totp,
         ip=client_ip(request),
         request_id=request_id(request),
     )
-    response = json({"official": _official(session.official), "csrf_token": session.csrf_token})
-    response.add_cookie(
-        COOKIE,
-        session.token,
-        httponly=True,
-        samesite="Strict",
-        secure=Services.of(request).settings.public_base_url.startswith("https://"),
-        max_age=officials.SESSION_TTL_S,
-        path="/console",
+    return _session_response(request, session)
+
+
+@bp.post("/session/totp")
+@document(
+    summary="Official finishes signing in with the second factor",
+    tag="console",
+    body=SecondFactorIn,
+    response=SessionOut,
+    errors=(401, 422, 429),
+    public=True,
+)
+async def second_factor(request: Request) -> HTTPResponse:
+    body = json_body(request, SecondFactorIn)
+    services = Services.of(request)
+    session = await officials.finish_sign_in(
+        redis=services.redis,
+        keys=services.keys,
+        cipher=services.cipher,
+        pending=body.pending,
+        code=body.code,
+        ip=client_ip(request),
+        request_id=request_id(request),
     )
-    return response
+    return _session_response(request, session)
 
 
 @bp.get("/session")
@@ -81,7 +148,13 @@ async def sign_in(request: Request) -> HTTPResponse:
 @official
 async def who_am_i(request: Request) -> HTTPResponse:
     session = request.ctx.session
-    return json({"official": _official(session.official), "csrf_token": session.csrf_token})
+    return json(
+        {
+            "official": _official(session.official),
+            "csrf_token": session.csrf_token,
+            "totp_enrolment_required": session.enrolment_required,
+        }
+    )
 
 
 @bp.delete("/session")
@@ -94,3 +167,39 @@ async def sign_out(request: Request) -> HTTPResponse:
     response = HTTPResponse(status=204)
     response.delete_cookie(COOKIE, path="/console")
     return response
+
+
+@bp.post("/account/totp")
+@document(
+    summary="Official starts setting up a TOTP second factor (a new pending secret)",
+    tag="console",
+    response=TotpSecretOut,
+    errors=(401, 403, 409),
+)
+@official
+async def totp_begin(request: Request) -> HTTPResponse:
+    enrolment = await officials.begin_totp(official=request.ctx.session.official, cipher=Services.of(request).cipher)
+    return json({"secret": enrolment.secret, "uri": enrolment.uri}, headers={"Cache-Control": "no-store"})
+
+
+@bp.post("/account/totp/confirm")
+@document(
+    summary="Official confirms the second factor with a code from the app",
+    tag="console",
+    body=TotpCode,
+    response=TotpStateOut,
+    errors=(401, 403, 409, 422),
+)
+@official
+async def totp_confirm(request: Request) -> HTTPResponse:
+    body = json_body(request, TotpCode)
+    services = Services.of(request)
+    await officials.confirm_totp(
+        official=request.ctx.session.official,
+        cipher=services.cipher,
+        code=body.code,
+        ip=client_ip(request),
+        request_id=request_id(request),
+    )
+    await officials.finish_enrolment(redis=services.redis, keys=services.keys, session=request.ctx.session)
+    return json({"enabled": True})

@@ -35,16 +35,26 @@ SESSION_AND_CSRF = {
 }
 
 
-async def current_session(request: Request) -> officials.ConsoleSession:
-    """The signed-in official's session; a method that changes something must also echo the CSRF token."""
+async def current_session(request: Request, *, csrf: bool = True, enrolment: bool = True) -> officials.ConsoleSession:
+    """The signed-in official's session; a method that changes something must also echo the CSRF
+    token in its header (`csrf=False`: the caller checks a form field instead), and a session that
+    owes a second factor may only enrol one (`enrolment=False`: the caller redirects instead)."""
     session = await officials.session_for(
         redis=Services.of(request).redis, keys=Services.of(request).keys, token=request.cookies.get(COOKIE)
     )
-    if request.method not in SAFE_METHODS and not hmac.compare_digest(
-        request.headers.get(CSRF_HEADER, ""), session.csrf_token
+    if (
+        csrf
+        and request.method not in SAFE_METHODS
+        and not hmac.compare_digest(request.headers.get(CSRF_HEADER, ""), session.csrf_token)
     ):
         raise Forbidden("页面已过期，请刷新后重试", code="csrf_failed")
+    if enrolment and session.enrolment_required and request.path not in ENROLMENT_PATHS:
+        raise Forbidden("您的角色要求启用动态验证码，请先完成设置", code="totp_enrolment_required")
     return session
+
+
+# What a session may still do while its official owes a second factor.
+ENROLMENT_PATHS = frozenset({"/console/api/session", "/console/api/account/totp", "/console/api/account/totp/confirm"})
 
 
 def official(handler):

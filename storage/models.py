@@ -223,9 +223,27 @@ class Official(Model):
     is_active = fields.BooleanField(default=True)
     created_at = fields.DatetimeField(auto_now_add=True)
     last_login_at = fields.DatetimeField(null=True)
+    # The TOTP second factor: the sealed secret (pending until confirmed), when it was confirmed,
+    # and the last time step accepted, so that one code never signs in twice.
+    totp_secret_enc = fields.BinaryField(null=True)
+    totp_enabled_at = fields.DatetimeField(null=True)
+    totp_last_step = fields.BigIntField(null=True)
+    updated_at = fields.DatetimeField(auto_now=True, null=True)
 
     class Meta:
         table = "officials"
+
+
+class RolePolicy(Model):
+    """What a console role demands of its holders: a TOTP second factor, as an admin decides."""
+
+    role = fields.CharField(max_length=32, primary_key=True)
+    require_totp = fields.BooleanField(default=False)
+    updated_by = fields.BigIntField(null=True)
+    updated_at = fields.DatetimeField(auto_now=True)
+
+    class Meta:
+        table = "console_role_policies"
 
 
 class AuditLog(Model):
