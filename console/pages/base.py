@@ -55,7 +55,7 @@ NAV = [
     ("/console/notices", "通知公告", ("publisher",)),
     ("/console/catalogue", "事项目录", ()),
     ("/console/payments", "支付对账", ("finance",)),
-    ("/console/audit", "审计日志", ()),
+    ("/console/audit", "审计日志", ("supervisor",)),
     ("/console/officials", "账号管理", ()),
 ]
 
