@@ -20,6 +20,8 @@ from handlers.cases.lifecycle import STATUS_LABELS
 bp = Blueprint("console_pages_cases", url_prefix="/console")
 STATUSES = [("", "全部状态")] + [(status.value, label) for status, label in STATUS_LABELS.items()]
 FILTERS = ("q", "status", "service")
+ACTORS = {"citizen": "申请人", "official": "工作人员", "platform": "审批平台", "system": "系统"}
+CHANNELS = {"subscribe": "订阅消息", "template": "模板消息", "custom": "客服消息", "inbox": "站内消息"}
 
 
 def _filters(request: Request) -> dict[str, str]:
@@ -85,6 +87,8 @@ async def detail(request: Request, case_no: str) -> HTTPResponse:
         "case.html",
         case=case,
         form_text=json.dumps(case["form"], ensure_ascii=False, indent=2) if case["form"] else "",
+        actors=ACTORS,
+        channels=CHANNELS,
         may_reveal="personal_data" in (official.roles or []),
         reason=reason or "",
     )

@@ -22,6 +22,19 @@ STATUS_LABELS = {
     "excluded": "不计入",
 }
 STATUSES = [("", "未办结")] + list(STATUS_LABELS.items()) + [("all", "全部")]
+ACTIONS = {
+    "created": "收到差评",
+    "verified": "核实回访",
+    "rectified": "报告整改",
+    "citizen_satisfied": "群众满意",
+    "citizen_not_satisfied": "群众不满意",
+    "reminded": "临期提醒",
+    "escalated": "超期上报",
+    "exclusion_requested": "申诉",
+    "exclusion_approved": "申诉通过",
+    "exclusion_refused": "申诉未通过",
+    "reassigned": "转办",
+}
 LIVE = ("verifying", "rectifying", "awaiting_citizen")
 DEADLINES = {"verify": "核实回访期限", "rectify": "整改期限"}
 # What each form posts: (field, label, the use case's method, what the citizen is told).
@@ -90,6 +103,7 @@ async def _review_page(request: Request, rect_id: int, *, status: int = 200, pro
         status=status,
         review=review,
         status_labels=STATUS_LABELS,
+        actions=ACTIONS,
         deadlines=DEADLINES,
         live=review["status"] in LIVE,
         supervisor=bool(roles & {"supervisor", "admin"}),

@@ -17,6 +17,15 @@ KINDS = [("", "全部类型"), ("consultation", "咨询"), ("complaint", "投诉
 STATUSES = [("open", "待答复"), ("answered", "已答复"), ("closed", "已关闭"), ("", "全部")]
 STATUS_LABELS = {"open": "待答复", "answered": "已答复", "closed": "已关闭"}
 SHOWN = 200
+ACTIONS = {
+    "created": "提交",
+    "answered": "答复",
+    "reassigned": "转办",
+    "reminded": "临期提醒",
+    "escalated": "超期上报",
+    "rated": "群众评分",
+}
+CHANNELS = {"miniprogram": "小程序", "official_account": "公众号"}
 
 
 def _choice(request: Request, name: str, options: list[tuple[str, str]], default: str) -> str:
@@ -79,6 +88,8 @@ async def _ticket_page(request: Request, ticket_no: str, *, status: int = 200, p
         status=status,
         ticket=ticket,
         status_labels=STATUS_LABELS,
+        actions=ACTIONS,
+        channels=CHANNELS,
         problems=problems or [],
         answer=answer,
     )
