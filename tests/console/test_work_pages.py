@@ -174,6 +174,27 @@ def test_a_bad_review_is_worked_in_the_reviews_pages(server, wechat_sim, platfor
             follow_redirects=False,
         )
         assert fixed.status_code == 303 and "待群众确认" in officer.get(f"/console/reviews/{rid}").text
+        asked = officer.post(
+            f"/console/reviews/{rid}/exclusion",
+            data={"reason": "系群众误评", "csrf_token": token(officer)},
+            follow_redirects=False,
+        )
+        assert asked.status_code == 303 and "申诉待审" in officer.get("/console/reviews").text
+        refused = officer.post(
+            f"/console/reviews/{rid}/decision",
+            data={"approve": "1", "reason": "同意", "csrf_token": token(officer)},
+        )
+        assert refused.status_code == 403  # deciding is the supervisor's
+    with closing(official_client(server, POLICE, "supervisor")) as chief:
+        assert "审核申诉" in chief.get(f"/console/reviews/{rid}").text
+        decided = chief.post(
+            f"/console/reviews/{rid}/decision",
+            data={"approve": "0", "reason": "群众诉求属实", "csrf_token": token(chief)},
+            follow_redirects=False,
+        )
+        assert decided.status_code == 303
+        after = chief.get(f"/console/reviews/{rid}").text
+        assert "审核意见：群众诉求属实" in after and "申诉未通过" in after and "提交审核" not in after
     inbox = httpx.get(f"{server.url}/api/v1/inbox", headers=auth(tokens)).json()["items"]
     assert any(i["kind"] == "rectification_replied" and "已优化审核流程" in i["body"] for i in inbox)
     with closing(official_client(server, HEALTHCARE, "supervisor")) as outsider:
