@@ -4,6 +4,8 @@ cases of `handlers.tickets`; another department's ticket is the 404 page."""
 
 from __future__ import annotations
 
+from urllib.parse import urlencode
+
 from sanic import Blueprint, Request
 from sanic.response import HTTPResponse
 
@@ -16,7 +18,8 @@ bp = Blueprint("console_pages_tickets", url_prefix="/console")
 KINDS = [("", "全部类型"), ("consultation", "咨询"), ("complaint", "投诉")]
 STATUSES = [("open", "待答复"), ("answered", "已答复"), ("closed", "已关闭"), ("", "全部")]
 STATUS_LABELS = {"open": "待答复", "answered": "已答复", "closed": "已关闭"}
-SHOWN = 200
+PAGE = 50
+EXPORT_MAX = 10_000
 ACTIONS = {
     "created": "提交",
     "answered": "答复",
@@ -38,41 +41,55 @@ def _choice(request: Request, name: str, options: list[tuple[str, str]], default
 async def listing(request: Request) -> HTTPResponse:
     kind = _choice(request, "kind", KINDS, "")
     status = _choice(request, "status", STATUSES, "open")
-    found = await Services.of(request).tickets.list_for(
-        official=request.ctx.session.official, kind=kind or None, status=status or None, limit=SHOWN
-    )
-    items = found["items"]
+    tickets, official = Services.of(request).tickets, request.ctx.session.official
+    filters = {"official": official, "kind": kind or None, "status": status or None}
+    query = urlencode({"kind": kind, "status": status})
     if request.args.get("format") == "csv":
-        header = ["编号", "类型", "状态", "部门", "办件编号", "提交时间", "答复期限", "已超期", "答复时间", "评分"]
-        rows = [
-            [
-                t["ticket_no"],
-                t["kind_label"],
-                STATUS_LABELS.get(t["status"], t["status"]),
-                t["department"],
-                t["case_no"] or "",
-                t["created_at"],
-                t["due_at"] or "",
-                "是" if t["overdue"] else "否",
-                t["answered_at"] or "",
-                t["rating"] or "",
-            ]
-            for t in items
-        ]
-        return csv_response("tickets.csv", header, rows)
-    query = f"kind={kind}&status={status}"
+        return csv_response("tickets.csv", CSV_HEADER, [_csv_row(t) async for t in _every(tickets, filters)])
+    found = await tickets.list_for(**filters, limit=PAGE, after=request.args.get("after") or None)
     return render(
         request,
         "tickets.html",
-        tickets=items,
+        tickets=found["items"],
         kinds=KINDS,
         statuses=STATUSES,
-        kind=kind,
         chosen_status=status,
+        kind=kind,
         status_labels=STATUS_LABELS,
-        truncated=len(items) >= SHOWN,
+        next_url=f"/console/tickets?{query}&after={found['next_cursor']}" if found["next_cursor"] else None,
         export_url=f"/console/tickets?{query}&format=csv",
     )
+
+
+async def _every(tickets, filters: dict):
+    """Every ticket of the filters, page after page (keyset), at most `EXPORT_MAX`."""
+    after, sent = None, 0
+    while sent < EXPORT_MAX:
+        found = await tickets.list_for(**filters, limit=500, after=after)
+        for item in found["items"]:
+            yield item
+        sent += len(found["items"])
+        after = found["next_cursor"]
+        if after is None:
+            return
+
+
+CSV_HEADER = ["编号", "类型", "状态", "部门", "办件编号", "提交时间", "答复期限", "已超期", "答复时间", "评分"]
+
+
+def _csv_row(t: dict) -> list:
+    return [
+        t["ticket_no"],
+        t["kind_label"],
+        STATUS_LABELS.get(t["status"], t["status"]),
+        t["department"],
+        t["case_no"] or "",
+        t["created_at"],
+        t["due_at"] or "",
+        "是" if t["overdue"] else "否",
+        t["answered_at"] or "",
+        t["rating"] or "",
+    ]
 
 
 async def _ticket_page(request: Request, ticket_no: str, *, status: int = 200, problems=None, answer: str = ""):

@@ -106,6 +106,10 @@ def test_a_complaint_answered_in_the_tickets_page_reaches_the_citizens_inbox(ser
         inbox = officer.get("/console/tickets")
         assert inbox.status_code == 200 and f'href="/console/tickets/{ticket_no}"' in inbox.text
         assert "data-countdown=" in inbox.text
+        listed = officer.get("/console/api/tickets", params={"status": "open", "limit": 1})
+        assert listed.status_code == 200 and "next_cursor" in listed.json()
+        assert officer.get("/console/api/tickets", params={"after": "soon"}).status_code == 422
+        assert officer.get("/console/tickets", params={"after": "soon"}).status_code == 422
         csv = officer.get("/console/tickets", params={"status": "open", "format": "csv"})
         assert csv.headers["content-type"].startswith("text/csv") and ticket_no in csv.text
         page = officer.get(f"/console/tickets/{ticket_no}")
