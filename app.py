@@ -26,6 +26,7 @@ from bridge.simulator import PlatformState, platform_blueprint
 from console import audit as console_audit
 from console import auth as console_auth
 from console import cases as console_cases
+from console import catalogue as console_catalogue
 from console import citizens as console_citizens
 from console import evaluations as console_evaluations
 from console import notices as console_notices
@@ -298,6 +299,7 @@ BLUEPRINTS = [
     console_notices.bp,
     mp_notices.bp,
     console_officials.bp,
+    console_catalogue.bp,
     console_audit.bp,
     *PAGE_BLUEPRINTS,
 ]

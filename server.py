@@ -32,7 +32,7 @@ from core.settings import ConfigError, Settings, install, load_settings
 from handlers.bot import menu_definition
 from handlers.cases.sweeps import mark_overdue, query_silent_cases
 from handlers.catalog.publish import DEMO_CATALOGUE, export_catalogue, load_catalogue_file
-from handlers.catalog.schema import CatalogueError
+from handlers.catalog.schema import CatalogueError, problem_text
 from handlers.identity import rotate_keys
 from handlers.officials import ROLES, OfficialExists, UnknownDepartment, create_official
 from payments import paysim
@@ -135,7 +135,7 @@ def cmd_import_catalogue(settings: Settings, args: argparse.Namespace) -> int:
     except CatalogueError as exc:
         print(f"{path}: {len(exc.problems)} problem(s), nothing changed:", file=sys.stderr)
         for problem in exc.problems:
-            print(f"  {problem}", file=sys.stderr)
+            print(f"  {problem_text(problem)}", file=sys.stderr)
         return 1
     print(f"{path.name}: {counts['published']} item(s) published, {counts['unchanged']} unchanged")
     return 0

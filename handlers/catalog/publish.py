@@ -22,17 +22,34 @@ DEMO_CATALOGUE = Path(__file__).resolve().parents[2] / "data" / "catalogue.yaml"
 SHARED_PARTS = {"region", "departments", "themes", "synonyms", "bundles"}
 
 
-async def publish_catalogue(*, catalogue: Catalogue, redis=None, keys=None) -> dict[str, int]:
-    """Publishes every changed item as a new version, all in one transaction; counts what happened."""
+def content_digest(content: dict) -> str:
+    """What tells one published version of an item from another."""
+    return hashlib.sha256(json.dumps(content, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+
+async def pending_changes(catalogue: Catalogue) -> list[str]:
+    """The codes of the items that publishing `catalogue` now would make a new version of."""
+    # Every current item's digest (two short columns): no IN list as long as the catalogue.
+    current = dict(await ServiceItem.filter(is_current=True).values_list("code", "content_sha256"))
+    return [i.code for i in catalogue.items if current.get(i.code) != content_digest(item_content(catalogue, i))]
+
+
+async def publish_catalogue(*, catalogue: Catalogue, redis=None, keys=None, on_publish=None) -> dict:
+    """Publishes every changed item as a new version, all in one transaction; answers what happened:
+    `published` and `unchanged` counts, the `changed` items (`code`, `name`, `version`) and the
+    catalogue `revision` after it. `on_publish(result)` runs inside the transaction (the audit row).
+
+    Publishes are serialised on the catalogue's state row, so two at once cannot both make the same
+    item's next version."""
     counts = {"published": 0, "unchanged": 0}
+    changed: list[dict] = []
     shared = catalogue.model_dump(mode="json", by_alias=True, include=SHARED_PARTS)
+    await CatalogueState.get_or_create(id="catalogue", defaults={"revision": 0, "content": {}})
     async with in_transaction():
-        state = await CatalogueState.get_or_none(id="catalogue")
-        if state is None:
-            state = await CatalogueState.create(id="catalogue", revision=0, content={})
+        state = await CatalogueState.filter(id="catalogue").select_for_update().get()
         for item in catalogue.items:
             content = item_content(catalogue, item)
-            digest = hashlib.sha256(json.dumps(content, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+            digest = content_digest(content)
             current = await ServiceItem.filter(code=item.code, is_current=True).select_for_update().first()
             if current is not None and current.content_sha256 == digest:
                 counts["unchanged"] += 1
@@ -51,16 +68,20 @@ async def publish_catalogue(*, catalogue: Catalogue, redis=None, keys=None) -> d
                 is_current=True,
             )
             counts["published"] += 1
+            changed.append({"code": item.code, "name": item.name, "version": version})
         if counts["published"] or state.content != shared:
             state.content = shared
             state.revision += 1
             await state.save()
+        result = {**counts, "changed": changed, "revision": state.revision}
+        if on_publish is not None:
+            await on_publish(result)
     if redis is not None:
         await forget_revision(redis=redis, keys=keys)
-    return counts
+    return result
 
 
-async def load_catalogue_file(path: Path, *, redis=None, keys=None) -> dict[str, int]:
+async def load_catalogue_file(path: Path, *, redis=None, keys=None) -> dict:
     """Validates the whole file at `path`, then publishes it; raises CatalogueError first if bad."""
     catalogue = parse_catalogue(path.read_text(encoding="utf-8"))
     return await publish_catalogue(catalogue=catalogue, redis=redis, keys=keys)

@@ -29,11 +29,11 @@ def test_broken_catalogue_lists_every_problem_and_changes_nothing(databases, tmp
     assert result.returncode == 1
     err = result.stderr
     assert "nothing changed" in err
-    assert "items.0.fee: fixed fee needs amount_fen" in err
-    assert "items.1: promised_days cannot exceed legal_days" in err
-    assert "items.5.materials.0.kinds.0" in err
-    assert "items.2.department: unknown department 'nowhere'" in err
-    assert "items.4.code: duplicate of items.3.code" in err
+    assert "items[0].fee: 固定收费须填写 amount_fen" in err
+    assert "items[1]: 承诺时限（promised_days）不能超过法定时限（legal_days）" in err
+    assert "items[5].materials[0].kinds[0]: 应为以下之一" in err
+    assert "items[2].department: departments 中没有部门“nowhere”" in err
+    assert "items[4].code: 与 items[3] 的事项编码" in err
     assert db.query("SELECT count(*) FROM service_items") == [(0,)]
 
 
@@ -46,10 +46,11 @@ def test_the_error_is_a_domain_error_with_every_problem():
         parse_catalogue(yaml.safe_dump(data, allow_unicode=True))
     error = caught.value
     assert isinstance(error, Unprocessable) and error.code == "catalogue_invalid"
-    assert error.problems == [
-        "items.0.fee: fixed fee needs amount_fen (integer fen)",
-        "items.2.department: unknown department 'nowhere'",
+    assert [(p["path"], p["code"], p["message"]) for p in error.problems] == [
+        ("items[0].fee", "value_error", "固定收费须填写 amount_fen（整数，单位为分）"),
+        ("items[2].department", "unknown_department", "departments 中没有部门“nowhere”"),
     ]
+    assert all(isinstance(p["line"], int) and p["line"] > 1 for p in error.problems)
     assert error.body()["details"] == {"problems": error.problems}
     assert pickle.loads(pickle.dumps(error)).problems == error.problems
 
