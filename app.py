@@ -23,6 +23,7 @@ from bot import callback as oa_callback
 from bot.crypto import OACrypto
 from bridge import callback as platform_callback
 from bridge.simulator import PlatformState, platform_blueprint
+from console import audit as console_audit
 from console import auth as console_auth
 from console import cases as console_cases
 from console import catalogue as console_catalogue
@@ -301,6 +302,7 @@ BLUEPRINTS = [
     mp_notices.bp,
     console_officials.bp,
     console_catalogue.bp,
+    console_audit.bp,
     *PAGE_BLUEPRINTS,
 ]
 

@@ -26,6 +26,9 @@ class ListQuery(BaseModel):
     escalated: bool | None = Field(None, description="only tickets escalated to the supervisors (true), or not (false)")
     department: str | None = Field(None, max_length=128, description="admins only: one department's tickets")
     limit: int = Field(50, ge=1, le=200)
+    after: str | None = Field(
+        None, max_length=40, pattern=r"^\d{1,17}-\d{1,19}$", description="cursor: the next_cursor of the previous page"
+    )
 
 
 class AnswerIn(BaseModel):
@@ -63,6 +66,7 @@ async def listing(request: Request) -> HTTPResponse:
         escalated=query.escalated,
         department=query.department,
         limit=query.limit,
+        after=query.after,
     )
     return json(data, headers=PRIVATE)
 

@@ -25,10 +25,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from tortoise.exceptions import IntegrityError
+from tortoise.expressions import Q
 from tortoise.transactions import in_transaction
 
 from core.china_time import working_deadline
-from core.errors import Conflict, NotFound, Unprocessable
+from core.errors import Conflict, NotFound, Unprocessable, ValidationFailed
 from core.kicks import Kicks
 from handlers import audit
 from handlers.catalog.reader import CatalogueReader, published_departments
@@ -47,6 +48,22 @@ _TICKET_NO = re.compile(r"^(ZX|TS)\d{14}$")
 
 def label_of(kind: str) -> str:
     return KINDS[kind][1]
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_CURSOR = re.compile(r"^(\d{1,17})-(\d{1,19})$")
+
+
+def _cursor_of(ticket: Ticket) -> str:
+    """A page's cursor: its last ticket's deadline (microseconds since the epoch) and id."""
+    return f"{(ticket.due_at - _EPOCH) // timedelta(microseconds=1)}-{ticket.id}"
+
+
+def _parse_cursor(cursor: str) -> tuple[datetime, int]:
+    found = _CURSOR.match(cursor or "")
+    if found is None or int(found.group(2)) > 2**63 - 1:
+        raise ValidationFailed({"after": "翻页参数无效，请从第一页重新查看"})
+    return _EPOCH + timedelta(microseconds=int(found.group(1))), int(found.group(2))
 
 
 def ticket_page(ticket_no: str) -> str:
@@ -273,9 +290,11 @@ class Tickets:
         escalated: bool | None = None,
         department: str | None = None,
         limit: int = 50,
+        after: str | None = None,
         now: datetime | None = None,
     ) -> dict:
-        """The official's department's tickets (an admin's: all, or `department`), soonest deadline first.
+        """The official's department's tickets (an admin's: all, or `department`), soonest deadline first,
+        keyset-paginated on (deadline, id): `after` is the `next_cursor` of the previous page.
         No citizen's text is shown here, so the list is not a read of personal data."""
         require_role(official, OFFICER, SUPERVISOR, ADMIN)
         now = now or datetime.now(UTC)
@@ -295,8 +314,16 @@ class Tickets:
             query = query.filter(escalated_at__isnull=False)
         elif escalated is False:
             query = query.filter(escalated_at__isnull=True)
-        rows = await query.order_by("due_at", "id").limit(limit)
-        return {"items": [self._official_summary(t, now) for t in rows]}
+        if after is not None:
+            due, last_id = _parse_cursor(after)
+            query = query.filter(Q(due_at__gt=due) | Q(due_at=due, id__gt=last_id))
+        rows = await query.order_by("due_at", "id").limit(limit + 1)
+        page = rows[:limit]
+        more = len(rows) > limit and page[-1].due_at is not None
+        return {
+            "items": [self._official_summary(t, now) for t in page],
+            "next_cursor": _cursor_of(page[-1]) if more else None,
+        }
 
     @staticmethod
     def _official_summary(ticket: Ticket, now: datetime) -> dict:

@@ -28,6 +28,7 @@ from storage.models import (
     IdentityLevel,
     Material,
     Notification,
+    Official,
     Outbox,
     PaymentOrder,
     ServiceItem,
@@ -363,4 +364,17 @@ async def create_order(
         paid_at=now if state in ("paid", "refunding", "refunded", "partially_refunded") else None,
         transaction_id=_token("4200") if state in ("paid", "refunding", "refunded") else None,
         expires_at=now + expires_in,
+    )
+
+
+async def create_official(
+    *, department: str = "泸州市公安局", roles: list[str] | tuple[str, ...] = ("officer",), username: str | None = None
+) -> Official:
+    """A console official of `department` with `roles` (no usable password: for use-case tests)."""
+    return await Official.create(
+        username=username or _token("official"),
+        display_name="测试工作人员",
+        department=department,
+        roles=list(roles),
+        password_hash="-",
     )

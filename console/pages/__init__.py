@@ -9,7 +9,7 @@ from pathlib import Path
 from sanic import Blueprint, Request
 from sanic.response import HTTPResponse, raw
 
-from console.pages import auth, catalogue, dashboard, notices, officials, payments
+from console.pages import audit, auth, cases, catalogue, dashboard, notices, officials, payments, reviews, tickets
 from core.errors import NotFound
 from core.openapi import exclude
 
@@ -42,7 +42,19 @@ async def asset(request: Request, asset_name: str) -> HTTPResponse:
     return raw(data, content_type=TYPES[Path(asset_name).suffix], headers=headers)
 
 
-PAGE_BLUEPRINTS = [static_bp, auth.bp, dashboard.bp, officials.bp, notices.bp, catalogue.bp, payments.bp]
+PAGE_BLUEPRINTS = [
+    static_bp,
+    auth.bp,
+    dashboard.bp,
+    officials.bp,
+    notices.bp,
+    catalogue.bp,
+    payments.bp,
+    cases.bp,
+    audit.bp,
+    reviews.bp,
+    tickets.bp,
+]
 
 # HTML for people, not part of the JSON API: left out of /openapi.json (and so of the fuzz gate).
 for _bp in PAGE_BLUEPRINTS:

@@ -8,6 +8,7 @@ import hmac
 import io
 import secrets
 from collections.abc import Iterable
+from datetime import datetime
 from functools import wraps
 from pathlib import Path
 from urllib.parse import quote, unquote, urlencode
@@ -17,6 +18,7 @@ from sanic import Request
 from sanic.response import HTTPResponse, html, redirect
 
 from console.deps import COOKIE, current_session
+from core.china_time import CHINA
 from core.errors import DomainError, Forbidden, NotFound, Unauthenticated
 from core.http import status_of
 from handlers.scoping import roles_of
@@ -28,6 +30,22 @@ env = Environment(
     trim_blocks=True,
     lstrip_blocks=True,
 )
+
+
+def china_time(value: str | None, seconds: bool = False) -> str:
+    """An ISO 8601 moment from a use case, shown in China time: `2026-11-30 13:37` (or "—")."""
+    if not value:
+        return "—"
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        return value
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(CHINA)
+    return moment.strftime("%Y-%m-%d %H:%M:%S" if seconds else "%Y-%m-%d %H:%M")
+
+
+env.filters["china_time"] = china_time
 
 # No inline script, no inline style, nothing from another host; the console runs on an intranet.
 CSP = (
@@ -55,7 +73,7 @@ NAV = [
     ("/console/notices", "通知公告", ("publisher",)),
     ("/console/catalogue", "事项目录", ()),
     ("/console/payments", "支付对账", ("finance",)),
-    ("/console/audit", "审计日志", ()),
+    ("/console/audit", "审计日志", ("supervisor",)),
     ("/console/officials", "账号管理", ()),
 ]
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from core.errors import Forbidden, NotFound
+from core.errors import NotFound
+from handlers.scoping import sees_department
 from storage.models import Case, Official, User
 
 
@@ -15,10 +16,11 @@ async def my_case(*, user: User, case_no: str) -> Case:
 
 
 async def case_for_official(*, official: Official, case_no: str) -> Case:
-    """A case an official may see: one of their department's items, or any case for an admin."""
+    """A case an official may see: one of their department's items, or any case for an admin (else 404)."""
     case = await Case.get_or_none(case_no=case_no).prefetch_related("service_item")
     if case is None:
         raise NotFound("办件不存在", code="case_not_found")
-    if "admin" not in (official.roles or []) and official.department != case.service_item.department:
-        raise Forbidden("您不是该办件的承办部门人员，无权查看", code="case_forbidden")
+    if not sees_department(official, case.service_item.department):
+        # Another department's case is the same 404 as an unknown number: nothing tells it exists.
+        raise NotFound("办件不存在", code="case_not_found")
     return case

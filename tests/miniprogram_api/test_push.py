@@ -463,7 +463,8 @@ def test_an_official_sees_why_a_citizen_was_or_was_not_reached(server, wechat_si
             ("inbox", "inbox_only", None),
         ]
         assert "未关注公众号" in notification["attempts"][1]["detail"]
-        assert outsider.get(f"/console/api/cases/{case_no}/pushes").status_code == 403
+        outside = outsider.get(f"/console/api/cases/{case_no}/pushes")
+        assert outside.status_code == 404 and outside.json()["code"] == "case_not_found"  # scoped: not told it exists
         assert handler.get("/console/api/cases/ZB20000101000001/pushes").status_code == 404
     finally:
         handler.close()
