@@ -10,9 +10,7 @@ import asyncio
 import hmac
 import logging
 import os
-from functools import partial
 
-import ujson
 from cryptography.hazmat.primitives import serialization
 from sanic import Request, Sanic
 from sanic.response import HTTPResponse
@@ -79,7 +77,7 @@ def create_app(settings: Settings) -> Sanic:
     app = Sanic(
         "zhangban",
         log_config=logging_config(settings.LOG_LEVEL),
-        dumps=partial(ujson.dumps, ensure_ascii=False, escape_forward_slashes=False),
+        dumps=http.dumps,
     )
     app.config.update(
         {
