@@ -117,7 +117,7 @@ def create_app(settings: Settings) -> Sanic:
         services = Services(settings, kicks=BrokerKicks())
         await services.start()
         app.ctx.services = services
-        # The catalogue revision, followed before the first request.
+        # The catalogue revision and token revocations, followed before the first request.
         app.ctx.watchers = await services.watch()
         app.ctx.oa_crypto = oa_crypto(settings)
         app.ctx.bot_tasks = set()

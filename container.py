@@ -97,9 +97,12 @@ class Services:
         self.cipher = FieldCipher(settings.field_encryption_key(), settings.field_encryption_old_keys())
 
     async def watch(self) -> list[asyncio.Task]:
-        """For a serving process: follows the catalogue revision in a background task (the
-        caller cancels it), so requests do not look it up."""
-        return [await self.catalogue.start_watching()]
+        """For a serving process: follows the catalogue revision and the token revocations in
+        background tasks (the caller cancels them), so requests look neither up."""
+        tasks = [await self.catalogue.start_watching()]
+        if not self.settings.embedded:  # fakeredis: every revocation is made in this process
+            tasks.append(asyncio.get_running_loop().create_task(self.tokens.listen()))
+        return tasks
 
     @staticmethod
     def of(request) -> Services:
