@@ -28,7 +28,7 @@ CONDITIONAL = {
     "If-None-Match": {
         "required": False,
         "description": "the ETag of the answer held: `304 Not Modified` while it is still current",
-        "schema": {"type": "string", "maxLength": 1024},
+        "schema": {"type": "string"},
     }
 }
 
@@ -124,7 +124,7 @@ async def _public(request: Request, key: Hashable, answer: Callable[[], Awaitabl
     errors=(422,),
 )
 async def list_services(request: Request) -> HTTPResponse:
-    query = query_args(request, ListQuery).model_dump()
+    query = query_args(request, ListQuery, keep_blank=True).model_dump()
     catalogue = Services.of(request).catalogue
     return await _public(request, ("list", *sorted(query.items())), lambda: catalogue.browse(**query))
 
@@ -140,7 +140,7 @@ async def list_services(request: Request) -> HTTPResponse:
     errors=(422,),
 )
 async def search(request: Request) -> HTTPResponse:
-    query = query_args(request, SearchQuery)
+    query = query_args(request, SearchQuery, keep_blank=True)
     catalogue = Services.of(request).catalogue
 
     async def answer() -> dict:
