@@ -10,9 +10,7 @@ import asyncio
 import hmac
 import logging
 import os
-from functools import partial
 
-import ujson
 from cryptography.hazmat.primitives import serialization
 from sanic import Request, Sanic
 from sanic.response import HTTPResponse
@@ -84,7 +82,7 @@ def create_app(settings: Settings) -> Sanic:
     app = Sanic(
         "zhangban",
         log_config=logging_config(settings.LOG_LEVEL),
-        dumps=partial(ujson.dumps, ensure_ascii=False, escape_forward_slashes=False),
+        dumps=http.dumps,
     )
     app.config.update(
         {
@@ -124,6 +122,8 @@ def create_app(settings: Settings) -> Sanic:
         services = Services(settings, kicks=BrokerKicks())
         await services.start()
         app.ctx.services = services
+        # The catalogue revision and token revocations, followed before the first request.
+        app.ctx.watchers = await services.watch()
         app.ctx.oa_crypto = oa_crypto(settings)
         app.ctx.bot_tasks = set()
         # The in-memory broker runs jobs in this process, with these same services.
@@ -144,10 +144,11 @@ def create_app(settings: Settings) -> Sanic:
 
     @app.before_server_stop
     async def _stop_background(app) -> None:
-        task = app.ctx.scheduler_task
-        if task is not None:
+        tasks = [task for task in (app.ctx.scheduler_task, *app.ctx.watchers) if task is not None]
+        for task in tasks:
             task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
+        app.ctx.services.catalogue.stop_watching()
         # Bot answers still being worked out or on their way to WeChat (a finished answer may
         # start its late delivery, so look again until none is left or 5 s have passed).
         deadline = asyncio.get_running_loop().time() + 5

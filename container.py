@@ -13,6 +13,7 @@ job broker: the caller hands it the `Kicks` that reach its workers.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from datetime import timedelta
 from functools import cached_property
@@ -95,6 +96,14 @@ class Services:
             )
         self.cipher = FieldCipher(settings.field_encryption_key(), settings.field_encryption_old_keys())
 
+    async def watch(self) -> list[asyncio.Task]:
+        """For a serving process: follows the catalogue revision and the token revocations in
+        background tasks (the caller cancels them), so requests look neither up."""
+        tasks = [await self.catalogue.start_watching()]
+        if not self.settings.embedded:  # fakeredis: every revocation is made in this process
+            tasks.append(asyncio.get_running_loop().create_task(self.tokens.listen()))
+        return tasks
+
     @staticmethod
     def of(request) -> Services:
         """The services of the app serving `request` (a Sanic request)."""
@@ -130,7 +139,8 @@ class Services:
 
     @cached_property
     def catalogue(self) -> CatalogueReader:
-        return CatalogueReader(redis=self.redis, keys=self.keys)
+        # On the embedded default the CLI publishes to the database only (its fakeredis is its own).
+        return CatalogueReader(redis=self.redis, keys=self.keys, shared_redis=not self.settings.embedded)
 
     @cached_property
     def drafts(self) -> Drafts:

@@ -6,18 +6,23 @@
   reported at once in `details.fields` as `{path: Chinese message}`;
 - no input reaches a handler that the storage could not hold: JSON nested deeper than
   `MAX_JSON_DEPTH`, strings with U+0000, path ids longer or of another shape than ours, integers
-  beyond 64 bits in a path.
+  beyond 64 bits in a path;
+- responses are serialised by `dumps()` (orjson, UTF-8); public answers rendered once are served
+  with a strong `ETag`, and `If-None-Match` gets them a `304` (`rendered`, `cached_json`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import re
 import uuid
+from decimal import Decimal
 from typing import Any, TypeVar
 from urllib.parse import quote
 
+import orjson
 from pydantic import BaseModel, ValidationError
 from sanic import Request, Sanic
 from sanic import exceptions as sanic_exc
@@ -227,6 +232,54 @@ def _close_if_body_unread(request: Request) -> None:
     stream = getattr(request, "stream", None)
     if stream is not None and getattr(stream, "request_body", None) and hasattr(stream, "keep_alive"):
         stream.keep_alive = False
+
+
+# -- response bodies -----------------------------------------------------------------------
+
+
+def _encode_other(value: Any) -> Any:
+    if isinstance(value, Decimal):  # a PostgreSQL sum or average: a number, as before
+        return int(value) if value == value.to_integral_value() else float(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def dumps(value: Any, **_ignored: Any) -> bytes:
+    """`value` as compact JSON in UTF-8 (never \\u-escaped), the way every response is written.
+
+    orjson also writes datetimes (RFC 3339), enums, dataclasses and non-string dict keys (as
+    strings); Decimals become numbers. An integer beyond 64 bits, which orjson refuses, is
+    written by the standard library instead. Sanic passes its keyword arguments, not used here.
+    """
+    try:
+        return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS, default=_encode_other)
+    except orjson.JSONEncodeError as exc:
+        if "64-bit" not in str(exc):
+            raise
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=_encode_other).encode()
+
+
+def rendered(value: Any) -> tuple[bytes, str]:
+    """(`value` as a JSON body, its strong ETag): computed once, served as often as asked."""
+    body = dumps(value)
+    return body, '"' + hashlib.blake2b(body, digest_size=16).hexdigest() + '"'
+
+
+def etag_matches(if_none_match: str | None, etag: str) -> bool:
+    """Whether an `If-None-Match` header names `etag` (weak comparison, as RFC 9110 asks there)."""
+    if not if_none_match:
+        return False
+    if if_none_match.strip() == "*":
+        return True
+    return any(tag.strip().removeprefix("W/") == etag for tag in if_none_match.split(","))
+
+
+def cached_json(request: Request, body: bytes, etag: str, cache_control: str) -> HTTPResponse:
+    """A rendered JSON body with its ETag and caching, or `304 Not Modified` when the client
+    already holds it."""
+    headers = {"ETag": etag, "Cache-Control": cache_control}
+    if etag_matches(request.headers.get("if-none-match"), etag):
+        return HTTPResponse(status=304, headers=headers)
+    return HTTPResponse(body, headers=headers, content_type="application/json")
 
 
 # -- request bodies ----------------------------------------------------------------------

@@ -137,7 +137,7 @@ _STANDARD_ATTRS = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) 
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, request id, message and extras."""
+    """One JSON object per line: time, level, logger, request id, message, process id and extras."""
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
@@ -146,6 +146,7 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "request_id": getattr(record, "request_id", request_id_var.get()),
             "msg": record.getMessage(),
+            "pid": record.process,  # which worker of a server with several wrote it
         }
         for key, value in record.__dict__.items():
             if key not in _STANDARD_ATTRS and not key.startswith("_") and key not in entry:

@@ -158,7 +158,7 @@ def _responses(spec: dict[str, Any] | None) -> dict[str, Any]:
     if spec is not None:
         for status in (spec["status"], *spec["also"]):
             ok: dict[str, Any] = {"description": HTTPStatus(status).phrase}
-            if status != 204:
+            if status not in (204, 304):  # no body
                 types = spec["content_type"]
                 ok["content"] = {}
                 for media in (types,) if isinstance(types, str) else types:

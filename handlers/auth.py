@@ -7,18 +7,31 @@ replayed, so the whole family is revoked, access tokens included. Rotations and 
 of one family are serialised on a lock of the family, and an access token granted by a
 rotation is checked against its family once it is in Redis, so no token outlives a revocation
 that a concurrent request decided.
+
+A serving process resolves a token it has just seen from memory: `signed_in` keeps the token's
+citizen for AUTH_CACHE_TTL_S (counted from before the lookup), so a hit costs no round trip.
+Revocations and account changes are announced on a Redis channel every serving process listens
+to (`TokenStore.listen`), which drops what it kept at once; the short life of an entry bounds
+what a missed announcement could leave, so a logout, a reused refresh token or an account change
+takes effect on every worker of every node within a second.
 """
 
 from __future__ import annotations
 
+import asyncio
+import copy
 import hashlib
 import json
+import logging
 import secrets
+import time
+import weakref
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from redis.asyncio import Redis
 from tortoise.exceptions import IntegrityError
+from tortoise.signals import post_save
 from tortoise.transactions import in_transaction
 
 from core.errors import Forbidden, Unauthenticated
@@ -29,8 +42,16 @@ from storage.models import ActorType, IdentityLevel, RefreshToken, User
 from storage.redis import Keys
 from wechat.client import WeChatClient
 
+log = logging.getLogger("zhangban.auth")
+
 ACCESS_TTL_S = 15 * 60
 REFRESH_TTL = timedelta(days=30)
+# How long a serving process trusts a token it resolved without asking again (the bound on a
+# revocation it was not told about), and how many resolved tokens it keeps at most.
+AUTH_CACHE_TTL_S = 0.5
+AUTH_CACHE_MAX = 100_000
+# After losing the revocation channel, the wait before listening again.
+RELISTEN_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -78,11 +99,23 @@ async def get_or_create_user(*, openid: str, unionid: str | None) -> User:
 # -- flows: tokens, Redis, WeChat ----------------------------------------------------------
 
 
-class TokenStore:
-    """Issues, checks and revokes citizens' tokens."""
+# Every token store of this process, told when an account changes (`account_changed`).
+_stores: weakref.WeakSet[TokenStore] = weakref.WeakSet()
 
-    def __init__(self, *, redis: Redis, keys: Keys, access_ttl_s: int = ACCESS_TTL_S):
+
+class TokenStore:
+    """Issues, checks and revokes citizens' tokens; resolves recently seen ones from memory."""
+
+    def __init__(
+        self, *, redis: Redis, keys: Keys, access_ttl_s: int = ACCESS_TTL_S, cache_ttl_s: float = AUTH_CACHE_TTL_S
+    ):
         self.redis, self.keys, self.access_ttl_s = redis, keys, access_ttl_s
+        self.cache_ttl_s = cache_ttl_s
+        # token hash -> (monotonic time it expires, principal, the account as read), oldest first.
+        self._resolved: dict[str, tuple[float, Principal, User]] = {}
+        # Bumped by every revocation: a lookup that started before one is not kept.
+        self._generation = 0
+        _stores.add(self)
 
     def _access_key(self, token_hash: str) -> str:
         return self.keys("auth", "access", token_hash)
@@ -117,11 +150,92 @@ class TokenStore:
         """Who `access_token` stands for; raises Unauthenticated if it is missing, bad or expired."""
         if not access_token:
             raise Unauthenticated()
-        raw = await self.redis.get(self._access_key(_hash(access_token)))
+        return await self._principal_of(_hash(access_token))
+
+    async def _principal_of(self, token_hash: str) -> Principal:
+        raw = await self.redis.get(self._access_key(token_hash))
         if raw is None:
             raise Unauthenticated("登录已过期，请重新登录")
         data = json.loads(raw)
         return Principal(user_id=data["uid"], family=data["fam"])
+
+    async def signed_in(self, access_token: str | None) -> tuple[Principal, User]:
+        """Who `access_token` stands for and their active account: kept in memory for
+        `cache_ttl_s` after a lookup; Unauthenticated if the token is missing, bad, expired or
+        revoked, or the account is disabled. The account is the caller's own copy."""
+        if not access_token:
+            raise Unauthenticated()
+        token_hash = _hash(access_token)
+        started = time.monotonic()
+        kept = self._resolved.get(token_hash)
+        if kept is not None and kept[0] > started:
+            return kept[1], _own_copy(kept[2])
+        generation = self._generation
+        principal = await self._principal_of(token_hash)
+        user = await User.get_or_none(id=principal.user_id, is_active=True)
+        if user is None:
+            raise Unauthenticated("账号已停用", code="account_disabled")
+        if generation == self._generation:  # no revocation since the lookup began
+            self._keep(token_hash, (started + self.cache_ttl_s, principal, user))
+        return principal, _own_copy(user)
+
+    def _keep(self, token_hash: str, entry: tuple[float, Principal, User]) -> None:
+        resolved = self._resolved
+        resolved.pop(token_hash, None)
+        # Entries expire in the order they were kept: drop the expired ones from the front.
+        now = time.monotonic()
+        while resolved:
+            oldest = next(iter(resolved))
+            if resolved[oldest][0] > now and len(resolved) < AUTH_CACHE_MAX:
+                break
+            del resolved[oldest]
+        resolved[token_hash] = entry
+
+    def forget(self, *, family: str | None = None, user_id: int | None = None) -> None:
+        """Drops, in this process, the kept tokens of a login `family` or of an account."""
+        self._generation += 1
+        for token_hash, (_, principal, _) in list(self._resolved.items()):
+            if principal.family == family or principal.user_id == user_id:
+                self._resolved.pop(token_hash, None)
+
+    def forget_all(self) -> None:
+        self._generation += 1
+        self._resolved.clear()
+
+    def _channel(self) -> str:
+        return self.keys("auth", "revoked")
+
+    async def announce(self, *, family: str | None = None, user_id: int | None = None) -> None:
+        """Drops the kept tokens of `family` or of account `user_id` here, and in every process
+        listening (`listen`)."""
+        self.forget(family=family, user_id=user_id)
+        await self.redis.publish(self._channel(), json.dumps({"family": family, "user_id": user_id}))
+
+    async def listen(self) -> None:
+        """Follows the revocation channel for ever, dropping what each announcement names; after
+        losing the channel (Redis restarted), drops everything kept, as an announcement may have
+        been missed, and listens again."""
+        while True:
+            pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(self._channel())
+                self.forget_all()
+                while True:
+                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                    if message is not None and message.get("type") == "message":
+                        data = json.loads(message["data"])
+                        self.forget(family=data.get("family"), user_id=data.get("user_id"))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("token revocation channel lost, listening again: %r", exc)
+            finally:
+                self.forget_all()
+                try:
+                    await pubsub.aclose()
+                except Exception:  # the connection is already gone
+                    pass
+            await asyncio.sleep(RELISTEN_S)
 
     async def refresh(self, refresh_token: str) -> TokenPair:
         """The next pair for a live refresh token; a reused one revokes its whole family."""
@@ -169,6 +283,7 @@ class TokenStore:
             pipe.delete(self._access_key(token_hash.decode() if isinstance(token_hash, bytes) else token_hash))
         pipe.delete(self._family_key(family))
         await pipe.execute()
+        await self.announce(family=family)
 
 
 def _reused() -> Unauthenticated:
@@ -191,13 +306,32 @@ async def _revoke_rows(family: str) -> None:
     await RefreshToken.filter(family=family, revoked_at=None).update(revoked_at=datetime.now(UTC))
 
 
+def _own_copy(user: User) -> User:
+    """A copy of a kept account for one request, which may change and save it."""
+    own = copy.copy(user)
+    own._await_when_save = {}
+    return own
+
+
 async def signed_in(*, tokens: TokenStore, access_token: str | None) -> tuple[Principal, User]:
     """Who a bearer token stands for and their active account; Unauthenticated otherwise."""
-    principal = await tokens.principal(access_token)
-    user = await User.get_or_none(id=principal.user_id, is_active=True)
-    if user is None:
-        raise Unauthenticated("账号已停用", code="account_disabled")
-    return principal, user
+    return await tokens.signed_in(access_token)
+
+
+async def account_changed(user_id: int) -> None:
+    """Tells every serving process that account `user_id` changed: the tokens they kept for it
+    are looked up again. Saving a `User` says so by itself; a bulk `update()` calls this."""
+    for store in list(_stores):
+        try:
+            await store.announce(user_id=user_id)
+        except Exception as exc:  # Redis down: the change is saved, kept tokens expire within a second
+            log.warning("account change not announced: %r", exc)
+
+
+@post_save(User)
+async def _user_saved(sender, instance: User, created: bool, using_db, update_fields) -> None:
+    if not created:
+        await account_changed(instance.id)
 
 
 async def login(*, code: str, wechat: WeChatClient, tokens: TokenStore, cipher: FieldCipher, ip: str) -> TokenPair:

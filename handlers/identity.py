@@ -25,6 +25,7 @@ from core.cn_ids import (
 )
 from core.errors import Conflict, NotFound, Unprocessable, ValidationFailed
 from handlers import audit
+from handlers.auth import account_changed
 from handlers.upstream import wechat_errors
 from storage.crypto import FieldCipher
 from storage.models import ActorType, Address, FaceVerification, IdentityLevel, User
@@ -257,6 +258,7 @@ async def finish_face(*, user: User, verify_id: str, wechat: WeChatClient, ip: s
             await User.filter(id=previous.id).update(
                 verified_id_digest=None, identity_level=IdentityLevel.L1, face_verified_at=None
             )
+            await account_changed(previous.id)  # its signed-in requests see the lower level at once
             await _audit(previous, "identity.transferred_away", ip=ip, detail={"to_user": user.id})
         user.verified_id_digest = digest
         user.identity_level = IdentityLevel.L3

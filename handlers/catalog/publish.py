@@ -2,7 +2,8 @@
 
 Publishing stores each item as a new immutable `ServiceItem` version only when its content
 changed, so loading the same file twice does nothing; any change bumps the catalogue revision,
-which is what readers key their caches by.
+which is what readers key their caches by, and writes it to Redis, where every serving process
+sees it within a second.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 import yaml
 from tortoise.transactions import in_transaction
 
-from handlers.catalog.reader import forget_revision
+from handlers.catalog.reader import announce_revision
 from handlers.catalog.schema import Catalogue, item_content, parse_catalogue
 from storage.models import CatalogueState, ServiceItem
 
@@ -77,7 +78,7 @@ async def publish_catalogue(*, catalogue: Catalogue, redis=None, keys=None, on_p
         if on_publish is not None:
             await on_publish(result)
     if redis is not None:
-        await forget_revision(redis=redis, keys=keys)
+        await announce_revision(redis=redis, keys=keys, revision=state.revision)
     return result
 
 

@@ -1,23 +1,41 @@
 """Reading the published catalogue: the browse list, item guides and search, as routes and the bot see them.
 
-Everything is cached in Redis per catalogue revision. The revision lives in the database (bumped by
-every publish); Redis keeps it for REVISION_TTL_S, and a publish through this process forgets it at
-once, so a publish invalidates every cached list and guide in one step.
+The revision lives in the database (bumped by every publish) and, for at most REVISION_TTL_S,
+in Redis, where a publish writes the new one at once. A serving process watches it: it looks the
+revision up every REVISION_POLL_S in the background (Redis in production; the database on the
+embedded default, whose fakeredis the CLI cannot reach), so a publish reaches every worker of
+every node within a second and no request looks it up. Everything read for a revision (shared
+parts, list entries, guides, the search index, searches, and whatever a transport derives from
+them, such as rendered responses) is kept in this process until the revision changes; list
+entries and guides are also kept in Redis per revision, so the workers of a node load them from
+the database once. Values handed out are shared: callers read them and never modify them.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
+import logging
+import unicodedata
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Hashable
 from pathlib import Path
+from typing import Any
 
 from core.errors import NotFound, ValidationFailed
 from handlers.catalog.schema import item_content, parse_catalogue
 from handlers.catalog.search import Hit, SearchIndex
 from storage.models import CatalogueState, ServiceItem
 
+log = logging.getLogger("zhangban.catalogue")
+
 REVISION_TTL_S = 30
+REVISION_POLL_S = 0.25
 CACHE_TTL_S = 3600
+# Answers derived per revision and kept in a bounded LRU: searches by normalised query, and the
+# transports' rendered responses (list pages by filters, guides, searches).
+ANSWERS_KEPT = 2048
 
 # Browse filters over a list entry, by query parameter: (value asked for, entry) -> kept.
 FILTERS = {
@@ -27,14 +45,35 @@ FILTERS = {
 }
 FLAGS = {"fully_online", "max_one_trip"}
 
+# Sets the shared revision unless Redis already holds the same or a later one, so two publishes
+# finishing in either order, or a reader filling the key from an older read, never move it back.
+_ANNOUNCE = """
+local current = redis.call('GET', KEYS[1])
+if current and tonumber(current) >= tonumber(ARGV[1]) then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+return 1
+"""
+
 
 def _revision_key(keys) -> str:
     return keys("catalog", "revision")
 
 
-async def forget_revision(*, redis, keys) -> None:
-    """Drops the cached revision, so readers re-check it at once instead of within REVISION_TTL_S."""
-    await redis.delete(_revision_key(keys))
+async def announce_revision(*, redis, keys, revision: int) -> None:
+    """Writes a just-published `revision` to Redis, where every watching process sees it within
+    REVISION_POLL_S (never moving the shared revision backwards)."""
+    await redis.eval(_ANNOUNCE, 1, _revision_key(keys), revision, REVISION_TTL_S)
+
+
+async def stored_revision() -> int:
+    """The revision in the database (0 before the first publish)."""
+    found = await CatalogueState.filter(id="catalogue").values_list("revision", flat=True)
+    return found[0] if found else 0
+
+
+def normalise_query(query: str) -> str:
+    """A search query as the index reads it (NFKC, lower case, trimmed): the key of its cached answer."""
+    return unicodedata.normalize("NFKC", query or "").lower().strip()
 
 
 async def published_departments() -> list[dict]:
@@ -44,25 +83,127 @@ async def published_departments() -> list[dict]:
     return list((state.content or {}).get("departments") or []) if state else []
 
 
-class CatalogueReader:
-    """Reads the current catalogue through a Redis cache keyed by the catalogue revision."""
+class _Revision:
+    """What this process derived from one catalogue revision.
 
-    def __init__(self, *, redis, keys):
-        self.redis, self.keys = redis, keys
-        self._search: tuple[int, SearchIndex] | None = None
+    `values` holds what the catalogue bounds (shared parts, list entries, guides, the index);
+    `answers` what a caller's input picks (searches, rendered responses), least recently used
+    first and at most ANSWERS_KEPT. Concurrent requests for a value not yet there wait for one
+    build of it instead of each building it.
+    """
+
+    def __init__(self, number: int):
+        self.number = number
+        self.values: dict[Hashable, Any] = {}
+        self.answers: OrderedDict[Hashable, Any] = OrderedDict()
+        self.building: dict[Hashable, asyncio.Future] = {}
+
+    async def remember(self, key: Hashable, build: Callable[[], Awaitable[Any]], *, bounded: bool = False) -> Any:
+        store = self.answers if bounded else self.values
+        if key in store:
+            if bounded:
+                store.move_to_end(key)
+            return store[key]
+        future = self.building.get(key)
+        if future is None:
+            future = asyncio.ensure_future(build())
+            self.building[key] = future
+            future.add_done_callback(lambda done: self._built(key, store, bounded, done))
+        return await asyncio.shield(future)
+
+    def _built(self, key: Hashable, store: dict, bounded: bool, future: asyncio.Future) -> None:
+        self.building.pop(key, None)
+        if future.cancelled() or future.exception() is not None:  # retrieved: a waiter raises it
+            return
+        store[key] = future.result()
+        if bounded and len(store) > ANSWERS_KEPT:
+            store.popitem(last=False)
+
+
+class CatalogueReader:
+    """Reads the current catalogue: from this process's memory, else Redis, else the database.
+
+    `shared_redis` is False where Redis is this process's own fakeredis (the embedded default):
+    the revision is then read from the database, which the CLI publishes to.
+    """
+
+    def __init__(self, *, redis, keys, shared_redis: bool = True):
+        self.redis, self.keys, self.shared_redis = redis, keys, shared_redis
+        self._watched: int | None = None
+        self._memo = _Revision(-1)
+
+    # -- the revision ----------------------------------------------------------------------
 
     async def revision(self) -> int:
-        """The current catalogue revision, as Redis has kept it for at most REVISION_TTL_S."""
+        """The current catalogue revision: the watched one, else looked up now."""
+        if self._watched is not None:
+            return self._watched
+        return await self.current_revision()
+
+    async def current_revision(self) -> int:
+        """The revision as Redis keeps it (at most REVISION_TTL_S behind a publish that could not
+        write it there), else as the database has it."""
+        if not self.shared_redis:
+            return await stored_revision()
         cached = await self.redis.get(_revision_key(self.keys))
         if cached is not None:
             return int(cached)
-        state = await CatalogueState.get_or_none(id="catalogue")
-        revision = state.revision if state else 0
-        await self.redis.set(_revision_key(self.keys), revision, ex=REVISION_TTL_S)
+        revision = await stored_revision()
+        # NX: a publish that wrote its newer revision since our read keeps it.
+        await self.redis.set(_revision_key(self.keys), revision, ex=REVISION_TTL_S, nx=True)
         return revision
 
-    async def _cached(self, name: str, load):
+    async def watch(self, every: float = REVISION_POLL_S) -> None:
+        """Looks the revision up every `every` seconds, for ever, so requests never do; while it
+        cannot be read (Redis or the database down), the last one read is served."""
+        failing = False
+        while True:
+            await asyncio.sleep(every)
+            try:
+                self._watched = await self.current_revision()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if not failing:
+                    log.warning("catalogue revision unreadable, serving revision %s: %r", self._watched, exc)
+                failing = True
+            else:
+                if failing:
+                    log.info("catalogue revision readable again: %s", self._watched)
+                failing = False
+
+    async def start_watching(self) -> asyncio.Task:
+        """Reads the revision now (if it can), then watches it in a task the caller cancels."""
+        try:
+            self._watched = await self.current_revision()
+        except Exception as exc:  # requests look it up themselves until the watch reads it
+            log.warning("catalogue revision unreadable at start: %r", exc)
+        return asyncio.get_running_loop().create_task(self.watch())
+
+    def stop_watching(self) -> None:
+        """Back to looking the revision up on each call (the watch task is the caller's to cancel)."""
+        self._watched = None
+
+    async def _current(self) -> _Revision:
         revision = await self.revision()
+        if self._memo.number != revision:
+            self._memo = _Revision(revision)
+        return self._memo
+
+    async def remember(self, key: Hashable, build: Callable[[], Awaitable[Any]]) -> Any:
+        """`build()`'s value for `key` in the current revision, built once per revision and kept
+        among the ANSWERS_KEPT most recently used (a transport's rendered responses)."""
+        memo = await self._current()
+        return await memo.remember(("answer", key), build, bounded=True)
+
+    # -- values of the revision ------------------------------------------------------------
+
+    async def _kept(self, name: str, load):
+        """The value `name` of the current revision: from memory, else Redis, else `load()`."""
+        memo = await self._current()
+        return await memo.remember(name, lambda: self._through_redis(memo.number, name, load))
+
+    async def _through_redis(self, revision: int, name: str, load):
         key = self.keys("catalog", revision, name)
         raw = await self.redis.get(key)
         if raw is not None:
@@ -78,7 +219,7 @@ class CatalogueReader:
             state = await CatalogueState.get_or_none(id="catalogue")
             return dict(state.content) if state else {}
 
-        return await self._cached("shared", load)
+        return await self._kept("shared", load)
 
     async def summaries(self) -> list[dict]:
         """Every current item in code order, as list entries."""
@@ -87,7 +228,7 @@ class CatalogueReader:
             rows = await ServiceItem.filter(is_current=True).order_by("code")
             return [summary(row.content) for row in rows]
 
-        return await self._cached("summaries", load)
+        return await self._kept("summaries", load)
 
     async def browse(
         self,
@@ -110,13 +251,21 @@ class CatalogueReader:
         return {"items": page, "next_cursor": _cursor(page[-1]["code"]) if len(items) > limit else None}
 
     async def guide(self, code: str) -> dict | None:
-        """The full guide of the current version of `code`, or None."""
+        """The full guide of the current version of `code`, or None (a code not in the list
+        entries costs no query, so unknown codes fill no cache)."""
+        memo = await self._current()
+        codes = await memo.remember("codes", self._codes)
+        if code not in codes:
+            return None
 
         async def load():
             row = await ServiceItem.get_or_none(code=code, is_current=True)
             return None if row is None else guide(row)
 
-        return await self._cached(f"guide:{code}", load)
+        return await memo.remember(("guide", code), lambda: self._through_redis(memo.number, f"guide:{code}", load))
+
+    async def _codes(self) -> frozenset[str]:
+        return frozenset(entry["code"] for entry in await self.summaries())
 
     async def require_guide(self, *, code: str) -> dict:
         """The full guide of the current version of `code`; NotFound when the item is not published."""
@@ -127,17 +276,25 @@ class CatalogueReader:
 
     async def search_index(self) -> SearchIndex:
         """The search index of the current revision, built once per process per revision."""
-        revision = await self.revision()
-        if self._search is None or self._search[0] != revision:
+        memo = await self._current()
+
+        async def build():
             rows = await ServiceItem.filter(is_current=True).order_by("code")
             shared = await self.shared()
-            self._search = (revision, SearchIndex.build([r.content for r in rows], shared.get("synonyms") or []))
-        return self._search[1]
+            return SearchIndex.build([r.content for r in rows], shared.get("synonyms") or [])
+
+        return await memo.remember("index", build)
 
     async def search(self, *, query: str, limit: int) -> list[Hit]:
-        """The items answering `query`, best first: hits scoring at least `SearchIndex.MIN_SCORE`."""
-        index = await self.search_index()
-        return [hit for hit in index.search(query, limit=limit) if hit.score >= index.MIN_SCORE]
+        """The items answering `query`, best first: hits scoring at least `SearchIndex.MIN_SCORE`;
+        kept per normalised query and limit for the revision."""
+        memo = await self._current()
+
+        async def run():
+            index = await self.search_index()
+            return [hit for hit in index.search(query, limit=limit) if hit.score >= index.MIN_SCORE]
+
+        return await memo.remember(("search", normalise_query(query), limit), run, bounded=True)
 
 
 def build_from_catalogue_file(path: str | Path) -> SearchIndex:

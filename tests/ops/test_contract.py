@@ -117,6 +117,8 @@ def test_security_schemes_are_declared_and_applied(document):
         ("post", "/console/api/session"),
         ("post", "/console/api/session/totp"),
     }
+    # Service guides are public information (政务公开).
+    public |= {("get", "/api/v1/services"), ("get", "/api/v1/services/{code}"), ("get", "/api/v1/services/search")}
     for path, method, op in operations(document):
         names = {name for requirement in op.get("security", []) for name in requirement}
         if (method, path) in public or not path.startswith(("/api/v1/", "/console/")):
