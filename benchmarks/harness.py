@@ -1327,12 +1327,19 @@ class Session:
     def wrk(self, target: str, server: Zhangban | Proc, path: str, *, ceiling: Row | None = None,
             headers: dict[str, str] | None = None, requests: Requests | None = None,
             refill: Callable[[int], None] | None = None, connections: int | None = None,
-            label: str | None = None, base: str | None = None) -> Row:  # fmt: skip
+            label: str | None = None, base: str | None = None, method: str = "GET", body: str | None = None,
+            rate_guess: float = 3000) -> Row:  # fmt: skip
         """A warm-up, then a measured wrk run of `path` on `server` (with `requests`' Lua script;
         `refill(count)` writes that many fresh requests before each run). Measured again, up to
         --retries, while other processes used more than 10% of the CPU; the least disturbed
-        attempt is kept. The ratio is to `ceiling` (a /healthz row of the same server)."""
+        attempt is kept. The ratio is to `ceiling` (a /healthz row of the same server). `method`
+        and `body`: the same request each time, by a one-line Lua script. `rate_guess`: requests/s
+        the warm-up's request file is sized for."""
         args = self.args
+        script = requests.script if requests is not None else None
+        if script is None and (method != "GET" or body is not None):
+            script = self.tmp / f"{method.lower()}-{secrets.token_hex(3)}.lua"
+            script.write_text(f"wrk.method = {_lua_string(method)}\nwrk.body = {_lua_string(body or '')}\n")
         conns = connections or args.connections
         url = (base or getattr(server, "base", None)) + path
         row_label = label or getattr(server, "label", server.name)
@@ -1344,13 +1351,12 @@ class Session:
             wait_until_quiet(min(args.quiet_wait, max(0.0, self.left())))
             try:
                 if requests is not None and refill is not None:
-                    refill(max(2000, int((warm_rate or 3000) * 1.5 * max(args.warmup, 1))))
-                script = requests.script if requests is not None else None
+                    refill(max(500, int(rate_guess * 1.5 * max(args.warmup, 1))))
                 if args.warmup:
                     warm = run_wrk(wrk_command(url, args.warmup, conns, args.threads, headers, script), args.warmup)
                     warm_rate = warm.requests / args.warmup if warm else None
                 if requests is not None and refill is not None:
-                    refill(max(2000, int((warm_rate or 3000) * 1.5 * args.duration)))
+                    refill(max(500, int((warm_rate or rate_guess) * 1.5 * args.duration)))
                 with (self.watch(server if isinstance(server, Zhangban) else None,
                                  {} if isinstance(server, Zhangban) else {server.name: server.pid})) as watch:  # fmt: skip
                     result = run_wrk(
@@ -1423,6 +1429,8 @@ class Session:
         mode = " (quick mode: a harness smoke run, noisy)" if self.args.quick else ""
         body = [self.section, "", f"Measured {self.when} by `.venv/bin/python {self.script}`{mode}.", ""]
         for title, rows, digits in self.tables:
+            if not rows:
+                continue
             if title:
                 body += [title, ""]
             body += [*markdown_table(rows, digits), ""]
