@@ -203,8 +203,14 @@ def drafts(s: h.Session, server: h.Zhangban, code: str, form, content: dict) -> 
     draft = citizen.call("POST", "/api/v1/drafts", json={"service_code": code})
     needed = [m["key"] for m in content["materials"] if m["source"] == "applicant"]
     uploaded = {
-        key: [citizen.call("POST", "/api/v1/materials", data={"kind": key},
-                           files={"file": (f"{key}.jpg", scan_jpeg(), "image/jpeg")})["id"]]  # fmt: skip
+        key: [
+            citizen.call(
+                "POST",
+                "/api/v1/materials",
+                data={"kind": key},
+                files={"file": (f"{key}.jpg", scan_jpeg(), "image/jpeg")},
+            )["id"]
+        ]  # fmt: skip
         for key in needed
     }
     data = complete_data(form, content, people, uploaded)

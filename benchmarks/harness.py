@@ -1158,6 +1158,13 @@ class Row:
     attempts: int = 1
     failed: str | None = None
     cpu: CpuWatch | None = None
+    sent: dict = field(default_factory=dict)  # a Requests run: n, issued, reused, responses, sampled
+    statuses: Counter = field(default_factory=Counter)
+    markers: Counter = field(default_factory=Counter)
+    samples: list = field(default_factory=list)
+    written: int = 0
+    socket_errors: str | None = None
+    non_2xx: int = 0
 
     def cells(self) -> dict:
         if self.failed:
@@ -1171,6 +1178,21 @@ class Row:
             **self.extra,
             "ratio to /healthz": self.ratio,
         }
+
+
+def sent_note(row: Row) -> str:
+    """What a Requests run sent and got back, and where the CPU went, in one line."""
+    sent = row.sent
+    parts = [
+        f"{sent.get('issued', 0):,} requests sent ({row.written:,} written, {sent.get('reused', 0)} sent twice)",
+        f"{sent.get('responses', 0):,} answered: " + outcomes(Counter({str(k): v for k, v in row.statuses.items()})),
+    ]
+    if row.markers:
+        parts.append("bodies with " + ", ".join(f"`{k}` ×{v:,}" for k, v in row.markers.items()))
+    parts.append(f"wrk socket errors: {row.socket_errors or 'none'}")
+    if row.cpu:
+        parts.append(f"CPU in shares of one core: {row.cpu.shares()}")
+    return "; ".join(parts)
 
 
 DIGITS = {"requests/s": 0, "p50 ms": 2, "p99 ms": 2, "ratio to /healthz": 3}
@@ -1328,13 +1350,16 @@ class Session:
             headers: dict[str, str] | None = None, requests: Requests | None = None,
             refill: Callable[[int], None] | None = None, connections: int | None = None,
             label: str | None = None, base: str | None = None, method: str = "GET", body: str | None = None,
-            rate_guess: float = 3000) -> Row:  # fmt: skip
+            rate_guess: float = 3000, on_start: Callable[[], None] | None = None,
+            on_end: Callable[[Row], None] | None = None, settle: float = 0.0) -> Row:  # fmt: skip
         """A warm-up, then a measured wrk run of `path` on `server` (with `requests`' Lua script;
         `refill(count)` writes that many fresh requests before each run). Measured again, up to
         --retries, while other processes used more than 10% of the CPU; the least disturbed
         attempt is kept. The ratio is to `ceiling` (a /healthz row of the same server). `method`
         and `body`: the same request each time, by a one-line Lua script. `rate_guess`: requests/s
-        the warm-up's request file is sized for."""
+        the warm-up's request file is sized for. `on_start()` runs just before the measured run,
+        `on_end(row)` `settle` seconds after it (database counts); with `requests`, the row carries
+        what the Lua script counted (`row.sent`, `row.statuses`, `row.markers`, `row.samples`)."""
         args = self.args
         script = requests.script if requests is not None else None
         if script is None and (method != "GET" or body is not None):
@@ -1357,13 +1382,24 @@ class Session:
                     warm_rate = warm.requests / args.warmup if warm else None
                 if requests is not None and refill is not None:
                     refill(max(500, int((warm_rate or rate_guess) * 1.5 * args.duration)))
+                if on_start is not None:
+                    on_start()
                 with (self.watch(server if isinstance(server, Zhangban) else None,
                                  {} if isinstance(server, Zhangban) else {server.name: server.pid})) as watch:  # fmt: skip
                     result = run_wrk(
                         wrk_command(url, args.duration, conns, args.threads, headers, script), args.duration
                     )
                 watch.add("wrk", result.cpu_s)
-            except (RuntimeError, subprocess.TimeoutExpired) as exc:
+                if requests is not None:
+                    row.sent, row.statuses, row.markers = requests.counters()
+                    row.samples = requests.sample_bodies()
+                    row.written = requests.written
+                row.socket_errors, row.non_2xx = result.socket_errors, result.non_2xx
+                if settle:
+                    time.sleep(settle)
+                if on_end is not None:
+                    on_end(row)
+            except (RuntimeError, subprocess.TimeoutExpired, OSError, ValueError) as exc:
                 row.failed = str(exc).splitlines()[0][:160]
                 self.failed = True
                 print(f"  {target}: FAILED: {exc}", file=sys.stderr)
