@@ -784,6 +784,13 @@ class Zhangban(Proc):
         self.helpers.append(helper)
         return helper
 
+    def restart(self, env: dict[str, str], helpers: bool = True) -> float:
+        """Stops the server and its helpers, changes `env`, starts them again (same database)."""
+        self.stop()
+        self.helpers = []
+        self.env.update(env)
+        return self.start(helpers=helpers)
+
     def stop_helpers(self) -> None:
         for helper in self.helpers:
             helper.stop()
@@ -1195,6 +1202,23 @@ def sent_note(row: Row) -> str:
     return "; ".join(parts)
 
 
+def cpu_per_request(row: Row) -> str:
+    """Where the CPU went per request of `row` (ms of each of our processes), and the rate these
+    cores would allow if nothing else ran: tells a CPU-bound path from one waiting on a lock."""
+    if not row.cpu or not row.rps:
+        return ""
+    cores = len(os.sched_getaffinity(0))
+    shares = {name: row.cpu.core_share(name) for name in row.cpu.used}
+    per = sum(shares.values()) / row.rps
+    heavy = sorted(((k, v) for k, v in shares.items() if v >= 0.02), key=lambda kv: -kv[1])
+    return (
+        "CPU per request: "
+        + ", ".join(f"{k} {v / row.rps * 1000:.2f} ms" for k, v in heavy)
+        + f"; {per * 1000:.2f} ms in all of our processes, so at most about {cores / per:,.0f} requests/s on these "
+        f"{cores} cores if nothing else ran (the run reached {row.rps * per / cores:.0%} of that)"
+    )
+
+
 DIGITS = {"requests/s": 0, "p50 ms": 2, "p99 ms": 2, "ratio to /healthz": 3}
 
 
@@ -1395,6 +1419,12 @@ class Session:
                     row.samples = requests.sample_bodies()
                     row.written = requests.written
                 row.socket_errors, row.non_2xx = result.socket_errors, result.non_2xx
+                row.rps, row.p50_ms, row.p99_ms = result.rps, result.p50_ms, result.p99_ms
+                row.others_cpu, row.cpu = watch.others(), watch
+                if ceiling is not None and ceiling.rps:
+                    row.ratio = row.rps / ceiling.rps
+                elif target.startswith("GET /healthz"):
+                    row.ratio = 1.0
                 if settle:
                     time.sleep(settle)
                 if on_end is not None:
@@ -1404,12 +1434,6 @@ class Session:
                 self.failed = True
                 print(f"  {target}: FAILED: {exc}", file=sys.stderr)
                 break
-            row.rps, row.p50_ms, row.p99_ms = result.rps, result.p50_ms, result.p99_ms
-            row.others_cpu, row.cpu = watch.others(), watch
-            if ceiling is not None and ceiling.rps:
-                row.ratio = row.rps / ceiling.rps
-            elif target.startswith("GET /healthz"):
-                row.ratio = 1.0
             print(
                 f"  {target} [{row_label}]: {fmt(row.rps)} req/s, p50 {fmt(row.p50_ms, 2)} ms, p99 "
                 f"{fmt(row.p99_ms, 2)} ms, ratio {fmt(row.ratio, 3)} ({result.requests} requests, "
