@@ -124,7 +124,7 @@ async def send_backlog(base: str, platform: Platform, case_nos: list[str]) -> di
 
 def run_row(s: h.Session, workers: int, last: bool, platform: Platform, pushes: list[dict], args) -> list[h.Row]:
     template = f"zbbench_progress_{secrets.token_hex(6)}"
-    server = s.zhangban(h.PRODUCTION, workers, env={"PUSH_MP_TEMPLATE_ID": template})
+    server = s.zhangban(h.PRODUCTION, workers, env={"PUSH_MP_TEMPLATE_ID": template}, name=h.workers_label(workers))
     db = seeding.Database(server.env["DATABASE_URL"])
     pool = seeding.Pool(db)
     try:

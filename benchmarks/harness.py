@@ -82,6 +82,10 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 
+def workers_label(workers: int) -> str:
+    return f"{workers} Sanic worker{'s' if workers > 1 else ''}"
+
+
 def python_bin() -> str:
     venv = ROOT / ".venv" / "bin" / "python"
     return str(venv) if venv.exists() else sys.executable
@@ -789,6 +793,10 @@ class Zhangban(Proc):
         self.stop()
         self.helpers = []
         self.env.update(env)
+        if "WORKERS" in env:
+            self.workers = int(env["WORKERS"])
+            self.label = workers_label(self.workers)
+            self.name = self.label
         return self.start(helpers=helpers)
 
     def stop_helpers(self) -> None:

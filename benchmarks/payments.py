@@ -288,7 +288,9 @@ def measure_creations(s: h.Session, server: h.Zhangban, orders: Orders, args) ->
 
 
 def run_row(s: h.Session, workers: int, last: bool, args, creations: list, summary: list) -> list[h.Row]:
-    server = s.zhangban(h.PRODUCTION, workers, own_platform=True, env={"PAYMENT_QUERY_AFTER_S": "3600"})
+    server = s.zhangban(
+        h.PRODUCTION, workers, own_platform=True, env={"PAYMENT_QUERY_AFTER_S": "3600"}, name=h.workers_label(workers)
+    )
     db = seeding.Database(server.env["DATABASE_URL"])
     orders = Orders(db)
     try:
