@@ -233,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
                     ours.append(bot)
                     if workers == 1:
                         last_ceiling = ceiling
-                except (RuntimeError, OSError) as exc:
+                except Exception as exc:  # ours, httpx's, asyncpg's: the row says what went wrong
                     rows.append(s.failed_row("bot", server.label, exc))
                 s.stop(server)
         theirs: list[h.Row] = []
@@ -241,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 versions = werobot_venv(args.fresh_werobot)
                 s.note("WeRoBot's environment: " + ", ".join(f"{k} {v}" for k, v in versions.items()))
-            except (RuntimeError, OSError, ValueError) as exc:
+            except Exception as exc:  # the row says what went wrong
                 versions = None
                 rows.append(s.failed_row("WeRoBot", "its virtual environment", exc))
             for how in ["gunicorn"] + ([] if args.quick else ["auto"]):
@@ -260,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
                                        f"POST {OA_PATH} (encrypted, fixed text)")  # fmt: skip
                         rows += [verify, post]
                         theirs.append(post)
-                    except (RuntimeError, OSError) as exc:
+                    except Exception as exc:  # ours, httpx's, asyncpg's: the row says what went wrong
                         rows.append(s.failed_row("WeRoBot", server.label, exc))
                     server.stop()
                     kinds = h.log_kinds(server.log_problems())

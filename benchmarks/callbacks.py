@@ -192,7 +192,7 @@ def run_row(s: h.Session, workers: int, last: bool, platform: Platform, pushes: 
                                   d.settled / d.seconds if d.seconds else None, "pushes settled/s")  # fmt: skip
         s.note(f"{server.label}: cases by status at the end: {h.outcomes(db.case_statuses())}")
         rows = [ceiling, row]
-    except (RuntimeError, OSError) as exc:
+    except Exception as exc:  # ours, httpx's, asyncpg's: the row says what went wrong
         rows = [s.failed_row(TARGET, server.label, exc)]
     s.stop(server)
     return rows

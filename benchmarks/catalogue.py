@@ -300,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
                 reviews += review_rows(s, server, made, args.review_connections)
                 if not timings:
                     timings = in_process(s, content, made, args.iterations)
-            except (RuntimeError, OSError) as exc:
+            except Exception as exc:  # ours, httpx's, asyncpg's: the row says what went wrong
                 reads.append(s.failed_row("catalogue", server.label, exc))
             s.stop(server)
         s.wrk_table(f"Catalogue reads (wrk `-c{args.connections}`):", reads)

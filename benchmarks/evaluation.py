@@ -745,7 +745,7 @@ def main(argv: list[str] | None = None) -> int:
                 s.note(
                     f"{server.label}: the platform simulator's calls so far: {h.outcomes(s.channels.platform.calls())}"
                 )
-        except (RuntimeError, OSError) as exc:
+        except Exception as exc:  # ours, httpx's, asyncpg's: the row says what went wrong
             reads.append(s.failed_row("evaluation", server.label, exc))
         s.stop(server)
         s.table(f"Statistics in this process through Tortoise (server stopped), {args.stats_runs} timed calls per query:",

@@ -159,6 +159,8 @@ def parse_args(
     parser.add_argument("--no-write", action="store_true", help="print only, leave RESULTS.md alone")
     parser.add_argument("--write", action="store_true", help="in quick mode, write RESULTS.md all the same")
     parser.add_argument("--keep-logs", type=Path, help="copy every process's log there")
+    parser.add_argument("--profile", type=Path, metavar="DIR",
+                        help="py-spy the server during each measured non-/healthz row; summaries in the notes")  # fmt: skip
     if extra:
         extra(parser)
     args = parser.parse_args(argv)
@@ -455,7 +457,7 @@ class Channels:
             "platform simulator",
             [
                 "-m", "bridge.simulator", "--host", "{host}", "--port", "{port}",
-                "--app-key", self.platform_key, "--secret", self.platform_secret,
+                f"--app-key={self.platform_key}", f"--secret={self.platform_secret}",
                 "--script", "happy", "--step-delay", "3600",
             ],
             workdir,
@@ -685,6 +687,36 @@ def redis_pids() -> list[int]:
 # -- Zhangban servers --------------------------------------------------------------------------
 
 
+class SignalWatch:
+    """Who sends a termination signal to a process: `strace -e trace=none -e signal=...` attached to
+    it (when strace is installed), so that a server killed from outside says by whom. Costs nothing
+    while no signal comes."""
+
+    def __init__(self, pid: int, log: Path):
+        self.log, self.proc = log, None
+        if shutil.which("strace") and pid:
+            self.proc = subprocess.Popen(
+                ["strace", "-qq", "-e", "trace=none", "-e", "signal=SIGTERM,SIGINT,SIGHUP,SIGQUIT", "-p", str(pid),
+                 "-o", str(log)],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )  # fmt: skip
+
+    def senders(self) -> str:
+        """`SIGTERM from pid N (its command line)` for each signal seen."""
+        try:
+            text = self.log.read_text(errors="replace")
+        except OSError:
+            return ""
+        out = []
+        for sig, pid in re.findall(r"--- (SIG\w+) \{[^}]*si_pid=(\d+)", text):
+            try:
+                cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+            except OSError:
+                cmd = "gone by now"
+            out.append(f"{sig} from pid {pid} ({cmd[:120]})")
+        return "; ".join(out)
+
+
 class Zhangban(Proc):
     """`server.py serve` in its own temporary directory, its environment made once (so `cli()`
     commands, the worker, the scheduler and a restart share the keys, database and prefix).
@@ -774,8 +806,27 @@ class Zhangban(Proc):
         if helpers and not self.helpers:
             for name, argv in (("worker", ["worker", "--processes", "1"]), ("scheduler", ["scheduler"])):
                 self.add_helper(name, argv)
-        self.spawn()
-        self.start_s = self.wait_ready(self.base + "/healthz")
+        for attempt in (1, 2):
+            self.spawn()
+            watcher = SignalWatch(self.pid, self.cwd / f"signals-{attempt}.log")
+            try:
+                self.start_s = self.wait_ready(self.base + "/healthz")
+                break
+            except RuntimeError:
+                code = self.proc.returncode if self.proc else None
+                if attempt == 2 or code is None or code >= 0:
+                    raise
+                self.session.note(
+                    f"{self.label}: the server died of signal {-code} before answering, not of its own accord "
+                    f"({watcher.senders() or 'sender unknown'}); started again"
+                )
+                self.stop()
+                self.port = free_port()
+                self.base = f"http://{HOST}:{self.port}"
+                self.argv[-1] = str(self.port)
+                self.env["PUBLIC_BASE_URL"] = self.base
+            finally:
+                self.watchers = [*getattr(self, "watchers", []), watcher]
         if self.workers > 1:
             time.sleep(1.0)  # the other workers finish booting
         return self.start_s
@@ -1013,6 +1064,102 @@ def wrk_version() -> str:
     except FileNotFoundError:
         return "wrk missing"
     return line.split("[")[0].replace("Copyright", "").strip()
+
+
+# -- profiles (py-spy) -------------------------------------------------------------------------
+
+PY_SPY_VERSION = "0.4.3"
+TOOLS_VENV = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "zhangban-bench" / "tools"
+
+
+def py_spy() -> str:
+    """py-spy, installed on first use into a virtual environment of the benchmarks' own (not a
+    Zhangban dependency); needs the package index once."""
+    binary = TOOLS_VENV / "bin" / "py-spy"
+    if not binary.exists():
+        TOOLS_VENV.parent.mkdir(parents=True, exist_ok=True)
+        base = getattr(sys, "_base_executable", None) or shutil.which("python3") or "python3"
+        for cmd in ([base, "-m", "venv", str(TOOLS_VENV)],
+                    [str(TOOLS_VENV / "bin" / "python"), "-m", "pip", "install", "--quiet", f"py-spy=={PY_SPY_VERSION}"]):  # fmt: skip
+            done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+            if done.returncode != 0:
+                shutil.rmtree(TOOLS_VENV, ignore_errors=True)
+                raise RuntimeError(f"installing py-spy failed: {done.stderr.strip()[-300:]}")
+    return str(binary)
+
+
+class Profile:
+    """`py-spy record` of a process group's main process and its children (Sanic's workers) while
+    entered, in collapsed-stack form; `summary()` says where the time went."""
+
+    def __init__(self, pid: int, seconds: float, out: Path):
+        self.pid, self.seconds, self.out = pid, seconds, out
+        self.proc: subprocess.Popen | None = None
+
+    def __enter__(self) -> Profile:
+        cmd = [py_spy(), "record", "--pid", str(self.pid), "--subprocesses", "--nonblocking", "--format", "raw",
+               "--rate", "200", "--duration", str(max(1, int(self.seconds))), "--output", str(self.out)]  # fmt: skip
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        try:
+            self.proc.wait(timeout=self.seconds + 30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def summary(self, top: int = 8) -> str:
+        """The heaviest functions by own time (any code) and, of the project's own, by time spent in
+        them and below, as shares of the samples."""
+        if not self.out.exists():
+            err = (self.proc.stderr.read() if self.proc and self.proc.stderr else "").strip().splitlines()
+            return f"no profile ({err[-1] if err else 'py-spy wrote nothing'})"
+        own, inclusive, total = Counter(), Counter(), 0
+        for line in self.out.read_text(errors="replace").splitlines():
+            stack, _, count = line.rpartition(" ")
+            if not stack or not count.isdigit():
+                continue
+            n = int(count)
+            total += n
+            frames = [f for f in stack.split(";") if not f.startswith("process ") and not f.startswith("thread ")]
+            if frames:
+                own[_frame_name(frames[-1])] += n
+            for name in {_frame_name(f) for f in frames if _ours(f)}:
+                inclusive[name] += n
+        if not total:
+            return "no samples"
+        idle = sum(
+            v for k, v in own.items() if k.split(" ")[0] in ("select", "poll", "epoll_wait", "_run_once", "run_forever")
+        )
+        return (
+            f"{total:,} samples; own time: "
+            + ", ".join(f"{k} {v / total:.0%}" for k, v in own.most_common(top))
+            + "; our code, inclusive: "
+            + ", ".join(f"{k} {v / total:.0%}" for k, v in inclusive.most_common(top))
+            + (f" (idle-looking frames {idle / total:.0%})" if idle else "")
+        )
+
+
+def _ours(frame: str) -> bool:
+    """A frame of the project's own code (py-spy names files relative to sys.path entries)."""
+    match = re.match(r".*? \((.*?)(?::\d+)?\)$", frame)
+    if not match or "site-packages" in match.group(1) or match.group(1) == "server.py":
+        return False
+    path = match.group(1).replace(str(ROOT) + "/", "")
+    return not path.startswith("/") and (ROOT / path).is_file()
+
+
+def _frame_name(frame: str) -> str:
+    """`function (path:line)` → `function (file.py)`, the path made relative to the project."""
+    match = re.match(r"(.*?) \((.*?)(?::\d+)?\)$", frame)
+    if not match:
+        return frame[:80]
+    function, path = match.groups()
+    path = path.replace(str(ROOT) + "/", "")
+    if "site-packages/" in path:
+        path = path.split("site-packages/", 1)[1]
+    return f"{function} ({path})"
 
 
 # -- requests sent once each by a wrk Lua script ------------------------------------------------
@@ -1309,7 +1456,11 @@ class Session:
             print(f"production rows skipped: {self.production_missing}", file=sys.stderr)
         self.channels = Channels(self.tmp)
         if self.want_channels:
-            self.channels.start()
+            try:
+                self.channels.start()
+            except BaseException:
+                self.__exit__(*sys.exc_info())
+                raise
         print(f"{self.script}: {'quick mode, ' if self.args.quick else ''}machine: {self.machine}", flush=True)
         return self
 
@@ -1350,6 +1501,10 @@ class Session:
 
     def stop(self, server: Zhangban) -> None:
         """Stops `server` (and its helpers) and notes the warnings of their logs."""
+        if server.proc is not None and server.proc.poll() is not None:
+            senders = "; ".join(w.senders() for w in getattr(server, "watchers", []) if w.senders())
+            self.note(f"{server.label}: the server had died (exit code {server.proc.returncode}) before the "
+                      f"benchmark stopped it" + (f"; signals: {senders}" if senders else ""))  # fmt: skip
         took = server.stop()
         if took and took > 5:
             self.note(f"{server.label}: the server took {took:.1f} s to stop")
@@ -1416,12 +1571,19 @@ class Session:
                     refill(max(500, int((warm_rate or rate_guess) * 1.5 * args.duration)))
                 if on_start is not None:
                     on_start()
-                with (self.watch(server if isinstance(server, Zhangban) else None,
+                profile = contextlib.nullcontext()
+                if args.profile and isinstance(server, Zhangban) and not target.startswith("GET /healthz"):
+                    args.profile.mkdir(parents=True, exist_ok=True)
+                    slug = re.sub(r"\W+", "-", f"{Path(self.script).stem}-{row_label}-{target}")[:120]
+                    profile = Profile(server.pid, args.duration, args.profile / f"{slug}.txt")
+                with profile, (self.watch(server if isinstance(server, Zhangban) else None,
                                  {} if isinstance(server, Zhangban) else {server.name: server.pid})) as watch:  # fmt: skip
                     result = run_wrk(
                         wrk_command(url, args.duration, conns, args.threads, headers, script), args.duration
                     )
                 watch.add("wrk", result.cpu_s)
+                if isinstance(profile, Profile):
+                    self.note(f"{target}, {row_label}: where the server's time went (py-spy): {profile.summary()}")
                 if requests is not None:
                     row.sent, row.statuses, row.markers = requests.counters()
                     row.samples = requests.sample_bodies()

@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
                     server.start()
                     row = s.ceiling(server)
                     row.target, row.extra["start s"] = "GET /healthz (Zhangban)", server.start_s
-                except RuntimeError as exc:
+                except Exception as exc:  # the row says what went wrong
                     row = s.failed_row("GET /healthz (Zhangban)", server.label, exc)
                 s.stop(server)
                 rows.append(row)
@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
                 took = hello.start()
                 row = s.ceiling(hello)
                 row.target, row.extra["start s"], row.ratio = "GET /healthz (bare Sanic)", took, 1.0
-            except RuntimeError as exc:
+            except Exception as exc:  # the row says what went wrong
                 row = s.failed_row("GET /healthz (bare Sanic)", hello.label, exc)
             hello.stop()
             hello_rps[workers] = row.rps

@@ -486,7 +486,7 @@ def run_uploads(s: h.Session, args) -> list[dict]:
                 if stored != created:
                     s.failed = True
                     s.note(f"uploads ×{concurrency}, {server.label}: ERROR: {stored} rows for {created} answers 201")
-        except (RuntimeError, OSError) as exc:
+        except Exception as exc:  # ours, httpx's, asyncpg's: the row says what went wrong
             s.failed_row("uploads", server.label, exc)
         s.stop(server)
     return out

@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         for size in [int(x) for x in args.sizes.split(",") if x.strip()]:
             try:
                 rows.append(run_size(s, size, args))
-            except (RuntimeError, OSError) as exc:
+            except Exception as exc:  # ours, httpx's, asyncpg's: the row says what went wrong
                 s.failed_row("notice fan-out", f"{size:,} recipients", exc)
         s.table("", rows, {"send time s": 1, "worker VmHWM idle MiB": 1, "worker VmHWM after send MiB": 1})
         return s.finish(

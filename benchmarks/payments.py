@@ -335,7 +335,7 @@ def run_row(s: h.Session, workers: int, last: bool, args, creations: list, summa
             creations += measure_creations(s, server, orders, args)
         s.note(f"{server.label}: orders by channel and state at the end: {h.outcomes(orders.states())}")
         rows = [ceiling, row]
-    except (RuntimeError, OSError) as exc:
+    except Exception as exc:  # ours, httpx's, asyncpg's: the row says what went wrong
         rows = [s.failed_row(TARGET, server.label, exc)]
     s.stop(server)
     return rows
