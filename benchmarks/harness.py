@@ -1245,7 +1245,7 @@ class Requests:
     contain, and keeps up to `max_samples` bodies spread over the run (non-2xx ones always)."""
 
     def __init__(self, directory: Path, name: str, threads: int = 1, markers: Iterable[str] = (),
-                 expected: int = 1000, max_samples: int = 200):  # fmt: skip
+                 expected: int = 1000, max_samples: int = 200, delay_ms: float = 0):  # fmt: skip
         self.markers = list(markers)
         self.path, self.script = directory / f"{name}.requests", directory / f"{name}.lua"
         self.samples, self.summary = directory / f"{name}.samples", directory / f"{name}.summary"
@@ -1261,6 +1261,8 @@ class Requests:
                 "max_samples": max_samples,
                 "markers": ", ".join(_lua_string(m) for m in self.markers),
             }
+            # a pause before each request of a connection: paces the load below the peak
+            + (f"\nfunction delay()\n  return {delay_ms:.3f}\nend\n" if delay_ms > 0 else "")
         )
 
     def write(self, requests: Iterable[tuple[str, str, dict[str, str], str]]) -> int:
