@@ -57,6 +57,9 @@ NOISE_SIGMA = 8.0
 ORIENTATION = 6
 MAX_EDGE, THUMB_EDGE = 2000, 320
 NAIVE_QUALITY, NAIVE_THUMB_QUALITY = 85, 80
+# Equal output: the same pixel sizes (so the same orientation), no metadata, and at most this mean
+# absolute difference per channel (0–255) between the two pipelines' pictures and thumbnails.
+MAX_MEAN_DIFF = 3.0
 MODES = ("1 thread", "ThreadPoolExecutor(2)", "ProcessPoolExecutor(2)")
 
 
@@ -317,6 +320,24 @@ def multipart(boundary: str, kind: str, jpeg: bytes, filename: str) -> bytes:
     return head + jpeg + f"\r\n--{boundary}--\r\n".encode()
 
 
+def output_differences(shapes: dict, diff: float | None, thumb_diff: float | None, fast: Output) -> list[str]:
+    """What keeps media.process's output from being equal to the naive one's (empty: equal)."""
+    from PIL import Image
+
+    problems = []
+    f, n = shapes["media.process"], shapes["naive Pillow"]
+    if (f[0], f[2]) != (n[0], n[2]):
+        problems.append(f"sizes {f[0]} and {f[2]} against {n[0]} and {n[2]}")
+    for what, d in (("picture", diff), ("thumbnail", thumb_diff)):
+        if d is None or d > MAX_MEAN_DIFF:
+            problems.append(f"{what}: mean difference {d} (bound {MAX_MEAN_DIFF})")
+    for what, data in (("picture", fast[0]), ("thumbnail", fast[1])):
+        with Image.open(io.BytesIO(data)) as im:
+            if im.getexif() or {"exif", "icc_profile", "xmp", "comment"} & set(im.info):
+                problems.append(f"{what}: metadata left ({sorted(im.info)})")
+    return problems
+
+
 def time_mode(s: h.Session, pipeline: str, how: str, warm: list[bytes], images: list[bytes]) -> dict:
     """Images/s of `pipeline` in mode `how` (and ms per image with one thread)."""
     fn = PIPELINES[pipeline]
@@ -373,6 +394,9 @@ def run_pipeline(s: h.Session, args) -> None:
     thumb_diff = mean_abs_diff(outs["media.process"][1], outs["naive Pillow"][1])
     s.note(f"mean absolute difference of the two outputs of the first image: {h.fmt(diff, 2)} per channel for the "
            f"{MAX_EDGE} px picture, {h.fmt(thumb_diff, 2)} for the thumbnail")  # fmt: skip
+    unequal = output_differences(shapes, diff, thumb_diff, outs["media.process"])
+    if unequal:
+        raise RuntimeError(f"media.process does not give the naive pipeline's output: {'; '.join(unequal)}")
     modes = [m for m in args.modes.split(",") if m in MODES]
     rows = [time_mode(s, name, how, warm, images) for how in modes for name in PIPELINES]
     sample = s.tmp / "phone.jpg"
