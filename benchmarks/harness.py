@@ -473,8 +473,10 @@ class Channels:
         return [self.wechat, self.platform, self.paysim]
 
     def start(self) -> None:
+        for sim in self.sims:  # all three boot at once, then each is waited for
+            sim.spawn()
         for sim in self.sims:
-            sim.start()
+            sim.wait_ready(sim.url + sim.stats_path)
         wechat = self.paysim.control(
             "wechatpay/__sim__/merchants",
             {
