@@ -1319,6 +1319,7 @@ class Row:
     p50_ms: float | None = None
     p99_ms: float | None = None
     ratio: float | None = None
+    ratio_of: str | None = None  # what the ratio divides by, when not /healthz of the same server
     extra: dict = field(default_factory=dict)  # more columns, in order
     others_cpu: float | None = None
     attempts: int = 1
@@ -1638,8 +1639,8 @@ class Session:
 
     # -- report ----------------------------------------------------------------------------
 
-    def summarise(self, rows: Iterable[Row], benchmark: str | None = None) -> None:
-        """Rows for `make bench`'s one table of ratios."""
+    def summarise(self, rows: Iterable[Row], benchmark: str | None = None, what: str | None = None) -> None:
+        """Rows for `make bench`'s one table of ratios (`what`: the ratio's divisor, if not /healthz)."""
         for r in rows:
             self.summary.append(
                 {
@@ -1649,6 +1650,7 @@ class Session:
                     "rps": r.rps,
                     "p99_ms": r.p99_ms,
                     "ratio": r.ratio,
+                    "what": r.ratio_of or what,
                     "others_cpu": r.others_cpu,
                     "failed": r.failed,
                 }
@@ -1705,7 +1707,7 @@ class Session:
             c["_others"] = r.others_cpu
             cells.append(c)
         self.table(title, cells, digits)
-        self.summarise(rows)
+        self.summarise(rows, what=ratio_label)
 
 
 def write_section(title: str, text: str) -> None:
