@@ -157,8 +157,8 @@ def measure(s: h.Session, server, messages: Messages, openids: list[str], ceilin
     )
     if time.time() - written_at[-1] > MAX_SKEW_S - 30:
         s.note(f"{target}, {row.server}: the oldest timestamp neared WeChat's {MAX_SKEW_S} s limit")
-    if unencrypted or problems or row.sent.get("reused"):
-        s.failed = True
+    if row.sent.get("reused") or (isinstance(server, h.Zhangban) and (unencrypted or problems)):
+        s.failed = True  # WeRoBot's own bad answers are what it does under this load: noted, not a failure
     return row
 
 

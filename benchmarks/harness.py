@@ -1573,7 +1573,7 @@ class Session:
                     warm = run_wrk(wrk_command(url, args.warmup, conns, args.threads, headers, script), args.warmup)
                     warm_rate = warm.requests / args.warmup if warm else None
                 if requests is not None and refill is not None:
-                    refill(max(500, int((warm_rate or rate_guess) * 1.5 * args.duration)))
+                    refill(max(500, int((warm_rate or rate_guess) * 2.5 * args.duration)))
                 if on_start is not None:
                     on_start()
                 profile = contextlib.nullcontext()
