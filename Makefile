@@ -34,8 +34,11 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
+# Every benchmark; quick mode (a few minutes, one table of ratios, RESULTS.md untouched) unless
+# FULL=1 (the full runs, each rewriting its section of benchmarks/RESULTS.md). ONLY=bot,callbacks
+# runs a subset.
 bench: $(STAMP)
-	$(PY) benchmarks/http_baseline.py
+	$(PY) benchmarks/run_all.py $(if $(FULL),--full) $(if $(ONLY),--only $(ONLY))
 
 clean:
 	rm -rf $(VENV) var .pytest_cache

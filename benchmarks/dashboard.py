@@ -1,15 +1,13 @@
 """Dashboard benchmark (issue 15): `GET /console/api/dashboard`, `GET /console/api/alerts` and, once
 the console pages exist, the dashboard page `GET /console/`, with 100,000 cases in PostgreSQL.
 
-    .venv/bin/python benchmarks/dashboard.py [--cases 100000] [--requests 30] [--no-write]
+    .venv/bin/python benchmarks/dashboard.py [--quick] [--cases 100000] [--requests 30] [--no-write]
 
-Production backend only, with the plumbing of benchmarks/evaluation.py (imported): the database
-`zb_bench_dash` on postgresql://postgres@127.0.0.1:5432 (made for the run, dropped after), Redis on
-127.0.0.1:6379 under a throw-away REDIS_KEY_PREFIX (deleted after), every production channel
-configured against its simulator (WeChat, the core platform, the payment simulator: a production
-server refuses simulated channels), `server.py migrate` and `load-demo`, then `server.py serve`
-with one Sanic worker. No job worker or scheduler runs: a sweep would change the figures while
-they are measured.
+Production backend only, on benchmarks/harness.py: a fresh PostgreSQL database (dropped after),
+Redis under a throw-away REDIS_KEY_PREFIX (deleted after), every production channel configured
+against its simulator (a production server refuses simulated channels), `server.py migrate` and
+`load-demo`, then `server.py serve` with one Sanic worker. No job worker or scheduler runs: a
+sweep would change the figures while they are measured.
 
 Seeded with plain SQL (INSERT ... SELECT over generate_series) after load-demo: `--cases` cases of
 the catalogue's current items spread evenly over the last 365 days (so over its departments and
@@ -28,46 +26,19 @@ here with SQL (cases in the range). Results are printed as a markdown table and,
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import datetime as dt
-import importlib.util
-import os
 import secrets
-import signal
 import sys
-import tempfile
 import time
-from pathlib import Path
 from zoneinfo import ZoneInfo
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import callbacks as cb  # noqa: E402
-import catalogue as cat  # noqa: E402
-import http_baseline as hb  # noqa: E402
-import identity as idb  # noqa: E402
-
-import bot  # noqa: E402
+import harness as h
 
 SECTION = "## Dashboard (issue 15)"
-DB_NAME = "zb_bench_dash"
 DEPARTMENT = "psb"
 SESSION_PATH = "/console/api/session"
 CHINA = ZoneInfo("Asia/Shanghai")
-
-
-def _load(name: str, file: str):
-    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parent / file)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-pay = _load("bench_payments", "payments.py")  # the merchant and the payment simulator
-ROOT = hb.ROOT
-if str(ROOT) not in sys.path:
-    sys.path.append(str(ROOT))
 
 
 # -- seeding ---------------------------------------------------------------------------------
@@ -178,7 +149,7 @@ SEED_SQL = [
 TABLES = "users cases case_events outbox notifications push_attempts evaluations rectifications tickets".split()
 
 
-async def seed(url: str, args: argparse.Namespace) -> dict[str, int]:
+async def seed(url: str, args) -> dict[str, int]:
     import asyncpg
 
     conn = await asyncpg.connect(url)
@@ -213,21 +184,6 @@ async def count_cases(url: str, first: dt.date, last: dt.date, department: str |
 # -- measuring -------------------------------------------------------------------------------
 
 
-def create_official(server) -> tuple[str, str]:
-    username, password = f"bench{secrets.token_hex(3)}", secrets.token_urlsafe(18)
-    cmd, env = server._command_and_env()
-    import subprocess
-
-    done = subprocess.run(
-        cmd[:2] + ["create-official", "--username", username, "--department", DEPARTMENT, "--role", "admin",
-                   "--password-stdin"],
-        cwd=server.workdir, env=env, input=password + "\n", capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    if done.returncode != 0:
-        raise RuntimeError(f"create-official exited {done.returncode}: {(done.stderr or done.stdout)[-300:]}")
-    return username, password
-
-
 def timed(client, path: str, warmup: int, runs: int) -> tuple[list[float], object]:
     for _ in range(warmup):
         client.get(path)
@@ -246,160 +202,82 @@ def p(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
 
 
+def extra(p) -> None:
+    p.add_argument("--cases", type=int, default=100_000)
+    p.add_argument("--users", type=int, default=5_000)
+    p.add_argument("--tickets", type=int, default=5_000)
+    p.add_argument("--requests", type=int, default=30)
+    p.add_argument("--untimed", type=int, default=3, help="untimed requests before the timed ones (3)")
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cases", type=int, default=100_000)
-    parser.add_argument("--users", type=int, default=5_000)
-    parser.add_argument("--tickets", type=int, default=5_000)
-    parser.add_argument("--requests", type=int, default=30)
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--no-write", action="store_true")
-    parser.add_argument("--keep-db", action="store_true", help="leave the database for EXPLAIN (drop it yourself)")
-    args = parser.parse_args(argv)
-    missing = None if hb.redis_answers() else f"no Redis on {hb.HOST}:{hb.REDIS_PORT}"
-    missing = missing or idb.pg_answers()
-    if missing:
-        print(f"{missing}: this benchmark measures the production backend only.", file=sys.stderr)
-        return 2
-    signal.signal(signal.SIGTERM, hb._raise_interrupt)
-    import httpx
+    args = h.parse_args(__doc__, argv, extra, quick={"cases": 10_000, "users": 1_000, "tickets": 1_000, "requests": 5})
+    args.no_embedded = True
+    with h.Session(args, SECTION, "benchmarks/dashboard.py", needs_wrk=False) as s:
+        if s.production_missing:
+            print(f"{s.production_missing}: this benchmark measures the production backend only.", file=sys.stderr)
+            return 2
+        import httpx
 
-    now = dt.datetime.now(dt.UTC)
-    when = now.strftime("%Y-%m-%d %H:%M UTC")
-    machine = hb.machine_line()
-    load_before = os.getloadavg()[0]
-    print(f"Dashboard benchmark, {when}\n{machine}\n", flush=True)
-    platform, account = cb.Platform(), bot.Account()
-    tmp = tempfile.TemporaryDirectory(prefix="zb-bench-dashboard-")
-    sims = {
-        "WeChat simulator": idb.Simulator(Path(tmp.name)),
-        "platform simulator": cb.PlatformSim(Path(tmp.name), platform),
-        "pay-sim": pay.PaySim(Path(tmp.name)),
-    }
-    prefix = f"zbbench{secrets.token_hex(4)}:"
-    rows: list[tuple[str, str, float, float, str]] = []
-    notes: list[str] = []
-    created, server, failed = False, None, False
-    url = idb.pg_url_for(DB_NAME)
-    try:
-        for name, sim in sims.items():
-            print(f"{name} on port {sim.port}: answering after {sim.start():.1f} s", flush=True)
-        merchant = pay.Merchant(Path(tmp.name))
-        merchant.register(sims["pay-sim"])
-        asyncio.run(idb._pg(f'DROP DATABASE IF EXISTS "{DB_NAME}" WITH (FORCE)'))
-        asyncio.run(idb._pg(f'CREATE DATABASE "{DB_NAME}"'))
-        created = True
-        extra = {
-            "DATABASE_URL": url,
-            "TASK_BROKER": "redis",
-            **account.server_env(sims["WeChat simulator"].url),
-            **platform.env(sims["platform simulator"].url),
-            **merchant.env(sims["pay-sim"].url, own_platform=False),
-        }
-        workdir = Path(tmp.name) / "server"
-        workdir.mkdir()
-        server = cat.CatalogueServer(hb.Target("1 Sanic worker", "zhangban", 1, redis=True), workdir, prefix, extra)
-        server.extra_env["PUBLIC_BASE_URL"] = server.base
-        for command in ("migrate", "load-demo"):
-            done = server.cli(command)
-            if done.returncode != 0:
-                raise RuntimeError(f"{command} exited {done.returncode}: {(done.stderr or done.stdout)[-300:]}")
-        began = time.monotonic()
-        counts = asyncio.run(seed(url.replace("postgresql://", "postgres://", 1), args))
-        seeded = ", ".join(f"{n:,} {t}" for t, n in counts.items())
-        print(f"seeded in {time.monotonic() - began:.1f} s: {seeded}", flush=True)
-        notes.append(f"seeded: {seeded}")
-        username, password = create_official(server)
-        print(f"server answering after {server.start():.1f} s", flush=True)
-        client = httpx.Client(base_url=server.base, timeout=120)
-        signed = client.post(SESSION_PATH, json={"username": username, "password": password})
-        if signed.status_code != 200:
-            raise RuntimeError(f"sign-in answered {signed.status_code}: {signed.text[:200]}")
-        today = now.astimezone(CHINA).date()
-        month = (today - dt.timedelta(days=29), today)
-        year = (today - dt.timedelta(days=365), today)
-        psb = "泸州市公安局"
-        targets = [
-            ("API", "dashboard, one department, 30 days", f"/console/api/dashboard?department={psb}", month, psb),
-            ("API", "dashboard, all departments, 30 days", "/console/api/dashboard", month, None),
-            (
-                "API",
-                "dashboard, all departments, 366 days",
-                f"/console/api/dashboard?from={year[0]}&to={year[1]}",
-                year,
-                None,
-            ),
-            ("API", "alerts, all departments", "/console/api/alerts", None, None),
-        ]
-        page = client.get("/console/")
-        if page.status_code == 200 and "text/html" in page.headers.get("content-type", ""):
-            targets += [
-                ("page", "dashboard page, one department, 30 days", f"/console/?department={psb}", month, psb),
-                ("page", "dashboard page, all departments, 30 days", "/console/", month, None),
+        server = s.zhangban(h.PRODUCTION, 1, name="1 Sanic worker")
+        url = server.env["DATABASE_URL"]
+        rows = []
+        try:
+            s.note(f"load-demo: {server.prepare()}")
+            began = time.monotonic()
+            counts = asyncio.run(seed(url, args))
+            s.note(f"seeded in {time.monotonic() - began:.1f} s: " + ", ".join(f"{n:,} {t}" for t, n in counts.items()))
+            username, password = f"bench{secrets.token_hex(3)}", secrets.token_urlsafe(18)
+            server.cli("create-official", "--username", username, "--department", DEPARTMENT, "--role", "admin",
+                       "--password-stdin", stdin=password + "\n")  # fmt: skip
+            server.start()  # no job worker or scheduler: a sweep would change the figures while measured
+            client = httpx.Client(base_url=server.base, timeout=120)
+            signed = client.post(SESSION_PATH, json={"username": username, "password": password})
+            if signed.status_code != 200:
+                raise RuntimeError(f"sign-in answered {signed.status_code}: {signed.text[:200]}")
+            today = dt.datetime.now(dt.UTC).astimezone(CHINA).date()
+            month = (today - dt.timedelta(days=29), today)
+            year = (today - dt.timedelta(days=365), today)
+            psb = "泸州市公安局"
+            targets = [
+                ("API", "dashboard, one department, 30 days", f"/console/api/dashboard?department={psb}", month, psb),
+                ("API", "dashboard, all departments, 30 days", "/console/api/dashboard", month, None),
+                ("API", "dashboard, all departments, 366 days", f"/console/api/dashboard?from={year[0]}&to={year[1]}",
+                 year, None),
+                ("API", "alerts, all departments", "/console/api/alerts", None, None),
+            ]  # fmt: skip
+            page = client.get("/console/")
+            if page.status_code == 200 and "text/html" in page.headers.get("content-type", ""):
+                targets += [
+                    ("page", "dashboard page, one department, 30 days", f"/console/?department={psb}", month, psb),
+                    ("page", "dashboard page, all departments, 30 days", "/console/", month, None),
+                ]
+            else:
+                s.note(f"the dashboard page `GET /console/` answered {page.status_code}: not measured")
+            for kind, label, path, days, department in targets:
+                h.wait_until_quiet(min(args.quiet_wait, max(0.0, s.left())))
+                with s.watch(server) as watch:
+                    times, answer = timed(client, path, args.untimed, args.requests)
+                check = ""
+                if kind == "API" and days is not None:
+                    expected = asyncio.run(count_cases(url, *days, department))
+                    got = answer.json()["cases"]["submitted"]
+                    check = f"{got:,} cases (SQL: {expected:,})" + (" MISMATCH" if got != expected else "")
+                    s.failed |= got != expected
+                rows.append({"what": kind, "request": label, "p50 ms": p(times, 0.5), "p95 ms": p(times, 0.95),
+                             "figures": check, "_others": watch.others()})  # fmt: skip
+            client.close()
+        except Exception as exc:  # the notes say what went wrong
+            s.failed_row("dashboard", server.label, exc)
+            s.note(f"FAILED: {type(exc).__name__}: {exc}"[:300])
+        s.stop(server)
+        s.table("", rows, {"p50 ms": 1, "p95 ms": 1})
+        return s.finish(
+            [
+                f"{args.cases:,} cases over the last 365 days in PostgreSQL, one Sanic worker, one client sending each "
+                f"request {args.requests} times in a row after {args.untimed} untimed; no job worker or scheduler.",
             ]
-        else:
-            notes.append(f"the dashboard page `GET /console/` answered {page.status_code}: not measured")
-        for kind, label, path, days, department in targets:
-            times, answer = timed(client, path, args.warmup, args.requests)
-            check = ""
-            if kind == "API" and days is not None:
-                expected = asyncio.run(count_cases(url.replace("postgresql://", "postgres://", 1), *days, department))
-                got = answer.json()["cases"]["submitted"]
-                check = f"{got:,} cases (SQL: {expected:,})"
-                if got != expected:
-                    failed = True
-                    check += " MISMATCH"
-            rows.append((kind, label, p(times, 0.5), p(times, 0.95), check))
-            print(f"  {label}: p50 {p(times, 0.5):.1f} ms, p95 {p(times, 0.95):.1f} ms {check}", flush=True)
-        client.close()
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        failed = True
-    except Exception as exc:
-        failed = True
-        print(f"FAILED: {type(exc).__name__}: {exc}", file=sys.stderr)
-        notes.append(f"FAILED: {type(exc).__name__}: {exc}"[:300])
-        if server is not None and server.log_path.exists():
-            for line in server.log_path.read_text(errors="replace").splitlines()[-20:]:
-                print(f"  | {line}", file=sys.stderr)
-    finally:
-        if server is not None:
-            server.stop()
-        for sim in sims.values():
-            sim.stop()
-        if created and not args.keep_db:
-            asyncio.run(idb._pg(f'DROP DATABASE IF EXISTS "{DB_NAME}" WITH (FORCE)'))
-            notes.append(f"dropped PostgreSQL database {DB_NAME}")
-        notes.append(hb.delete_redis_keys(prefix))
-        tmp.cleanup()
-
-    notes.append(
-        f"load average (1 min) {load_before:.1f} at the start and {os.getloadavg()[0]:.1f} at the end on "
-        f"{os.cpu_count()} cores shared with other work: the times are upper bounds"
-    )
-    lines = [
-        SECTION,
-        "",
-        f"{when}. {machine}",
-        "",
-        f"`benchmarks/dashboard.py`: {args.cases:,} cases over the last 365 days in PostgreSQL, one Sanic worker, "
-        f"one client sending each request {args.requests} times in a row after {args.warmup} untimed; no job "
-        "worker or scheduler running.",
-        "",
-        "| what | request | p50 ms | p95 ms | figures |",
-        "|---|---|---:|---:|---|",
-        *(f"| {k} | {label} | {p50:.1f} | {p95:.1f} | {check} |" for k, label, p50, p95, check in rows),
-        "",
-        *(f"- {note}" for note in notes),
-        "",
-    ]
-    text = "\n".join(lines)
-    print()
-    print(text)
-    if rows and not args.no_write:
-        hb.write_results(text, SECTION)
-        print(f"written to {hb.RESULTS.relative_to(ROOT)}")
-    return 1 if failed else 0
+        )
 
 
 if __name__ == "__main__":

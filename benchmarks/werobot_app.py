@@ -1,25 +1,24 @@
 """The WeRoBot side of benchmarks/bot.py: an official-account robot answering every text message
 with one fixed text, in safe mode (encrypted), configured the way WeRoBot's documentation shows.
 
-It runs only inside the throw-away virtual environment benchmarks/bot.py creates (WeRoBot 1.13.1
-is not a Zhangban dependency). Settings come from the environment the benchmark sets:
+It runs only inside the virtual environment benchmarks/bot.py makes for it (WeRoBot 1.13.1 is not
+a Zhangban dependency). Settings come from the environment the benchmark sets:
 
     WEROBOT_TOKEN, WEROBOT_APP_ID, WEROBOT_AES_KEY   the official account (same as Zhangban's)
     WEROBOT_REPLY                                    the fixed reply text
+    WEROBOT_SESSION                                  "off": WeRoBot(enable_session=False), its fastest
+                                                     configuration; otherwise its default (SQLite
+                                                     sessions loaded and saved on every message)
 
 Two documented ways to serve it (WeRoBot docs, "部署"):
 
     gunicorn --workers 1 --bind 127.0.0.1:PORT werobot_app:application  # "通过 WSGI HTTP Server 运行"
     python werobot_app.py --port PORT                                  # werobot.run, server "auto"
 
-The guide writes the gunicorn target as `robot:robot.wsgi`; gunicorn 20.1 and later refuse that
-("Failed to parse 'robot.wsgi' as an attribute name or function call"), so the same WSGI application,
-`robot.wsgi`, is also exposed here under a plain name, `application`.
-
-`robot.run()` with the default server "auto" lets Bottle try Waitress, Paste, Twisted, CherryPy and
-WSGIRef in that order; with Waitress installed it serves on Waitress. Everything else is WeRoBot's
-default configuration, including its default session storage (SQLite, `werobot_session.sqlite3`
-in the working directory), which loads and saves the sender's session on every message.
+The guide writes the gunicorn target as `robot:robot.wsgi`; gunicorn 20.1 and later refuse that,
+so the same WSGI application, `robot.wsgi`, is exposed under a plain name, `application`.
+`robot.run()` with the default server "auto" lets Bottle pick the first importable server
+(Waitress here).
 """
 
 from __future__ import annotations
@@ -29,7 +28,10 @@ import os
 
 from werobot import WeRoBot
 
-robot = WeRoBot()
+if os.environ.get("WEROBOT_SESSION") == "off":
+    robot = WeRoBot(enable_session=False)
+else:
+    robot = WeRoBot()
 robot.config.update(
     TOKEN=os.environ["WEROBOT_TOKEN"],
     APP_ID=os.environ["WEROBOT_APP_ID"],
