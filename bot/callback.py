@@ -11,7 +11,8 @@ Order of work for a POST, each step refusing before the next reads anything:
    the first delivery's reply when there is one. The same signature with another body (or first
    seen on the GET verification) is a replay → 403; with the same body it is a resend, answered
    with the first delivery's reply and never acted on. WeChat retries a message up to three times
-   when it gets no answer in 5 s; a retry gets the first request's reply, never a second action;
+   when it gets no answer in 5 s; a retry gets the first request's reply, never a second action
+   (replies are stored for 60 s, many to a pipeline: `ReplyWriter`);
 5. the answer (`handlers.bot.answer`), under a deadline (~4 s): if it is late the callback answers
    `success` and the answer follows as a customer-service message.
 Replies go back encrypted when the request came encrypted.
@@ -171,7 +172,7 @@ async def receive(request: Request) -> HTTPResponse:
         raise _refused("official-account callback", CallbackRejected("replayed signature"))
     if outcome == CLAIMED:
         reply = await _answer_within(request, message, key, services.settings.BOT_DEADLINE_S)
-        await services.redis.set(reply_key, reply.encode(), ex=SEEN_TTL_S)
+        _replies(request).keep(reply_key, reply.encode())
     elif outcome == REPLY:
         reply = found[1].decode()
     elif outcome == WAIT:
@@ -183,6 +184,50 @@ async def receive(request: Request) -> HTTPResponse:
     if verified.encrypted:
         return text(crypto.encrypt(reply, nonce=nonce), content_type="application/xml")
     return text(reply, content_type="application/xml")
+
+
+class ReplyWriter:
+    """Stores first deliveries' replies for their duplicates, many to a Redis pipeline.
+
+    `keep` returns at once; one flush at a time writes what is waiting, so under load the replies
+    of the messages answered while a write is on its way go together in the next one. A duplicate
+    waits for the reply (`_first_reply` polls), and WeChat retries only after 5 s without an
+    answer, by when the reply is stored. The flush is tracked in `tasks`, which a graceful stop
+    waits for. A reply Redis cannot take is logged: its duplicates answer `success`.
+    """
+
+    def __init__(self, redis, tasks: set[asyncio.Future]):
+        self.redis, self.tasks = redis, tasks
+        self.waiting: dict[str, bytes] = {}
+        self.flushing: asyncio.Future | None = None
+
+    def keep(self, key: str, reply: bytes) -> None:
+        self.waiting[key] = reply
+        if self.flushing is None:
+            self.flushing = asyncio.ensure_future(self._flush())
+            self.tasks.add(self.flushing)
+            self.flushing.add_done_callback(self.tasks.discard)
+
+    async def _flush(self) -> None:
+        try:
+            while self.waiting:
+                batch, self.waiting = self.waiting, {}
+                try:
+                    async with self.redis.pipeline(transaction=False) as pipe:
+                        for key, reply in batch.items():
+                            pipe.set(key, reply, ex=SEEN_TTL_S)
+                        await pipe.execute()
+                except Exception:
+                    log.exception("bot replies not stored for duplicate deliveries (%d)", len(batch))
+        finally:
+            self.flushing = None
+
+
+def _replies(request: Request) -> ReplyWriter:
+    writer = getattr(request.app.ctx, "bot_replies", None)
+    if writer is None:
+        writer = request.app.ctx.bot_replies = ReplyWriter(Services.of(request).redis, request.app.ctx.bot_tasks)
+    return writer
 
 
 def _claim_script(request: Request):
