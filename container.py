@@ -221,6 +221,8 @@ class Services:
             quiet=QuietHours.parse(s.PUSH_QUIET_HOURS),
             lease_s=s.PUSH_LEASE_S,
             max_attempts=s.PUSH_MAX_ATTEMPTS,
+            batch=s.PUSH_BATCH,
+            concurrency=s.PUSH_CONCURRENCY,
             miniprogram_state="developer" if s.embedded else "formal",
             routes={ANSWERED: self.tickets.route_of},
         )

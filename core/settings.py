@@ -190,6 +190,10 @@ class Settings(BaseSettings):
     # A push claimed by a worker that died is taken up again after this long.
     PUSH_LEASE_S: int = Field(120, ge=1, le=3600)
     PUSH_MAX_ATTEMPTS: int = Field(8, ge=1, le=50)
+    # A push drain claims this many due pushes at once and has at most PUSH_CONCURRENCY WeChat
+    # calls in flight per channel and worker process.
+    PUSH_BATCH: int = Field(100, ge=1, le=1000)
+    PUSH_CONCURRENCY: int = Field(16, ge=1, le=100)
     # Sweeps: outbox rows in flight longer than this are re-queued; delivered cases without a
     # platform callback for this long are looked up at the platform.
     OUTBOX_STUCK_S: int = Field(600, ge=1)

@@ -15,10 +15,11 @@ to WeChat through the first channel that can reach the citizen:
 
 Transient failures (WeChat busy, unreachable, over quota) retry the notification with
 exponential backoff up to PUSH_MAX_ATTEMPTS, and a subscribe grant taken for a send that did
-not happen is given back. A worker takes a notification with a lease; one killed mid-push
-leaves it to be taken again when the lease runs out, and the attempt it left unfinished is
-marked `interrupted`. Each attempt and its result is stored, so an official can see why a
-citizen was or was not reached.
+not happen is given back. A worker takes notifications in batches with a lease (see `Pusher`);
+one killed mid-push leaves them to be taken again when the lease runs out, and the attempts it
+left unfinished are marked `interrupted` and sent again (whether WeChat took them is unknown:
+at worst the pushes of the round in flight, at most PUSH_BATCH, reach a citizen twice). Each
+attempt and its result is stored, so an official can see why a citizen was or was not reached.
 
 Quiet hours (PUSH_QUIET_HOURS, China time, default 22:00-08:00): a non-urgent push found due
 inside them waits until they end. Urgent ones (a correction to make, a fee to pay) go at once.
@@ -26,14 +27,18 @@ inside them waits until they end. Urgent ones (a correction to make, a fee to pa
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
+from tortoise import connections
 from tortoise.exceptions import IntegrityError
 from tortoise.expressions import F
+from tortoise.transactions import in_transaction
 
 from core.backoff import backoff
 from core.china_time import CHINA, QuietHours
@@ -188,13 +193,57 @@ def template_data(notification: Notification, case: Case | None, route: Route | 
     }
 
 
-class _Retry(Exception):
-    """A transient failure: try the whole notification again later."""
+SUBSCRIBE, TEMPLATE, CUSTOM, INBOX = "subscribe", "template", "custom", "inbox"
+_LOOKUP = "lookup"  # a case push about to try the template message: its follower is looked up first
+
+
+def _sql(dialect: str, sql: str) -> str:
+    """`sql` written with ? placeholders, in the placeholder style of the database."""
+    if dialect != "postgres":
+        return sql
+    numbers = iter(range(1, 10_000))
+    return re.sub(r"\?", lambda _: f"${next(numbers)}", sql)
+
+
+def _marks(values: list) -> str:
+    return ", ".join("?" for _ in values)
+
+
+@dataclass(eq=False)
+class _Push:
+    """One claimed notification on its way through its channels, a round at a time."""
+
+    notification: Notification
+    data: dict
+    channels: deque[str]  # still to try, in order
+    route: Route | None = None
+    follower: Follower | None = None
+    looked_up: bool = False  # a case push's follower has been looked up (routed ones know theirs)
+    reasons: list[str] = field(default_factory=list)  # why channels were skipped (routed pushes)
+    channel: str | None = None  # tried in this round
+    outcome: str | None = None  # the channel that carried it, "inbox" for the inbox alone
+    retry: str | None = None  # a transient failure: the whole notification is tried again later
+
+    @property
+    def done(self) -> bool:
+        return self.outcome is not None or self.retry is not None
+
+    def skip(self, reason: str) -> None:
+        self.channels.popleft()
+        if self.route is not None:
+            self.reasons.append(reason)
 
 
 @dataclass
 class Pusher:
-    """Carries due notifications to WeChat."""
+    """Carries due notifications to WeChat, a batch at a time.
+
+    A drain claims up to `batch` due notifications in one statement (FOR UPDATE SKIP LOCKED on
+    PostgreSQL, so drains of several workers never share one) and carries them in rounds: each
+    round tries one channel for the oldest unsettled notification of every citizen in the batch
+    (a citizen's pushes keep their order), takes the subscribe grants in one statement, writes
+    the attempts before the sends, sends concurrently (at most `concurrency` calls in flight per
+    channel and process) and writes the results in one transaction."""
 
     mp: WeChatClient
     oa: OfficialAccountAPI
@@ -207,250 +256,366 @@ class Pusher:
     miniprogram_state: str = "formal"
     # Case-less notification kinds -> their route (e.g. a ticket's answer: handlers.tickets).
     routes: dict[str, Callable[[Notification], Awaitable[Route | None]]] = field(default_factory=dict)
+    batch: int = 100
+    concurrency: int = 16
+    _limits: dict[str, asyncio.Semaphore] = field(default_factory=dict, init=False, repr=False)
+    _draining: bool = field(default=False, init=False, repr=False)
+    _wanted: bool = field(default=False, init=False, repr=False)
+
+    async def drain(self) -> int:
+        """Pushes every due notification, batch after batch, until none is due; returns how many
+        were settled. A drain already running in this process is only told to look again (it
+        claims once more before it stops), so a burst of kicks costs one loop, not one each."""
+        self._wanted = True
+        if self._draining:
+            return 0
+        self._draining = True
+        settled = 0
+        try:
+            while self._wanted:
+                self._wanted = False
+                while ids := await self._claim(self.batch):
+                    outcomes = await self._run(ids)
+                    settled += sum(o in ("sent", "inbox_only", "failed") for o in outcomes.values())
+        finally:
+            self._draining = False
+        return settled
 
     async def run_due(self, *, limit: int = 200) -> int:
-        """Pushes every due notification (at most `limit`); returns how many were settled."""
-        now = datetime.now(UTC)
-        ids = (
-            await Notification.filter(push_status__in=["pending", "sending"], next_attempt_at__lte=now)
-            .order_by("next_attempt_at")
-            .limit(limit)
-            .values_list("id", flat=True)
-        )
+        """Pushes due notifications (at most `limit`); returns how many were settled."""
         settled = 0
-        for notification_id in ids:
-            if await self.run_one(notification_id) in ("sent", "inbox_only", "failed"):
-                settled += 1
+        while limit > 0 and (ids := await self._claim(min(self.batch, limit))):
+            limit -= len(ids)
+            outcomes = await self._run(ids)
+            settled += sum(o in ("sent", "inbox_only", "failed") for o in outcomes.values())
         return settled
 
     async def run_one(self, notification_id: int) -> str:
         """One notification: its outcome, or "not_due" when it is not this worker's to push now."""
-        now = datetime.now(UTC)
-        claimed = await Notification.filter(
-            id=notification_id, push_status__in=["pending", "sending"], next_attempt_at__lte=now
-        ).update(
-            push_status="sending", next_attempt_at=now + timedelta(seconds=self.lease_s), attempts=F("attempts") + 1
-        )
-        if not claimed:
+        ids = await self._claim(1, notification_id)
+        if not ids:
             return "not_due"
-        notification = await Notification.get(id=notification_id).select_related("case", "user")
-        # An attempt left unfinished means a worker died in the middle of it. Whether WeChat
-        # took that message is unknown; the grant it used is given back (were it used after
-        # all, WeChat answers 43101 and the push falls through to the next channel).
-        unfinished = (
-            []
-            if notification.attempts == 1
-            else await PushAttempt.filter(notification_id=notification_id, finished_at=None)
+        return (await self._run(ids))[notification_id]
+
+    # -- claiming ------------------------------------------------------------------------------
+
+    async def _claim(self, limit: int, notification_id: int | None = None) -> list[int]:
+        """Takes up to `limit` due notifications under a lease, in one statement; their ids."""
+        conn = connections.get("default")
+        dialect = conn.capabilities.dialect
+        now = datetime.now(UTC)
+        only = " AND id = ?" if notification_id is not None else ""
+        lock = " FOR UPDATE SKIP LOCKED" if dialect == "postgres" else ""
+        sql = (
+            "UPDATE notifications SET push_status = 'sending', next_attempt_at = ?, attempts = attempts + 1 "
+            "WHERE id IN (SELECT id FROM notifications WHERE push_status IN ('pending', 'sending') "
+            f"AND next_attempt_at <= ?{only} ORDER BY next_attempt_at, id LIMIT ?{lock}) RETURNING id"
         )
-        for left in unfinished:
-            await PushAttempt.filter(id=left.id).update(
-                finished_at=now, result="interrupted", detail="推送过程中工作进程中断，已重新推送"
-            )
-            if left.channel == "subscribe":
-                await self._give_back_grant(notification.user_id)
-        if not notification.urgent and self.quiet is not None:
+        values: list = [now + timedelta(seconds=self.lease_s), now]
+        if notification_id is not None:
+            values.append(notification_id)
+        values.append(limit)
+        rows = await conn.execute_query_dict(_sql(dialect, sql), values)
+        return sorted(int(row["id"]) for row in rows)
+
+    # -- one batch -----------------------------------------------------------------------------
+
+    async def _run(self, ids: list[int]) -> dict[int, str]:
+        """Carries the claimed notifications `ids`; each one's outcome."""
+        now = datetime.now(UTC)
+        notifications = await Notification.filter(id__in=ids).order_by("id").select_related("case", "user")
+        outcomes: dict[int, str] = {}
+        await self._interrupted([n for n in notifications if n.attempts > 1], now)
+        if self.quiet is not None:
             resume = self.quiet.resume_at(now)
-            if resume is not None:
-                await PushAttempt.create(
-                    notification_id=notification_id,
-                    channel="-",
-                    finished_at=now,
-                    result="deferred",
-                    detail=f"免打扰时段，{resume.astimezone(CHINA):%m月%d日 %H:%M} 推送",
+            waiting = [n for n in notifications if not n.urgent] if resume is not None else []
+            if waiting:
+                detail = f"免打扰时段，{resume.astimezone(CHINA):%m月%d日 %H:%M} 推送"
+                await PushAttempt.bulk_create(
+                    [
+                        PushAttempt(
+                            notification_id=n.id, channel="-", finished_at=now, result="deferred", detail=detail
+                        )
+                        for n in waiting
+                    ]
                 )
-                await Notification.filter(id=notification_id).update(
+                await Notification.filter(id__in=[n.id for n in waiting]).update(
                     push_status="pending", next_attempt_at=resume, attempts=F("attempts") - 1
                 )
-                return "deferred"
-        try:
-            outcome = await self._push(notification)
-        except _Retry as exc:
-            if notification.attempts >= self.max_attempts:
-                await Notification.filter(id=notification_id).update(push_status="failed")
-                log.warning("push given up", extra={"notification": notification_id, "error": str(exc)})
-                return "failed"
-            await Notification.filter(id=notification_id).update(
-                push_status="pending",
-                next_attempt_at=datetime.now(UTC) + backoff(notification.attempts, base_s=5, cap_s=MAX_BACKOFF_S),
-            )
-            return "retry"
-        await Notification.filter(id=notification_id).update(
-            push_status="sent" if outcome != "inbox" else "inbox_only",
-            channel=outcome,
-            sent_at=datetime.now(UTC) if outcome != "inbox" else None,
-        )
-        return "sent" if outcome != "inbox" else "inbox_only"
+                outcomes.update(dict.fromkeys((n.id for n in waiting), "deferred"))
+                notifications = [n for n in notifications if n.urgent]
+        queues: dict[int, deque[_Push]] = {}
+        for notification in notifications:
+            push = await self._start(notification)
+            queues.setdefault(notification.user_id, deque()).append(push)
+        while queues:
+            heads = [queue[0] for queue in queues.values()]
+            await self._round(heads)
+            for user_id in list(queues):
+                queue = queues[user_id]
+                while queue and queue[0].done:
+                    push = queue.popleft()
+                    outcomes[push.notification.id] = self._outcome(push)
+                if not queue:
+                    del queues[user_id]
+        return outcomes
 
-    async def _push(self, notification: Notification) -> str:
-        """The channel that carried it: "subscribe", "template" or "inbox"; raises _Retry."""
+    def _outcome(self, push: _Push) -> str:
+        if push.retry is not None:
+            return "failed" if push.notification.attempts >= self.max_attempts else "retry"
+        return "inbox_only" if push.outcome == INBOX else "sent"
+
+    async def _interrupted(self, retaken: list[Notification], now: datetime) -> None:
+        """An attempt left unfinished means a worker died in the middle of it. Whether WeChat
+        took that message is unknown; the grant it used is given back (were it used after all,
+        WeChat answers 43101 and the push falls through to the next channel)."""
+        if not retaken:
+            return
+        left = await PushAttempt.filter(notification_id__in=[n.id for n in retaken], finished_at=None)
+        if not left:
+            return
+        await PushAttempt.filter(id__in=[a.id for a in left]).update(
+            finished_at=now, result="interrupted", detail="推送过程中工作进程中断，已重新推送"
+        )
+        user_of = {n.id: n.user_id for n in retaken}
+        owed = Counter(user_of[a.notification_id] for a in left if a.channel == SUBSCRIBE)
+        for count in set(owed.values()):
+            await SubscriptionGrant.filter(
+                user_id__in=[u for u, c in owed.items() if c == count], template_id=self.mp_template_id
+            ).update(remaining=F("remaining") + count)
+
+    async def _start(self, notification: Notification) -> _Push:
         if notification.case_id is None and notification.kind in self.routes:
             route = await self.routes[notification.kind](notification)
             if route is not None:
-                return await self._push_routed(notification, route)
-        user: User = notification.user
-        data = template_data(notification, notification.case)
-        if self.mp_template_id and user.openid and await self._take_grant(user.id):
-
-            async def subscribe() -> str:
-                await self.mp.send_subscribe(
-                    openid=user.openid,
-                    template_id=self.mp_template_id,
-                    data=data,
-                    page=notification.page,
-                    miniprogram_state=self.miniprogram_state,
+                follower = (
+                    await Follower.get_or_none(oa_openid=route.oa_openid, subscribed=True) if route.oa_openid else None
                 )
-                return ""
+                return _Push(
+                    notification,
+                    template_data(notification, None, route),
+                    deque(route.channels),
+                    route=route,
+                    follower=follower,
+                    looked_up=True,
+                )
+        return _Push(notification, template_data(notification, notification.case), deque([SUBSCRIBE, TEMPLATE]))
 
-            try:
-                refused = await self._attempt(notification.id, "subscribe", subscribe)
-            except _Retry:
-                await self._give_back_grant(user.id)  # WeChat did not take it: the grant is still there
-                raise
-            if refused is None:
-                return "subscribe"
-            if refused == NO_GRANT:  # WeChat holds no grant for us after all: ours was stale
-                await SubscriptionGrant.filter(user_id=user.id, template_id=self.mp_template_id).update(remaining=0)
-        follower = await self._follower(user)
-        if self.oa_template_id and follower is not None:
-            if await self._by_template(notification, follower, data):
-                return "template"
-        reasons = []
-        if not self.mp_template_id or not user.openid:
-            reasons.append("未配置小程序订阅消息")
-        else:
-            reasons.append("无剩余订阅授权")
-        reasons.append("未关注公众号" if follower is None else "公众号模板消息未送达")
-        await PushAttempt.create(
-            notification_id=notification.id,
-            channel="inbox",
-            finished_at=datetime.now(UTC),
-            result="inbox_only",
-            detail="，".join(reasons) + "，仅站内消息",
+    # -- one round -----------------------------------------------------------------------------
+
+    async def _round(self, heads: list[_Push]) -> None:
+        """One channel tried for each of `heads` (one per citizen), or the inbox when none is left."""
+        await self._choose(heads)
+        now = datetime.now(UTC)
+        trying = [p for p in heads if p.channel != INBOX]
+        inbox = [p for p in heads if p.channel == INBOX]
+        # Written before the sends: a worker killed mid-send leaves them unfinished (see _interrupted).
+        await PushAttempt.bulk_create(
+            [PushAttempt(notification_id=p.notification.id, channel=p.channel) for p in trying]
+            + [
+                PushAttempt(
+                    notification_id=p.notification.id,
+                    channel=INBOX,
+                    finished_at=now,
+                    result="inbox_only",
+                    detail=self._inbox_detail(p),
+                )
+                for p in inbox
+            ]
         )
-        return "inbox"
+        for p in inbox:
+            p.outcome = INBOX
+        results = await asyncio.gather(*(self._send(p) for p in trying))
+        await self._record(list(zip(trying, results, strict=True)), inbox)
 
-    async def _push_routed(self, notification: Notification, route: Route) -> str:
-        """A case-less notification along its route: "custom", "subscribe", "template" or "inbox"; raises _Retry."""
-        user: User = notification.user
-        data = template_data(notification, None, route)
-        follower = await Follower.get_or_none(oa_openid=route.oa_openid, subscribed=True) if route.oa_openid else None
-        reasons = []
-        for channel in route.channels:
-            if channel == "custom":
-                seen = follower.last_message_at if follower else None
-                if seen is None or datetime.now(UTC) - seen > route.custom_window:
-                    reasons.append("超出48小时客服消息窗口")
+    async def _choose(self, heads: list[_Push]) -> None:
+        """Sets each head's channel for this round: the next one it can use (taking the
+        subscribe grants in one statement), or INBOX."""
+        pending = heads
+        while pending:
+            lookups = [p for p in pending if self._next(p) == _LOOKUP]
+            await self._find_followers(lookups)
+            wanting = []
+            for p in pending:
+                channel = self._next(p)
+                if channel == SUBSCRIBE:
+                    wanting.append(p)
+                else:
+                    p.channel = channel
+            granted = await self._take_grants([p.notification.user_id for p in wanting])
+            pending = []
+            for p in wanting:
+                if p.notification.user_id in granted:
+                    p.channel = SUBSCRIBE
+                else:
+                    p.skip("无剩余订阅授权")
+                    pending.append(p)
+
+    def _next(self, p: _Push) -> str:
+        """The next channel `p` can try (SUBSCRIBE still needs its grant), skipping those that
+        cannot reach the citizen."""
+        user: User = p.notification.user
+        while p.channels:
+            channel = p.channels[0]
+            if channel == SUBSCRIBE:
+                if self.mp_template_id and user.openid:
+                    return SUBSCRIBE
+                p.skip("无剩余订阅授权")
+            elif channel == TEMPLATE:
+                if not p.looked_up:
+                    return _LOOKUP
+                if self.oa_template_id and p.follower is not None:
+                    return TEMPLATE
+                p.skip("未关注公众号")
+            elif channel == CUSTOM:
+                seen = p.follower.last_message_at if p.follower else None
+                if seen is not None and datetime.now(UTC) - seen <= p.route.custom_window:
+                    return CUSTOM
+                p.skip("超出48小时客服消息窗口")
+            else:
+                p.channels.popleft()
+        return INBOX
+
+    def _inbox_detail(self, p: _Push) -> str:
+        if p.route is not None:
+            return ("，".join(p.reasons) + "，" if p.reasons else "") + "仅站内消息"
+        user: User = p.notification.user
+        reasons = ["未配置小程序订阅消息" if not self.mp_template_id or not user.openid else "无剩余订阅授权"]
+        reasons.append("未关注公众号" if p.follower is None else "公众号模板消息未送达")
+        return "，".join(reasons) + "，仅站内消息"
+
+    async def _find_followers(self, pushes: list[_Push]) -> None:
+        """Each citizen's official-account follower record, linked by unionid, if still following."""
+        if not pushes:
+            return
+        users = {p.notification.user_id: p.notification.user for p in pushes}
+        found: dict[int, Follower] = {}
+        for follower in await Follower.filter(user_id__in=list(users), subscribed=True).order_by("oa_openid"):
+            found.setdefault(follower.user_id, follower)
+        unionids = {u.unionid: u.id for u in users.values() if u.id not in found and u.unionid}
+        if unionids:
+            by_unionid = Follower.filter(unionid__in=list(unionids), subscribed=True).order_by("oa_openid")
+            for follower in await by_unionid:
+                user_id = unionids[follower.unionid]
+                if user_id in found:
                     continue
+                found[user_id] = follower
+                if follower.user_id is None:
+                    await Follower.filter(oa_openid=follower.oa_openid).update(user_id=user_id)
+        for p in pushes:
+            p.follower, p.looked_up = found.get(p.notification.user_id), True
 
-                async def custom() -> str:
-                    await self.oa.send_text(follower.oa_openid, route.text)
-                    return ""
+    async def _take_grants(self, user_ids: list[int]) -> set[int]:
+        """Takes one subscribe grant of each of `user_ids` that has one left, in one statement; who had one."""
+        if not user_ids:
+            return set()
+        conn = connections.get("default")
+        sql = (
+            "UPDATE subscription_grants SET remaining = remaining - 1 WHERE template_id = ? AND remaining > 0 "
+            f"AND user_id IN ({_marks(user_ids)}) RETURNING user_id"
+        )
+        rows = await conn.execute_query_dict(_sql(conn.capabilities.dialect, sql), [self.mp_template_id, *user_ids])
+        return {int(row["user_id"]) for row in rows}
 
-                if await self._attempt(notification.id, "custom", custom) is None:
-                    return "custom"
-            elif channel == "subscribe":
-                if not (self.mp_template_id and user.openid and await self._take_grant(user.id)):
-                    reasons.append("无剩余订阅授权")
-                    continue
+    def _limit(self, channel: str) -> asyncio.Semaphore:
+        if channel not in self._limits:
+            self._limits[channel] = asyncio.Semaphore(self.concurrency)
+        return self._limits[channel]
 
-                async def subscribe() -> str:
+    async def _send(self, p: _Push) -> tuple[str, int | None, str]:
+        """One try at p.channel: ("ok", 0, detail), a refusal (result, errcode, detail) after
+        which the next channel is tried, or ("transient", errcode, detail)."""
+        n, channel = p.notification, p.channel
+        try:
+            async with self._limit(channel):
+                if channel == SUBSCRIBE:
                     await self.mp.send_subscribe(
-                        openid=user.openid,
+                        openid=n.user.openid,
                         template_id=self.mp_template_id,
-                        data=data,
-                        page=notification.page,
+                        data=p.data,
+                        page=n.page,
                         miniprogram_state=self.miniprogram_state,
                     )
-                    return ""
-
-                try:
-                    refused = await self._attempt(notification.id, "subscribe", subscribe)
-                except _Retry:
-                    await self._give_back_grant(user.id)
-                    raise
-                if refused is None:
-                    return "subscribe"
-                if refused == NO_GRANT:
-                    await SubscriptionGrant.filter(user_id=user.id, template_id=self.mp_template_id).update(remaining=0)
-            elif channel == "template":
-                if not (self.oa_template_id and follower is not None):
-                    reasons.append("未关注公众号")
-                    continue
-                if await self._by_template(notification, follower, data):
-                    return "template"
-        await PushAttempt.create(
-            notification_id=notification.id,
-            channel="inbox",
-            finished_at=datetime.now(UTC),
-            result="inbox_only",
-            detail=("，".join(reasons) + "，" if reasons else "") + "仅站内消息",
-        )
-        return "inbox"
-
-    async def _by_template(self, notification: Notification, follower: Follower, data: dict) -> bool:
-        """One try by the official account's template message (opening the mini-program page); True
-        when WeChat took it. A follower WeChat says has left is marked unsubscribed."""
-
-        async def template() -> str:
-            msgid = await self.oa.send_template(
-                follower.oa_openid,
-                self.oa_template_id,
-                data,
-                miniprogram={"appid": self.mp_appid, "pagepath": notification.page},
-            )
-            return f"msgid {msgid}"
-
-        refused = await self._attempt(notification.id, "template", template)
-        if refused == NOT_FOLLOWING:
-            await Follower.filter(oa_openid=follower.oa_openid).update(subscribed=False)
-        return refused is None
-
-    async def _attempt(self, notification_id: int, channel: str, send) -> int | None:
-        """One recorded try at a channel: None when WeChat took it, its errcode when WeChat refused
-        it for good (try the next channel); raises _Retry when the failure is transient."""
-        attempt = await PushAttempt.create(notification_id=notification_id, channel=channel)
-        try:
-            detail = await send()
+                    return "ok", 0, ""
+                if channel == TEMPLATE:
+                    msgid = await self.oa.send_template(
+                        p.follower.oa_openid,
+                        self.oa_template_id,
+                        p.data,
+                        miniprogram={"appid": self.mp_appid, "pagepath": n.page},
+                    )
+                    return "ok", 0, f"msgid {msgid}"
+                await self.oa.send_text(p.follower.oa_openid, p.route.text)
+                return "ok", 0, ""
         except WeChatError as exc:
             if exc.errcode in TRANSIENT_ERRCODES:
-                await self._finish(attempt, "transient", exc.errcode, exc.errmsg[:300])
-                raise _Retry(exc.errmsg) from None
+                return "transient", exc.errcode, exc.errmsg[:300]
             result, detail = FALL_THROUGH.get(exc.errcode, ("refused", exc.errmsg[:300]))
-            await self._finish(attempt, result, exc.errcode, detail)
-            return exc.errcode
+            return result, exc.errcode, detail
         except WeChatUnavailable:
-            await self._finish(attempt, "transient", None, "微信服务暂时不可用")
-            raise _Retry("wechat unavailable") from None
-        await self._finish(attempt, "ok", 0, detail)
-        return None
+            return "transient", None, "微信服务暂时不可用"
+        except Exception as exc:  # one broken push must not hold up the batch: it is tried again later
+            log.exception("push failed", extra={"notification": n.id})
+            return "transient", None, f"推送出错（{type(exc).__name__}）"
 
-    async def _take_grant(self, user_id: int) -> bool:
-        return bool(
-            await SubscriptionGrant.filter(user_id=user_id, template_id=self.mp_template_id, remaining__gt=0).update(
-                remaining=F("remaining") - 1
-            )
-        )
-
-    async def _give_back_grant(self, user_id: int) -> None:
-        await SubscriptionGrant.filter(user_id=user_id, template_id=self.mp_template_id).update(
-            remaining=F("remaining") + 1
-        )
-
-    @staticmethod
-    async def _follower(user: User) -> Follower | None:
-        """The citizen's official-account follower record, linked by unionid, if still following."""
-        follower = await Follower.filter(user_id=user.id, subscribed=True).first()
-        if follower is None and user.unionid:
-            follower = await Follower.filter(unionid=user.unionid, subscribed=True).first()
-            if follower is not None and follower.user_id is None:
-                await Follower.filter(oa_openid=follower.oa_openid).update(user_id=user.id)
-        return follower
-
-    @staticmethod
-    async def _finish(attempt: PushAttempt, result: str, errcode: int | None, detail: str) -> None:
-        await PushAttempt.filter(id=attempt.id).update(
-            finished_at=datetime.now(UTC), result=result, errcode=errcode, detail=detail
-        )
+    async def _record(self, tried: list[tuple[_Push, tuple[str, int | None, str]]], inbox: list[_Push]) -> None:
+        """The round's results, in one transaction: attempts finished, grants and followers
+        corrected, settled notifications marked."""
+        now = datetime.now(UTC)
+        finished: dict[tuple, list[int]] = {}
+        zero_grants, give_back, gone = [], [], []
+        for p, (result, errcode, detail) in tried:
+            finished.setdefault((result, errcode, detail), []).append(p.notification.id)
+            if result == "ok":
+                p.outcome = p.channel
+            elif result == "transient":
+                p.retry = detail
+                if p.channel == SUBSCRIBE:  # WeChat did not take it: the grant is still there
+                    give_back.append(p.notification.user_id)
+            else:
+                p.channels.popleft()
+                if p.channel == SUBSCRIBE and errcode == NO_GRANT:  # ours was stale
+                    zero_grants.append(p.notification.user_id)
+                if p.channel == TEMPLATE and errcode == NOT_FOLLOWING:
+                    gone.append(p.follower.oa_openid)
+        settled = [p for p, _ in tried if p.done] + inbox
+        async with in_transaction():
+            for (result, errcode, detail), ids in finished.items():
+                await PushAttempt.filter(notification_id__in=ids, finished_at=None).update(
+                    finished_at=now, result=result, errcode=errcode, detail=detail
+                )
+            if zero_grants:
+                await SubscriptionGrant.filter(user_id__in=zero_grants, template_id=self.mp_template_id).update(
+                    remaining=0
+                )
+            if give_back:
+                await SubscriptionGrant.filter(user_id__in=give_back, template_id=self.mp_template_id).update(
+                    remaining=F("remaining") + 1
+                )
+            if gone:
+                await Follower.filter(oa_openid__in=gone).update(subscribed=False)
+            carried: dict[str, list[int]] = {}
+            for p in settled:
+                if p.outcome is not None:
+                    carried.setdefault(p.outcome, []).append(p.notification.id)
+            for channel, ids in carried.items():
+                await Notification.filter(id__in=ids).update(
+                    push_status="inbox_only" if channel == INBOX else "sent",
+                    channel=channel,
+                    sent_at=None if channel == INBOX else now,
+                )
+            given_up = [p.notification.id for p in settled if p.retry and p.notification.attempts >= self.max_attempts]
+            if given_up:
+                await Notification.filter(id__in=given_up).update(push_status="failed")
+            for p in settled:
+                if p.retry and p.notification.attempts < self.max_attempts:
+                    await Notification.filter(id=p.notification.id).update(
+                        push_status="pending",
+                        next_attempt_at=now + backoff(p.notification.attempts, base_s=5, cap_s=MAX_BACKOFF_S),
+                    )
+        for p in settled:
+            if p.retry and p.notification.attempts >= self.max_attempts:
+                log.warning("push given up", extra={"notification": p.notification.id, "error": p.retry})
 
 
 # -- the citizen's side --------------------------------------------------------------------

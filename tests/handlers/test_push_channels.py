@@ -7,6 +7,7 @@ the whole journey, quiet hours, SIGKILLed workers and what officials see.
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 
 import httpx
@@ -207,3 +208,37 @@ async def test_a_push_failing_every_time_is_given_up_after_its_attempts(db, sim,
     assert await pusher.run_one(notification.id) == "failed"
     assert (await Notification.get(id=notification.id)).push_status == "failed"
     assert await remaining(user) == 1  # never used
+
+
+async def test_two_drains_at_once_send_each_push_exactly_once(db, sim, pusher):
+    # A second worker's pusher on the same database and WeChat: small batches, a few calls in
+    # flight, so the two drains take turns claiming while the other's sends are under way.
+    other = Pusher(
+        mp=pusher.mp,
+        oa=pusher.oa,
+        mp_appid=SIM_MP_APPID,
+        mp_template_id=MP_TEMPLATE,
+        oa_template_id=OA_TEMPLATE,
+        batch=4,
+        concurrency=3,
+    )
+    pusher.batch, pusher.concurrency = 4, 3
+    users = [await citizen(sim, grants=2) for _ in range(10)]
+    made = []  # (user, case, [notifications in the order of the changes])
+    for user in users:
+        case = await factories.create_case(user=user, status=CaseStatus.IN_REVIEW)
+        first = await factories.create_notification(case=case, kind="accepted")
+        second = await factories.create_notification(case=case, kind="in_review")
+        made.append((user, case, [first, second]))
+    settled = await asyncio.gather(pusher.drain(), other.drain())
+    assert sum(settled) == 20
+    for user, case, notifications in made:
+        sent = messages(sim, case)
+        # One message per change, each by the citizen's own grant.
+        assert sorted(m["data"]["phrase3"]["value"] for m in sent) == sorted(["已受理", "审核中"])
+        assert {m["touser"] for m in sent} == {user.openid}
+        for notification in notifications:
+            assert await attempts(notification) == [("subscribe", "ok", 0)]
+            assert (await Notification.get(id=notification.id)).push_status == "sent"
+        assert await remaining(user) == 0
+    assert await pusher.drain() == 0 and await other.run_due() == 0  # nothing left, nothing sent again
