@@ -4,16 +4,13 @@ Order of work for a POST, each step refusing before the next reads anything:
 1. body size (64 KiB) and the URL signature (constant time, timestamp within 5 minutes) → 403;
 2. safe mode (`encrypt_type=aes`): msg_signature over the ciphertext, then decryption → 403; a
    plain-mode message is refused (403) unless the account is set to compatible mode;
-3. parsing with defusedxml (no DTDs or entities) → 400 (after claiming the signature as in 4,
-   so that a replayed signature is 403 whatever its body);
-4. one Redis round trip (a Lua script, `CLAIM`) that claims the signature's (timestamp, nonce) for
-   as long as the timestamp is accepted and the message's de-duplication key for 60 s, and returns
-   the first delivery's reply when there is one. The same signature with another body (or first
-   seen on the GET verification) is a replay → 403; with the same body it is a resend, answered
-   with the first delivery's reply and never acted on. WeChat retries a message up to three times
-   when it gets no answer in 5 s; a retry gets the first request's reply, never a second action
-   (replies are stored for 60 s, many to a pipeline: `ReplyWriter`);
-5. the answer (`handlers.bot.answer`), under a deadline (~4 s): if it is late the callback answers
+3. the signature's (timestamp, nonce) claimed in Redis for as long as the timestamp is accepted:
+   the same pair with another body (or first seen on the GET verification) is a replay → 403; with
+   the same body it is a resend, answered with the first delivery's reply and never acted on;
+4. parsing with defusedxml (no DTDs or entities) → 400;
+5. de-duplication in Redis (SET NX, 60 s): WeChat retries a message up to three times when it
+   gets no answer in 5 s; a retry gets the first request's reply, never a second action;
+6. the answer (`handlers.bot.answer`), under a deadline (~4 s): if it is late the callback answers
    `success` and the answer follows as a customer-service message.
 Replies go back encrypted when the request came encrypted.
 """
@@ -41,23 +38,6 @@ bp = Blueprint("wechat_oa")
 
 BODY_LIMIT = 64 * 1024
 SEEN_TTL_S = 60  # WeChat retries over about 15 s; keep the guard well beyond that
-
-# KEYS: the signature, the message's de-duplication key, its reply.
-# ARGV: the request's body digest, the signature's TTL, the de-duplication TTL.
-# Answers {CLAIMED} (answer it now), {REPLAY}, {REPLY, xml}, {WAIT} (the first delivery is still
-# answering) or {GONE} (a resend whose first delivery is forgotten: never answered anew).
-_CLAIM = """
-if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then
-  if redis.call('GET', KEYS[1]) ~= ARGV[1] then return {0} end
-  if redis.call('EXISTS', KEYS[2]) == 0 then return {4} end
-elseif redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[3]) then
-  return {1}
-end
-local reply = redis.call('GET', KEYS[3])
-if reply then return {2, reply} end
-return {3}
-"""
-REPLAY, CLAIMED, REPLY, WAIT, GONE = 0, 1, 2, 3, 4
 
 
 def _crypto(request: Request) -> OACrypto:
@@ -147,38 +127,16 @@ async def receive(request: Request) -> HTTPResponse:
             encrypt_type=args.get("encrypt_type", "raw"),
             msg_signature=args.get("msg_signature", ""),
         )
+        first = await _first_use(request, verified)
     except CallbackRejected as exc:
         raise _refused("official-account callback", exc) from None
     try:
         message = parse(verified.xml, limit=BODY_LIMIT)
     except BadMessage as exc:
-        try:
-            await _first_use(request, verified)
-        except CallbackRejected as rejected:
-            raise _refused("official-account callback", rejected) from None
         log.warning("official-account message unreadable: %s", exc)
         raise BadRequest("消息格式错误", code="bad_message") from None
 
-    services = Services.of(request)
-    key = dedup_key(message)
-    reply_key = services.keys("bot", "reply", key)
-    claim = _claim_script(request)
-    found = await claim(
-        keys=[services.keys("bot", "sig", verified.replay_key), services.keys("bot", "seen", key), reply_key],
-        args=[verified.body_digest, verified.ttl_s, SEEN_TTL_S],
-    )
-    outcome = int(found[0])
-    if outcome == REPLAY:
-        raise _refused("official-account callback", CallbackRejected("replayed signature"))
-    if outcome == CLAIMED:
-        reply = await _answer_within(request, message, key, services.settings.BOT_DEADLINE_S)
-        _replies(request).keep(reply_key, reply.encode())
-    elif outcome == REPLY:
-        reply = found[1].decode()
-    elif outcome == WAIT:
-        reply = await _first_reply(request, reply_key)
-    else:
-        reply = "success"
+    reply = await (_reply_once(request, message) if first else _first_reply(request, message))
     if reply == "success":
         return text("success")
     if verified.encrypted:
@@ -186,67 +144,34 @@ async def receive(request: Request) -> HTTPResponse:
     return text(reply, content_type="application/xml")
 
 
-class ReplyWriter:
-    """Stores first deliveries' replies for their duplicates, many to a Redis pipeline.
-
-    `keep` returns at once; one flush at a time writes what is waiting, so under load the replies
-    of the messages answered while a write is on its way go together in the next one. A duplicate
-    waits for the reply (`_first_reply` polls), and WeChat retries only after 5 s without an
-    answer, by when the reply is stored. The flush is tracked in `tasks`, which a graceful stop
-    waits for. A reply Redis cannot take is logged: its duplicates answer `success`.
-    """
-
-    def __init__(self, redis, tasks: set[asyncio.Future]):
-        self.redis, self.tasks = redis, tasks
-        self.waiting: dict[str, bytes] = {}
-        self.flushing: asyncio.Future | None = None
-
-    def keep(self, key: str, reply: bytes) -> None:
-        self.waiting[key] = reply
-        if self.flushing is None:
-            self.flushing = asyncio.ensure_future(self._flush())
-            self.tasks.add(self.flushing)
-            self.flushing.add_done_callback(self.tasks.discard)
-
-    async def _flush(self) -> None:
-        try:
-            while self.waiting:
-                batch, self.waiting = self.waiting, {}
-                try:
-                    async with self.redis.pipeline(transaction=False) as pipe:
-                        for key, reply in batch.items():
-                            pipe.set(key, reply, ex=SEEN_TTL_S)
-                        await pipe.execute()
-                except Exception:
-                    log.exception("bot replies not stored for duplicate deliveries (%d)", len(batch))
-        finally:
-            self.flushing = None
-
-
-def _replies(request: Request) -> ReplyWriter:
-    writer = getattr(request.app.ctx, "bot_replies", None)
-    if writer is None:
-        writer = request.app.ctx.bot_replies = ReplyWriter(Services.of(request).redis, request.app.ctx.bot_tasks)
-    return writer
-
-
-def _claim_script(request: Request):
-    """The registered `_CLAIM` script of this app's Redis client (EVALSHA, loaded on first use)."""
-    script = getattr(request.app.ctx, "bot_claim", None)
-    if script is None:
-        script = request.app.ctx.bot_claim = Services.of(request).redis.register_script(_CLAIM)
-    return script
-
-
-async def _first_reply(request: Request, reply_key: str) -> str:
-    """The first delivery's reply, waited for up to the deadline; "success" if it does not come."""
+async def _reply_once(request: Request, message: Message) -> str:
+    """The reply XML (or "success"); a duplicate delivery waits for and returns the first one's."""
     services = Services.of(request)
+    key = dedup_key(message)
+    seen_key, reply_key = services.keys("bot", "seen", key), services.keys("bot", "reply", key)
+    if not await services.redis.set(seen_key, b"1", nx=True, ex=SEEN_TTL_S):
+        return await _first_reply(request, message)
+    reply = await _answer_within(request, message, key, services.settings.BOT_DEADLINE_S)
+    await services.redis.set(reply_key, reply.encode(), ex=SEEN_TTL_S)
+    return reply
+
+
+async def _first_reply(request: Request, message: Message) -> str:
+    """The first delivery's reply, waited for up to the deadline; "success" once it is gone.
+
+    Never answers anew: a resend of a request seen minutes ago, its dedup keys expired, must not
+    act a second time.
+    """
+    services, key = Services.of(request), dedup_key(message)
+    reply_key = services.keys("bot", "reply", key)
+    if not await services.redis.exists(services.keys("bot", "seen", key)):
+        return "success"
     waited_until = time.monotonic() + services.settings.BOT_DEADLINE_S
     while time.monotonic() < waited_until:
-        await asyncio.sleep(0.05)
         cached = await services.redis.get(reply_key)
         if cached is not None:
             return cached.decode()
+        await asyncio.sleep(0.05)
     return "success"
 
 
