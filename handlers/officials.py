@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import pyotp
+from tortoise.expressions import Q
 
 from core.errors import Conflict, Forbidden, NotFound, TooManyRequests, Unauthenticated, Unprocessable
 from handlers import audit
@@ -166,10 +167,8 @@ async def _accept_totp(official: Official, code: str, cipher) -> bool:
         at = now.timestamp() + drift * totp.interval
         if hmac.compare_digest(totp.at(at), code):
             step = int(at // totp.interval)
-            claimed = await Official.filter(id=official.id).filter(totp_last_step__isnull=True).update(
-                totp_last_step=step
-            ) or await Official.filter(id=official.id, totp_last_step__lt=step).update(totp_last_step=step)
-            return bool(claimed)
+            unused = Q(totp_last_step__isnull=True) | Q(totp_last_step__lt=step)
+            return bool(await Official.filter(unused, id=official.id).update(totp_last_step=step))
     return False
 
 
