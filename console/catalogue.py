@@ -123,6 +123,7 @@ async def publish(request: Request) -> HTTPResponse:
         keys=services.keys,
         ip=client_ip(request),
         request_id=request_id(request),
+        reader=services.catalogue,
     )
     return json(data, headers=PRIVATE)
 

@@ -111,6 +111,7 @@ async def upload(request: Request) -> HTTPResponse:
             keys=services.keys,
             ip=client_ip(request),
             request_id=request_id(request),
+            reader=services.catalogue,
         )
     except CatalogueError as exc:
         return await _page(request, status=422, problems=exc.problems, file_name=name, refused=True)

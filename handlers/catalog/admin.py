@@ -13,6 +13,7 @@ import hashlib
 from core.errors import NotFound
 from handlers import audit
 from handlers.catalog.publish import export_catalogue, pending_changes, publish_catalogue
+from handlers.catalog.reader import CatalogueReader
 from handlers.catalog.schema import Catalogue, CatalogueError, parse_catalogue
 from handlers.scoping import ADMIN, require_role
 from storage.models import ActorType, Official, ServiceItem
@@ -40,7 +41,9 @@ async def check(*, official: Official, text: str) -> dict:
     }
 
 
-async def publish(*, official: Official, text: str, redis, keys, ip: str, request_id: str) -> dict:
+async def publish(
+    *, official: Official, text: str, redis, keys, ip: str, request_id: str, reader: CatalogueReader | None = None
+) -> dict:
     """Validates the whole file, then publishes every changed item as a new version, and audits it.
     An invalid file raises CatalogueError (every problem listed) and publishes nothing; the refusal
     is audited as well."""
@@ -78,7 +81,7 @@ async def publish(*, official: Official, text: str, redis, keys, ip: str, reques
             },
         )
 
-    return await publish_catalogue(catalogue=catalogue, redis=redis, keys=keys, on_publish=audited)
+    return await publish_catalogue(catalogue=catalogue, redis=redis, keys=keys, on_publish=audited, reader=reader)
 
 
 def _item(row: ServiceItem) -> dict:

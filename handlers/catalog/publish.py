@@ -15,7 +15,7 @@ from pathlib import Path
 import yaml
 from tortoise.transactions import in_transaction
 
-from handlers.catalog.reader import announce_revision
+from handlers.catalog.reader import CatalogueReader, announce_revision
 from handlers.catalog.schema import Catalogue, item_content, parse_catalogue
 from storage.models import CatalogueState, ServiceItem
 
@@ -35,10 +35,13 @@ async def pending_changes(catalogue: Catalogue) -> list[str]:
     return [i.code for i in catalogue.items if current.get(i.code) != content_digest(item_content(catalogue, i))]
 
 
-async def publish_catalogue(*, catalogue: Catalogue, redis=None, keys=None, on_publish=None) -> dict:
+async def publish_catalogue(
+    *, catalogue: Catalogue, redis=None, keys=None, on_publish=None, reader: CatalogueReader | None = None
+) -> dict:
     """Publishes every changed item as a new version, all in one transaction; answers what happened:
     `published` and `unchanged` counts, the `changed` items (`code`, `name`, `version`) and the
-    catalogue `revision` after it. `on_publish(result)` runs inside the transaction (the audit row).
+    catalogue `revision` after it. `on_publish(result)` runs inside the transaction (the audit row);
+    `reader`, this process's catalogue reader, serves the new revision as soon as it is committed.
 
     Publishes are serialised on the catalogue's state row, so two at once cannot both make the same
     item's next version."""
@@ -77,6 +80,8 @@ async def publish_catalogue(*, catalogue: Catalogue, redis=None, keys=None, on_p
         result = {**counts, "changed": changed, "revision": state.revision}
         if on_publish is not None:
             await on_publish(result)
+    if reader is not None:
+        reader.saw(state.revision)
     if redis is not None:
         await announce_revision(redis=redis, keys=keys, revision=state.revision)
     return result

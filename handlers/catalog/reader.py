@@ -180,6 +180,12 @@ class CatalogueReader:
             log.warning("catalogue revision unreadable at start: %r", exc)
         return asyncio.get_running_loop().create_task(self.watch())
 
+    def saw(self, revision: int) -> None:
+        """A publish made in this process committed `revision`: serve it from now on here (other
+        processes see it within REVISION_POLL_S), never moving the watched revision backwards."""
+        if self._watched is not None and revision > self._watched:
+            self._watched = revision
+
     def stop_watching(self) -> None:
         """Back to looking the revision up on each call (the watch task is the caller's to cancel)."""
         self._watched = None

@@ -315,6 +315,12 @@ def test_http_validate_publish_and_versions(catalogue_server, wechat_sim):
     body = published.json()
     code0 = DEMO["items"][0]["code"]
     assert {(c["code"], c["version"]) for c in body["changed"]} == {(code0, before[code0] + 1), (new_code, 1)}
+    # The publishing process serves the new revision at once, not after its next revision poll
+    # (other processes see it within REVISION_POLL_S: tests/miniprogram_api/test_cross_worker.py).
+    guide = citizen.get(f"/api/v1/services/{code0}")
+    assert guide.status_code == 200, guide.text
+    assert guide.json()["promised_days"] == DEMO["items"][0]["promised_days"] - 1
+    assert citizen.get(f"/api/v1/services/{new_code}").status_code == 200
     after = current(client)
     assert after == {**before, code0: before[code0] + 1, new_code: 1}
 
@@ -333,12 +339,6 @@ def test_http_validate_publish_and_versions(catalogue_server, wechat_sim):
     assert [v["version"] for v in history.json()["items"]][:2] == [before[code0] + 1, before[code0]]
     missing = client.get("/console/api/catalogue/items/no-such-item/versions")
     assert (missing.status_code, missing.json()["code"]) == (404, "service_not_found")
-
-    # The mini-program sees the published change at once (the publish forgot the cached revision).
-    guide = citizen.get(f"/api/v1/services/{code0}")
-    assert guide.status_code == 200, guide.text
-    assert guide.json()["promised_days"] == DEMO["items"][0]["promised_days"] - 1
-    assert citizen.get(f"/api/v1/services/{new_code}").status_code == 200
 
     audits = catalogue_server.database.query(
         "SELECT action, target_id FROM audit_log WHERE action LIKE 'catalogue.%' ORDER BY id"
