@@ -54,7 +54,7 @@ from storage.crypto import FieldCipher
 from storage.files import FileSealer, FileStore, create_file_store
 from storage.redis import Keys, create_redis
 from wechat.apps import mp_appid, progress_template, wechat_client
-from wechat.client import OfficialAccountAPI, WeChatClient
+from wechat.client import AiohttpSender, OfficialAccountAPI, WeChatClient
 
 log = logging.getLogger("zhangban.services")
 
@@ -94,6 +94,11 @@ class Services:
                 timeout=httpx.Timeout(10.0, connect=3.0),
                 headers={SIMULATOR_SECRET_HEADER: settings.simulator_secret},
             )
+        # WeChat calls (one per push, per notice message) go through aiohttp directly.
+        self.wechat_http = AiohttpSender()
+        self.wechat_sim_http = self.wechat_http
+        if settings.simulator_secret:
+            self.wechat_sim_http = AiohttpSender(headers={SIMULATOR_SECRET_HEADER: settings.simulator_secret})
         self.cipher = FieldCipher(settings.field_encryption_key(), settings.field_encryption_old_keys())
 
     async def watch(self) -> list[asyncio.Task]:
@@ -120,6 +125,9 @@ class Services:
         await self.http.aclose()
         if self.sim_http is not self.http:
             await self.sim_http.aclose()
+        await self.wechat_http.aclose()
+        if self.wechat_sim_http is not self.wechat_http:
+            await self.wechat_sim_http.aclose()
         if "pipeline" in self.__dict__:
             self.pipeline.shutdown()
         if "file_store" in self.__dict__ and hasattr(self.file_store, "close"):
@@ -199,14 +207,17 @@ class Services:
     def _http_for(self, channel: str) -> httpx.AsyncClient:
         return self.sim_http if self.settings.simulated(channel) else self.http
 
+    def _wechat_http_for(self, channel: str) -> AiohttpSender:
+        return self.wechat_sim_http if self.settings.simulated(channel) else self.wechat_http
+
     @cached_property
     def wechat_mp(self) -> WeChatClient:
-        http = self._http_for("WeChat mini-program")
+        http = self._wechat_http_for("WeChat mini-program")
         return wechat_client(self.settings, "mp", redis=self.redis, http=http)
 
     @cached_property
     def oa(self) -> OfficialAccountAPI:
-        http = self._http_for("WeChat official account")
+        http = self._wechat_http_for("WeChat official account")
         return OfficialAccountAPI(wechat_client(self.settings, "oa", redis=self.redis, http=http))
 
     @cached_property

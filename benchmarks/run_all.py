@@ -33,6 +33,7 @@ BENCHMARKS = [
     "catalogue",
     "bot",
     "callbacks",
+    "push",
     "payments",
     "evaluation",
     "notices",

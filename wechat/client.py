@@ -1,10 +1,11 @@
 """A non-blocking client for the WeChat server API (mini-program and official account).
 
-Access tokens come from `/cgi-bin/stable_token` in normal mode and are cached in Redis. Only
+Access tokens come from `/cgi-bin/stable_token` in normal mode and are cached in Redis (and,
+for LOCAL_TOKEN_S, in each process, so a push costs no Redis read for its token). Only
 one process refreshes at a time (a Redis lock); the others wait for the lock and then read the
 token the winner stored, so concurrent refreshes never overwrite each other. A call rejected
 with 40001/42001 drops the cached token only if it is still the one that failed (compare and
-delete in one Lua step), then retries once. `errcode -1` (system busy), timeouts and 5xx are
+delete in one Lua step; the process's copy too), then retries once. `errcode -1` (system busy), timeouts and 5xx are
 retried with exponential backoff.
 """
 
@@ -13,9 +14,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 
+import aiohttp
 import httpx
 from redis.asyncio import Redis
 
@@ -25,6 +28,7 @@ from storage.redis import held_lock
 log = logging.getLogger("zhangban.wechat")
 
 TOKEN_MARGIN_S = 300  # refresh this long before WeChat's expiry
+LOCAL_TOKEN_S = 30  # a process reuses the token it read from Redis this long
 TOKEN_ERRCODES = {40001, 42001, 40014}
 BUSY_ERRCODE = -1
 RETRIES = 3
@@ -35,6 +39,10 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
+
+
+class _ServerError(Exception):
+    """WeChat answered 5xx: retried like a timeout."""
 
 
 class WeChatError(Exception):
@@ -56,8 +64,41 @@ class LoginSession:
     unionid: str | None
 
 
+class AiohttpSender:
+    """WeChat calls sent through one aiohttp session, opened on first use in the running loop.
+
+    Pushes and notices make a WeChat call per message; httpx spends 2-4 ms of CPU on each here
+    (its request model, URL parsing, cookie handling and connection pool), aiohttp about 0.4 ms
+    (benchmarks/push.py). `headers` go with every call (the simulator secret, if any)."""
+
+    def __init__(self, *, timeout_s: float = 10.0, connect_s: float = 3.0, limit: int = 100, headers=None):
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=connect_s)
+        self._limit, self._headers = limit, dict(headers or {})
+        self._session: aiohttp.ClientSession | None = None
+
+    async def send(self, method: str, url: str, *, params=None, content=None, headers=None) -> tuple[int, bytes]:
+        """The status and body of one call; aiohttp.ClientError or TimeoutError when it failed."""
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=self._limit),
+                timeout=self._timeout,
+                headers=self._headers,
+                # Nothing of the machine's environment (proxies, .netrc) and no cookie jar.
+                trust_env=False,
+                cookie_jar=aiohttp.DummyCookieJar(),
+            )
+        async with self._session.request(method, url, params=params, data=content, headers=headers) as response:
+            return response.status, await response.read()
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+
 class WeChatClient:
-    """The WeChat server API for one app (appid/secret), sharing tokens through Redis."""
+    """The WeChat server API for one app (appid/secret), sharing tokens through Redis.
+
+    `http` is an AiohttpSender (what the services use) or an httpx.AsyncClient."""
 
     def __init__(
         self,
@@ -67,27 +108,42 @@ class WeChatClient:
         base_url: str,
         redis: Redis,
         token_key: str,
-        http: httpx.AsyncClient,
+        http: AiohttpSender | httpx.AsyncClient,
         backoff_s: float = 0.2,
     ):
         self.appid, self._secret, self.base_url = appid, secret, base_url.rstrip("/")
         self._redis, self._token_key, self._lock_key = redis, token_key, token_key + ":lock"
         self._http = http
         self._local_lock = asyncio.Lock()
+        self._token: str | None = None
+        self._token_until = 0.0
         self._drop_if_same = redis.register_script(_DROP_IF_SAME)
         self._backoff_s = backoff_s
 
     # -- transport ---------------------------------------------------------------------
 
-    async def _request(self, method: str, path: str, **kwargs) -> dict[str, Any]:
+    async def _send(self, method: str, url: str, *, params=None, content=None, headers=None) -> tuple[int, bytes]:
+        if isinstance(self._http, AiohttpSender):
+            return await self._http.send(method, url, params=params, content=content, headers=headers)
+        response = await self._http.request(method, url, params=params, content=content, headers=headers)
+        return response.status_code, response.content
+
+    async def _request(
+        self, method: str, path: str, *, params=None, json_body=None, content=None, headers=None
+    ) -> dict[str, Any]:
         """One WeChat call with retries for busy, timeouts and 5xx; returns the JSON body."""
+        if json_body is not None:
+            content = json.dumps(json_body, ensure_ascii=False).encode("utf-8")
+            headers = {"Content-Type": "application/json; charset=utf-8"}
         for attempt in range(1, RETRIES + 1):
             try:
-                response = await self._http.request(method, self.base_url + path, **kwargs)
-                if response.status_code >= 500:
-                    raise httpx.HTTPStatusError("server error", request=response.request, response=response)
-                body = response.json()
-            except (httpx.TransportError, httpx.HTTPStatusError, ValueError) as exc:
+                status, raw = await self._send(
+                    method, self.base_url + path, params=params, content=content, headers=headers
+                )
+                if status >= 500:
+                    raise _ServerError(status)
+                body = json.loads(raw)
+            except (httpx.TransportError, aiohttp.ClientError, TimeoutError, _ServerError, ValueError) as exc:
                 if attempt == RETRIES:
                     log.warning("wechat %s unreachable: %s", path, type(exc).__name__)
                     raise WeChatUnavailable() from None
@@ -101,27 +157,37 @@ class WeChatClient:
     # -- access tokens -------------------------------------------------------------------
 
     async def access_token(self) -> str:
-        """A valid access token: the cached one, or a fresh one fetched by one process only."""
+        """A valid access token: this process's copy (read from Redis at most LOCAL_TOKEN_S ago),
+        the one cached in Redis, or a fresh one fetched by one process only."""
+        if self._token is not None and time.monotonic() < self._token_until:
+            return self._token
         cached = await self._redis.get(self._token_key)
         if cached:
-            return cached.decode()
+            return self._keep(cached.decode())
         async with self._local_lock:  # coroutines of this process queue here, not at Redis
             cached = await self._redis.get(self._token_key)
             if cached:
-                return cached.decode()
+                return self._keep(cached.decode())
             async with held_lock(self._redis, self._lock_key, timeout=15, blocking_timeout=20) as held:
                 if not held:
                     raise WeChatUnavailable()
                 cached = await self._redis.get(self._token_key)  # another process may have won
                 if cached:
-                    return cached.decode()
-                return await self._fetch_token()
+                    return self._keep(cached.decode())
+                return self._keep(await self._fetch_token())
+
+    def _keep(self, token: str) -> str:
+        # Redis drops a token TOKEN_MARGIN_S before WeChat expires it, so a copy kept for
+        # LOCAL_TOKEN_S (far less) is never served expired; a call refused for a stale token
+        # drops the copy with the shared one (drop_token).
+        self._token, self._token_until = token, time.monotonic() + LOCAL_TOKEN_S
+        return token
 
     async def _fetch_token(self) -> str:
         body = await self._request(
             "POST",
             "/cgi-bin/stable_token",
-            json={
+            json_body={
                 "grant_type": "client_credential",
                 "appid": self.appid,
                 "secret": self._secret,
@@ -137,6 +203,8 @@ class WeChatClient:
 
     async def drop_token(self, token: str) -> bool:
         """Forgets the cached token if it is still `token`; True if it was dropped."""
+        if self._token == token:
+            self._token = None
         return bool(await self._drop_if_same(keys=[self._token_key], args=[token]))
 
     async def call(
@@ -149,13 +217,7 @@ class WeChatClient:
             if payload is None:
                 body = await self._request("GET", path, params=params)
             else:
-                body = await self._request(
-                    "POST",
-                    path,
-                    params=params,
-                    content=json.dumps(payload, ensure_ascii=False).encode("utf-8"),
-                    headers={"Content-Type": "application/json; charset=utf-8"},
-                )
+                body = await self._request("POST", path, params=params, json_body=payload)
             errcode = body.get("errcode", 0)
             if errcode in TOKEN_ERRCODES and attempt == 1:
                 await self.drop_token(token)
