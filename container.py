@@ -234,6 +234,7 @@ class Services:
             max_attempts=s.PUSH_MAX_ATTEMPTS,
             batch=s.PUSH_BATCH,
             concurrency=s.PUSH_CONCURRENCY,
+            lanes=s.PUSH_LANES,
             miniprogram_state="developer" if s.embedded else "formal",
             routes={ANSWERED: self.tickets.route_of},
         )

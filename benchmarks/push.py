@@ -56,6 +56,7 @@ def extra(p) -> None:
     p.add_argument("--drain-timeout", type=float, default=300, help="seconds a drain may take (300)")
     p.add_argument("--push-batch", type=int, help="PUSH_BATCH of the worker (its default)")
     p.add_argument("--push-concurrency", type=int, help="PUSH_CONCURRENCY of the worker (its default)")
+    p.add_argument("--push-lanes", type=int, help="PUSH_LANES of the worker (its default)")
 
 
 def seed_notifications(db: seeding.Database, cases: dict[int, int], count: int, tag: str) -> int:
@@ -140,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
             env["PUSH_BATCH"] = str(args.push_batch)
         if args.push_concurrency:
             env["PUSH_CONCURRENCY"] = str(args.push_concurrency)
+        if args.push_lanes:
+            env["PUSH_LANES"] = str(args.push_lanes)
         server = s.zhangban(h.PRODUCTION, 1, env=env, name="production")
         db = seeding.Database(server.env["DATABASE_URL"])
         rows = []
@@ -166,7 +169,8 @@ def main(argv: list[str] | None = None) -> int:
                 "Server: `serve` with one Sanic worker (it takes no requests here), a fresh PostgreSQL database "
                 "and Redis prefix, `TASK_BROKER=redis`, every channel configured against the simulators, "
                 "`PUSH_MP_TEMPLATE_ID` made for the run, `PUSH_QUIET_HOURS` empty, "
-                f"`PUSH_BATCH` {args.push_batch or 'default'}, `PUSH_CONCURRENCY` {args.push_concurrency or 'default'}.",
+                f"`PUSH_BATCH` {args.push_batch or 'default'}, `PUSH_CONCURRENCY` {args.push_concurrency or 'default'}, "
+                f"`PUSH_LANES` {args.push_lanes or 'default'}.",
                 f"Seeded with asyncpg: {args.users} citizens, one case each, 1000 one-time subscriptions each at "
                 f"the WeChat simulator and in Zhangban; per drain {args.pushes} due notifications inserted at once, "
                 f"then `server.py worker --processes N` started (`check-jobs` answered: it runs jobs) and "

@@ -194,6 +194,8 @@ class Settings(BaseSettings):
     # calls in flight per channel and worker process.
     PUSH_BATCH: int = Field(100, ge=1, le=1000)
     PUSH_CONCURRENCY: int = Field(16, ge=1, le=100)
+    # Batches under way at once per worker process (PostgreSQL; SQLite drains one at a time).
+    PUSH_LANES: int = Field(2, ge=1, le=8)
     # Sweeps: outbox rows in flight longer than this are re-queued; delivered cases without a
     # platform callback for this long are looked up at the platform.
     OUTBOX_STUCK_S: int = Field(600, ge=1)

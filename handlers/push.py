@@ -258,6 +258,9 @@ class Pusher:
     routes: dict[str, Callable[[Notification], Awaitable[Route | None]]] = field(default_factory=dict)
     batch: int = 100
     concurrency: int = 16
+    lanes: int = 2
+    _claiming: asyncio.Lock = field(default_factory=asyncio.Lock, init=False, repr=False)
+    _busy: set[int] = field(default_factory=set, init=False, repr=False)
     _limits: dict[str, asyncio.Semaphore] = field(default_factory=dict, init=False, repr=False)
     _draining: bool = field(default=False, init=False, repr=False)
     _wanted: bool = field(default=False, init=False, repr=False)
@@ -265,58 +268,82 @@ class Pusher:
     async def drain(self) -> int:
         """Pushes every due notification, batch after batch, until none is due; returns how many
         were settled. A drain already running in this process is only told to look again (it
-        claims once more before it stops), so a burst of kicks costs one loop, not one each."""
+        claims once more before it stops), so a burst of kicks costs one loop, not one each.
+
+        On PostgreSQL `lanes` batches are under way at once, so one batch's statements run while
+        another's sends wait on WeChat; a lane never claims a push of a citizen whose push is in
+        another lane of this process, so a citizen's pushes still go one after the other."""
         self._wanted = True
         if self._draining:
             return 0
         self._draining = True
         settled = 0
+        lanes = self.lanes if connections.get("default").capabilities.dialect == "postgres" else 1
         try:
             while self._wanted:
                 self._wanted = False
-                while ids := await self._claim(self.batch):
-                    outcomes = await self._run(ids)
-                    settled += sum(o in ("sent", "inbox_only", "failed") for o in outcomes.values())
+                settled += sum(await asyncio.gather(*(self._lane() for _ in range(lanes))))
         finally:
             self._draining = False
         return settled
 
+    async def _lane(self) -> int:
+        settled = 0
+        while True:
+            async with self._claiming:
+                claimed = await self._claim(self.batch, busy=self._busy)
+                users = {user_id for _, user_id in claimed}
+                self._busy |= users
+            if not claimed:
+                return settled
+            try:
+                outcomes = await self._run([notification_id for notification_id, _ in claimed])
+            finally:
+                self._busy -= users
+            settled += sum(o in ("sent", "inbox_only", "failed") for o in outcomes.values())
+
     async def run_due(self, *, limit: int = 200) -> int:
         """Pushes due notifications (at most `limit`); returns how many were settled."""
         settled = 0
-        while limit > 0 and (ids := await self._claim(min(self.batch, limit))):
-            limit -= len(ids)
-            outcomes = await self._run(ids)
+        while limit > 0 and (claimed := await self._claim(min(self.batch, limit))):
+            limit -= len(claimed)
+            outcomes = await self._run([notification_id for notification_id, _ in claimed])
             settled += sum(o in ("sent", "inbox_only", "failed") for o in outcomes.values())
         return settled
 
     async def run_one(self, notification_id: int) -> str:
         """One notification: its outcome, or "not_due" when it is not this worker's to push now."""
-        ids = await self._claim(1, notification_id)
-        if not ids:
+        if not await self._claim(1, notification_id):
             return "not_due"
-        return (await self._run(ids))[notification_id]
+        return (await self._run([notification_id]))[notification_id]
 
     # -- claiming ------------------------------------------------------------------------------
 
-    async def _claim(self, limit: int, notification_id: int | None = None) -> list[int]:
-        """Takes up to `limit` due notifications under a lease, in one statement; their ids."""
+    async def _claim(
+        self, limit: int, notification_id: int | None = None, busy: set[int] | None = None
+    ) -> list[tuple[int, int]]:
+        """Takes up to `limit` due notifications under a lease, in one statement, none of the
+        citizens in `busy` (PostgreSQL only); their (id, user_id) in id order."""
         conn = connections.get("default")
         dialect = conn.capabilities.dialect
         now = datetime.now(UTC)
-        only = " AND id = ?" if notification_id is not None else ""
+        values: list = [now + timedelta(seconds=self.lease_s), now]
+        only = ""
+        if notification_id is not None:
+            only += " AND id = ?"
+            values.append(notification_id)
+        if busy and dialect == "postgres":
+            only += " AND user_id <> ALL(?::bigint[])"
+            values.append(list(busy))
         lock = " FOR UPDATE SKIP LOCKED" if dialect == "postgres" else ""
         sql = (
             "UPDATE notifications SET push_status = 'sending', next_attempt_at = ?, attempts = attempts + 1 "
             "WHERE id IN (SELECT id FROM notifications WHERE push_status IN ('pending', 'sending') "
-            f"AND next_attempt_at <= ?{only} ORDER BY next_attempt_at, id LIMIT ?{lock}) RETURNING id"
+            f"AND next_attempt_at <= ?{only} ORDER BY next_attempt_at, id LIMIT ?{lock}) RETURNING id, user_id"
         )
-        values: list = [now + timedelta(seconds=self.lease_s), now]
-        if notification_id is not None:
-            values.append(notification_id)
         values.append(limit)
         rows = await conn.execute_query_dict(_sql(dialect, sql), values)
-        return sorted(int(row["id"]) for row in rows)
+        return sorted((int(row["id"]), int(row["user_id"])) for row in rows)
 
     # -- one batch -----------------------------------------------------------------------------
 

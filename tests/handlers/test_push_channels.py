@@ -242,3 +242,21 @@ async def test_two_drains_at_once_send_each_push_exactly_once(db, sim, pusher):
             assert (await Notification.get(id=notification.id)).push_status == "sent"
         assert await remaining(user) == 0
     assert await pusher.drain() == 0 and await other.run_due() == 0  # nothing left, nothing sent again
+
+
+async def test_lanes_never_send_a_citizens_pushes_out_of_order(db, sim, pusher):
+    # Two lanes of small batches (PostgreSQL; SQLite drains in one lane): three changes of each
+    # of three citizens, made in turn, so every batch holds the next change of each citizen. The
+    # first message is held up at WeChat: a lane free to claim that citizen's next change would
+    # send it ahead.
+    pusher.batch, pusher.concurrency, pusher.lanes = 3, 4, 2
+    users = [await citizen(sim, grants=3) for _ in range(3)]
+    cases = [await factories.create_case(user=user, status=CaseStatus.APPROVED) for user in users]
+    kinds = ["accepted", "in_review", "approved"]
+    for kind in kinds:
+        for case in cases:
+            await factories.create_notification(case=case, kind=kind)
+    sim.control("fail", {"path": SUBSCRIBE_PATH, "delay_s": 0.5})
+    assert await pusher.drain() == 9
+    for case in cases:
+        assert [m["data"]["phrase3"]["value"] for m in messages(sim, case)] == ["已受理", "审核中", "已通过"]
