@@ -4,14 +4,18 @@ Order of work for a POST, each step refusing before the next reads anything:
 1. body size (64 KiB) and the URL signature (constant time, timestamp within 5 minutes) → 403;
 2. safe mode (`encrypt_type=aes`): msg_signature over the ciphertext, then decryption → 403; a
    plain-mode message is refused (403) unless the account is set to compatible mode;
-3. the signature's (timestamp, nonce) claimed in Redis for as long as the timestamp is accepted:
-   the same pair with another body (or first seen on the GET verification) is a replay → 403; with
-   the same body it is a resend, answered with the first delivery's reply and never acted on;
-4. parsing with defusedxml (no DTDs or entities) → 400;
-5. de-duplication in Redis (SET NX, 60 s): WeChat retries a message up to three times when it
-   gets no answer in 5 s; a retry gets the first request's reply, never a second action;
-6. the answer (`handlers.bot.answer`), under a deadline (~4 s): if it is late the callback answers
-   `success` and the answer follows as a customer-service message.
+3. parsing with defusedxml (no DTDs or entities) → 400 (after claiming the signature as in 4,
+   so that a replayed signature is 403 whatever its body);
+4. one Redis round trip (a Lua script, `CLAIM`) that claims the signature's (timestamp, nonce) for
+   as long as the timestamp is accepted and the message's de-duplication key for 60 s, and returns
+   the first delivery's reply when there is one. The same signature with another body (or first
+   seen on the GET verification) is a replay → 403; with the same body it is a resend, answered
+   with the first delivery's reply and never acted on. WeChat retries a message up to three times
+   when it gets no answer in 5 s; a retry gets the first request's reply, never a second action;
+   a retry that comes while the first delivery is still answering waits for its reply;
+5. the answer (`handlers.bot.answer`), under a deadline (~4 s): if it is late the callback answers
+   `success` and the answer follows as a customer-service message. The reply is stored for the
+   duplicates before it is sent, so a duplicate that finds the claim finds the reply soon after.
 Replies go back encrypted when the request came encrypted.
 """
 
@@ -22,6 +26,7 @@ import logging
 import time
 
 from pydantic import BaseModel, Field
+from redis.commands.core import AsyncScript
 from sanic import Blueprint, Request
 from sanic.response import HTTPResponse, text
 
@@ -38,6 +43,23 @@ bp = Blueprint("wechat_oa")
 
 BODY_LIMIT = 64 * 1024
 SEEN_TTL_S = 60  # WeChat retries over about 15 s; keep the guard well beyond that
+
+# KEYS: the signature, the message's de-duplication key, its reply.
+# ARGV: the request's body digest, the signature's TTL, the de-duplication TTL.
+# Answers {CLAIMED} (answer it now), {REPLAY}, {REPLY, xml}, {WAIT} (the first delivery is still
+# answering) or {GONE} (a resend whose first delivery is forgotten: never answered anew).
+_CLAIM = """
+if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then
+  if redis.call('GET', KEYS[1]) ~= ARGV[1] then return {0} end
+  if redis.call('EXISTS', KEYS[2]) == 0 then return {4} end
+elseif redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[3]) then
+  return {1}
+end
+local reply = redis.call('GET', KEYS[3])
+if reply then return {2, reply} end
+return {3}
+"""
+REPLAY, CLAIMED, REPLY, WAIT, GONE = 0, 1, 2, 3, 4
 
 
 def _crypto(request: Request) -> OACrypto:
@@ -127,16 +149,37 @@ async def receive(request: Request) -> HTTPResponse:
             encrypt_type=args.get("encrypt_type", "raw"),
             msg_signature=args.get("msg_signature", ""),
         )
-        first = await _first_use(request, verified)
     except CallbackRejected as exc:
         raise _refused("official-account callback", exc) from None
     try:
         message = parse(verified.xml, limit=BODY_LIMIT)
     except BadMessage as exc:
+        try:
+            await _first_use(request, verified)
+        except CallbackRejected as rejected:
+            raise _refused("official-account callback", rejected) from None
         log.warning("official-account message unreadable: %s", exc)
         raise BadRequest("消息格式错误", code="bad_message") from None
 
-    reply = await (_reply_once(request, message) if first else _first_reply(request, message))
+    services, key = Services.of(request), dedup_key(message)
+    reply_key = services.keys("bot", "reply", key)
+    found = await _claim_script(request)(
+        keys=[services.keys("bot", "sig", verified.replay_key), services.keys("bot", "seen", key), reply_key],
+        args=[verified.body_digest, verified.ttl_s, SEEN_TTL_S],
+    )
+    outcome = int(found[0])
+    if outcome == REPLAY:
+        raise _refused("official-account callback", CallbackRejected("replayed signature"))
+    if outcome == CLAIMED:
+        reply = await _answer_within(request, message, key, services.settings.BOT_DEADLINE_S)
+        # Stored before it is sent: a duplicate never finds the claim without the reply for long.
+        await services.redis.set(reply_key, reply.encode(), ex=SEEN_TTL_S)
+    elif outcome == REPLY:
+        reply = found[1].decode()
+    elif outcome == WAIT:
+        reply = await _first_reply(services, reply_key)
+    else:  # GONE
+        reply = "success"
     if reply == "success":
         return text("success")
     if verified.encrypted:
@@ -144,35 +187,27 @@ async def receive(request: Request) -> HTTPResponse:
     return text(reply, content_type="application/xml")
 
 
-async def _reply_once(request: Request, message: Message) -> str:
-    """The reply XML (or "success"); a duplicate delivery waits for and returns the first one's."""
-    services = Services.of(request)
-    key = dedup_key(message)
-    seen_key, reply_key = services.keys("bot", "seen", key), services.keys("bot", "reply", key)
-    if not await services.redis.set(seen_key, b"1", nx=True, ex=SEEN_TTL_S):
-        return await _first_reply(request, message)
-    reply = await _answer_within(request, message, key, services.settings.BOT_DEADLINE_S)
-    await services.redis.set(reply_key, reply.encode(), ex=SEEN_TTL_S)
-    return reply
+def _claim_script(request: Request) -> AsyncScript:
+    """The registered `_CLAIM` script of this app's Redis client (EVALSHA, loaded on first use)."""
+    script = getattr(request.app.ctx, "bot_claim", None)
+    if script is None:
+        script = request.app.ctx.bot_claim = Services.of(request).redis.register_script(_CLAIM)
+    return script
 
 
-async def _first_reply(request: Request, message: Message) -> str:
-    """The first delivery's reply, waited for up to the deadline; "success" once it is gone.
-
-    Never answers anew: a resend of a request seen minutes ago, its dedup keys expired, must not
-    act a second time.
-    """
-    services, key = Services.of(request), dedup_key(message)
-    reply_key = services.keys("bot", "reply", key)
-    if not await services.redis.exists(services.keys("bot", "seen", key)):
-        return "success"
+async def _first_reply(services: Services, reply_key: str) -> str:
+    """The first delivery's reply, waited for up to the deadline; "success" if it does not come
+    (the first delivery failed, or is answering after its own deadline with `success` too)."""
     waited_until = time.monotonic() + services.settings.BOT_DEADLINE_S
-    while time.monotonic() < waited_until:
+    pause = 0.01
+    while True:
+        await asyncio.sleep(pause)
         cached = await services.redis.get(reply_key)
         if cached is not None:
             return cached.decode()
-        await asyncio.sleep(0.05)
-    return "success"
+        if time.monotonic() >= waited_until:
+            return "success"
+        pause = min(pause * 2, 0.1)
 
 
 async def _answer_within(request: Request, message: Message, key: str, deadline: float) -> str:

@@ -14,6 +14,8 @@ import asyncio
 import logging
 import math
 import re
+import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -25,7 +27,7 @@ from redis.asyncio import Redis
 from tortoise.exceptions import IntegrityError
 
 from handlers.cases.lifecycle import STATUS_LABELS
-from handlers.catalog.reader import CatalogueReader
+from handlers.catalog.reader import CatalogueReader, normalise_query
 from handlers.catalog.search import SearchIndex
 from handlers.evaluation.rating import Evaluations
 from handlers.notices.notices import Notices
@@ -49,6 +51,7 @@ NOTICE_WORDS = {"通知", "公告", "通知公告", "最新通知", "最新公�
 IMAGE_HINT = "图片请在掌办小程序的申请页面上传，公众号暂不接收材料图片。"
 VOICE_HINT = "抱歉，没有听清您的语音，请用文字再说一遍。"
 UNIONID_LOOKUP_TIMEOUT_S = 2.0
+SEEN_WINDOW = timedelta(minutes=1)  # `last_message_at` is written at most once per window
 
 MENU_TEXT = (
     "您好，这里是“掌办”泸州政务服务。您可以：\n"
@@ -122,6 +125,44 @@ def fee_text(fee: dict) -> str:
     return "按核定金额收取" if fee["kind"] == "assessed" else "免费"
 
 
+class FollowerCache:
+    """Follower records this process read or wrote in the last `ttl_s` seconds, by OpenID.
+
+    What a message needs of its sender's record on the hot path: that the record exists, that
+    `last_message_at` is recent (written at most once a minute) and that the unionid was looked
+    up. A hit answers all three without a query. Only `Bot.follower` fills it, with the record as
+    it just read or wrote it, and entries are never modified (each read makes a new record).
+
+    The account link (`user_id`) is never taken from an entry without it: an answer that reads
+    the link reads the record again while it has none (`Bot.linked`), so a citizen who just
+    linked in another process is answered as linked. An entry with a link is the truth, since a
+    link once made is never undone (it is set only while empty, and users are never deleted).
+    Subscription events always read and write the database, and an unsubscribe drops the entry.
+    """
+
+    def __init__(self, *, ttl_s: float = 30.0, size: int = 10_000, clock: Callable[[], float] = time.monotonic):
+        self.ttl_s, self.size, self.clock = ttl_s, size, clock
+        self._entries: OrderedDict[str, tuple[float, Follower]] = OrderedDict()
+
+    def get(self, oa_openid: str) -> Follower | None:
+        entry = self._entries.get(oa_openid)
+        if entry is None:
+            return None
+        if entry[0] <= self.clock():
+            del self._entries[oa_openid]
+            return None
+        return entry[1]
+
+    def put(self, follower: Follower) -> None:
+        self._entries[follower.oa_openid] = (self.clock() + self.ttl_s, follower)
+        self._entries.move_to_end(follower.oa_openid)
+        while len(self._entries) > self.size:
+            self._entries.popitem(last=False)
+
+    def drop(self, oa_openid: str) -> None:
+        self._entries.pop(oa_openid, None)
+
+
 class Bot:
     """Answers followers' messages."""
 
@@ -142,6 +183,7 @@ class Bot:
         self.evaluations = evaluations
         self.ticket_policy = ticket_policy or TicketPolicy()
         self.notices = notices
+        self.followers = FollowerCache()
 
     def mp_link(self, text: str, path: str = "pages/index/index") -> str:
         """A mini-program link inside a text message, as WeChat renders it."""
@@ -163,7 +205,7 @@ class Bot:
                 follower = await Follower.get(oa_openid=oa_openid)
         now = datetime.now(UTC)
         changed: list[str] = []
-        if follower.last_message_at is None or now - follower.last_message_at > timedelta(minutes=1):
+        if follower.last_message_at is None or now - follower.last_message_at > SEEN_WINDOW:
             follower.last_message_at = now
             changed.append("last_message_at")
         if subscribed is not None and follower.subscribed != subscribed:
@@ -181,7 +223,25 @@ class Bot:
                     await User.filter(id=user.id).update(oa_openid=oa_openid)
         if changed:
             await follower.save(update_fields=[*changed, "updated_at"])
+        self.followers.put(follower)
         return follower
+
+    def seen_follower(self, oa_openid: str) -> Follower | None:
+        """The follower as this process last read or wrote it, when that needs no write now (its
+        `last_message_at` still within the minute); None: call `follower`."""
+        follower = self.followers.get(oa_openid)
+        if follower is None or follower.last_message_at is None:
+            return None
+        if datetime.now(UTC) - follower.last_message_at > SEEN_WINDOW:
+            return None
+        return follower
+
+    async def linked(self, follower: Follower) -> Follower:
+        """`follower` with its account link as the database has it now: a record without one is
+        read again (and linked by unionid if it can be), since another process may have linked it."""
+        if follower.user_id is not None:
+            return follower
+        return await self.follower(follower.oa_openid)
 
     # -- answers -----------------------------------------------------------------------------
 
@@ -190,6 +250,7 @@ class Bot:
 
     async def progress(self, follower: Follower, case_no: str | None) -> str:
         """The status of the follower's own cases; another person's case number reads as unknown."""
+        follower = await self.linked(follower)
         if follower.user_id is None:
             return "查询办件进度需要先登录掌办小程序完成实名认证：" + self.mp_link("点击登录掌办", "pages/login/index")
         query = Case.filter(user_id=follower.user_id)
@@ -208,7 +269,13 @@ class Bot:
         return f"{case.case_no}（{case.service_name}）：{STATUS_LABELS[case.status]}"
 
     async def guide_answer(self, question: str) -> str:
-        """The best guide for a question, with its key facts, or suggestions when nothing fits."""
+        """The best guide for a question, with its key facts, or suggestions when nothing fits.
+
+        Worked out once per normalised question and catalogue revision (the search engine reads
+        the question normalised the same way), then answered from the catalogue's memory."""
+        return await self.catalogue.remember(("bot-guide", normalise_query(question)), lambda: self._guide(question))
+
+    async def _guide(self, question: str) -> str:
         index = await self.catalogue.search_index()
         hits = index.search(question, limit=3)
         faq = self.faq.best(question) if self.faq else None
@@ -251,6 +318,7 @@ class Bot:
         if existing is not None:
             return self._ticket_confirmation(existing)
         department, service_code = await self.ticket_policy.route(self.catalogue, content)
+        follower = await self.linked(follower)
         try:
             ticket = await open_ticket(
                 cipher=self.cipher,
@@ -285,7 +353,7 @@ class Bot:
         rating = RATING_INTENT.match(text)
         if rating and self.evaluations is not None:
             case_no, level, comment = rating.group(1).upper(), int(rating.group(2)), (rating.group(3) or "").strip()
-            return await self.evaluations.rate_by_message(follower, case_no, level, comment or None)
+            return await self.evaluations.rate_by_message(await self.linked(follower), case_no, level, comment or None)
         if text in NOTICE_WORDS and self.notices is not None:
             return await self.notices.latest_text(lambda label, path: self.mp_link(label, path))
         found = CASE_NO.search(text.upper())
@@ -303,7 +371,7 @@ class Bot:
         if key == "MENU_CONSULT":
             return "请回复“咨询 + 您的问题”或“投诉 + 具体内容”，我们会转交相关部门在规定时间内答复。"
         if key == "EVALUATE" and self.evaluations is not None:
-            return await self.evaluations.menu_hint(follower)
+            return await self.evaluations.menu_hint(await self.linked(follower))
         if key == "MENU_HALLS":
             return "请点击输入框旁的“+”，发送您的位置，为您查找附近的政务服务大厅。"
         return MENU_TEXT
@@ -377,8 +445,15 @@ class _Turn:
     checks: UnionidChecks | None
 
     async def follower(self, *, subscribed: bool | None = None) -> Follower:
-        """The sender's follower record, its unionid looked up from WeChat when still unknown."""
+        """The sender's follower record, its unionid looked up from WeChat when still unknown.
+
+        A message or a non-subscription event takes it from the bot's cache when it needs no write;
+        a (un)subscription always reads and writes the database."""
         openid = self.message.from_user
+        if subscribed is None:
+            cached = self.bot.seen_follower(openid)
+            if cached is not None:
+                return cached
         follower = await self.bot.follower(openid, subscribed=subscribed)
         if follower.unionid is None and (self.checks is None or await self.checks.should_look_up(openid)):
             try:  # the unionid links the follower to their mini-program account
@@ -392,6 +467,7 @@ class _Turn:
 
 async def _on_unsubscribe(turn: _Turn) -> None:
     await turn.bot.follower(turn.message.from_user, subscribed=False)
+    turn.bot.followers.drop(turn.message.from_user)
 
 
 async def _on_subscribe(turn: _Turn) -> str:

@@ -228,6 +228,34 @@ def test_subscribe_welcome_and_unsubscribe(server, oa, wechat_sim):
     assert "发送您的位置" in clicked
 
 
+def subscribed(server, openid: str) -> bool:
+    return server.database.query(f"SELECT subscribed FROM followers WHERE oa_openid = '{openid}'")[0][0] in (1, True)
+
+
+def test_a_follower_unsubscribed_behind_the_bots_cache_is_subscribed_again(server, oa, wechat_sim):
+    """The bot keeps the follower it just read; a record changed elsewhere must not hide behind it."""
+    openid = follower(wechat_sim)
+    assert ask(oa, openid, "你好") and subscribed(server, openid)
+    # The push worker, told by WeChat that the follower left (43004), marks the record directly.
+    server.database.query(f"UPDATE followers SET subscribed = false WHERE oa_openid = '{openid}'")
+    assert ask(oa, openid, "公积金怎么取") and not subscribed(server, openid)
+    assert "感谢关注" in oa.reply_text(oa.post(event_message(openid, "subscribe")))
+    assert subscribed(server, openid)
+    assert oa.post(event_message(openid, "unsubscribe", create_time=int(time.time()) + 1)).text == "success"
+    assert ask(oa, openid, "你好") and not subscribed(server, openid)
+    assert "感谢关注" in oa.reply_text(oa.post(event_message(openid, "subscribe", create_time=int(time.time()) + 2)))
+    assert subscribed(server, openid)
+
+
+def test_a_follower_linked_after_the_bot_read_it_is_answered_as_linked(server, oa, wechat_sim):
+    unionid = "oU" + uuid.uuid4().hex[:26]
+    oa_openid = follower(wechat_sim, unionid=unionid)
+    assert "需要先登录" in ask(oa, oa_openid, "查进度")
+    mp_openid = wechat_sim.control("users", {"appid": SIM_MP_APPID, "unionid": unionid})["openid"]
+    login(server, wechat_sim, mp_openid)  # the citizen signs in to the mini-program: a user with the unionid
+    assert "您还没有办件" in ask(oa, oa_openid, "查进度")
+
+
 def test_location_gives_the_three_nearest_halls(oa, wechat_sim):
     reply = oa.reply_text(oa.post(location_message(follower(wechat_sim), 28.8890, 105.4270)))
     lines = [line for line in reply.splitlines() if line[:2] in ("1.", "2.", "3.")]
