@@ -18,8 +18,9 @@ def _services(context: Context) -> Services:
 async def relay_outbox(context: Context = TaskiqDepends()) -> int:
     """Hands due outbox rows (new cases, retries after failures, expired leases) to the platform."""
     services = _services(context)
-    # The lock only saves duplicate effort (each row is claimed on its own), so it is short: a
-    # worker killed while relaying holds it no longer than a row's lease.
+    # The lock only saves duplicate effort and keeps one case's rows in order (no two relays
+    # ever claim one row), so it is short: a worker killed while relaying holds it no longer
+    # than a row's lease.
     timeout = min(60, services.settings.OUTBOX_STUCK_S)
     async with held_lock(services.redis, services.keys("lock", "relay"), timeout=timeout) as held:
         return await services.relay.run_due() if held else 0

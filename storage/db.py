@@ -12,8 +12,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from asyncpg import Connection
 from asyncpg import exceptions as pg
 from tortoise import Tortoise, connections
+from tortoise.backends.base.config_generator import expand_db_url
 from tortoise.exceptions import DBConnectionError
 from tortoise.migrations.api import migrate as _tortoise_migrate
 
@@ -55,6 +57,17 @@ class _NoTraceForOutages(logging.Filter):
 logging.getLogger("asyncpg.pool").addFilter(_NoTraceForOutages())
 
 
+class PooledConnection(Connection):
+    """An asyncpg connection handed back to the pool without a reset query.
+
+    asyncpg resets a connection on every release (advisory locks, cursors, LISTEN, session
+    settings): a round trip after each statement outside a transaction. Nothing here holds any
+    of these past a statement or transaction; an open transaction is still rolled back."""
+
+    def get_reset_query(self) -> str:
+        return ""
+
+
 def database_url(settings: Settings) -> str:
     """The Tortoise DB URL for `settings.DATABASE_URL`, with SQLite folders made and pragmas set."""
     url = settings.DATABASE_URL
@@ -74,8 +87,13 @@ def database_url(settings: Settings) -> str:
 
 def tortoise_config(settings: Settings) -> dict[str, Any]:
     """The Tortoise ORM config dict for these settings."""
+    url = database_url(settings)
+    connection: str | dict[str, Any] = url
+    if url.startswith("postgres://"):
+        connection = expand_db_url(url)
+        connection["credentials"]["connection_class"] = PooledConnection
     return {
-        "connections": {"default": database_url(settings)},
+        "connections": {"default": connection},
         "apps": {
             APP_LABEL: {
                 "models": [MODELS_MODULE],

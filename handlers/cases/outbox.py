@@ -1,13 +1,14 @@
 """Handing cases to the core platform through the transactional outbox.
 
 Submission writes the case and its `deliver_case` outbox row in one transaction. The relay
-claims due rows (a lease, so a crashed worker's row returns after LEASE), calls the platform,
+claims due rows in batches (a lease, so a crashed worker's rows return after LEASE), calls the platform,
 and on failure schedules the next attempt with exponential backoff and jitter, without limit:
 an outage of any length loses nothing, and the platform deduplicates by our case number.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -21,6 +22,7 @@ from core.kicks import Kicks
 from handlers.push import notify
 from storage.crypto import FieldCipher
 from storage.models import ActorType, Case, CaseEvent, CaseStatus, Outbox
+from storage.sql import connection, is_postgres, rows
 
 log = logging.getLogger("zhangban.outbox")
 S = CaseStatus
@@ -38,7 +40,12 @@ async def enqueue_delivery(case: Case) -> Outbox:
 
 
 class Relay:
-    """Delivers due outbox rows to the platform."""
+    """Delivers due outbox rows to the platform.
+
+    A run claims due rows in batches (one statement each, see `_claim`) and sends a batch
+    concurrently, at most `concurrency` cases at a time; the rows of one case go one after
+    another in the order they were written (a delivery before its resubmission, a fee before
+    its receipt)."""
 
     def __init__(
         self,
@@ -49,31 +56,55 @@ class Relay:
         kicks: Kicks,
         lease: timedelta = LEASE,
         deliveries: dict[str, Delivery] | None = None,
+        batch: int = 50,
+        concurrency: int = 8,
     ):
         self.platform, self.cipher, self.material_links, self.lease = platform, cipher, material_links, lease
         self.kicks = kicks
         self.deliveries = deliveries or {}
+        self.batch, self.concurrency = batch, concurrency
 
-    async def run_due(self, *, limit: int = 50) -> int:
-        """Delivers every due row (at most `limit`); returns how many were done."""
-        now = datetime.now(UTC)
-        rows = (
-            await Outbox.filter(status__in=["pending", "sending"], next_attempt_at__lte=now).order_by("id").limit(limit)
-        )
+    async def run_due(self, *, limit: int = 200) -> int:
+        """Delivers due rows, a batch at a time, until none is due (at most `limit`); returns
+        how many were done."""
         done = 0
-        for row in rows:
-            done += await self.run_one(row.id)
+        while limit > 0 and (ids := await self._claim(min(self.batch, limit))):
+            limit -= len(ids)
+            done += await self._run(ids)
         return done
 
-    async def run_one(self, outbox_id: int) -> int:
+    async def _claim(self, limit: int) -> list[int]:
+        """Takes up to `limit` due rows under a lease, in one statement; their ids.
+
+        On PostgreSQL the rows another relay is claiming are skipped (SKIP LOCKED), and the due
+        condition is checked again on each row updated, so a row is never claimed twice; SQLite
+        runs one writing statement at a time."""
+        conn = connection()
         now = datetime.now(UTC)
-        # Claim with a lease: a worker killed mid-call leaves the row to be claimed again after LEASE.
-        claimed = await Outbox.filter(id=outbox_id, status__in=["pending", "sending"], next_attempt_at__lte=now).update(
-            status="sending", next_attempt_at=now + self.lease
+        lock = " FOR UPDATE SKIP LOCKED" if is_postgres(conn) else ""
+        due = "status IN ('pending', 'sending') AND next_attempt_at <= ?"
+        sql = (
+            f"UPDATE outbox SET status = 'sending', next_attempt_at = ? WHERE {due} AND id IN "
+            f"(SELECT id FROM outbox WHERE {due} ORDER BY id LIMIT ?{lock}) RETURNING id"
         )
-        if not claimed:
-            return 0
-        row = await Outbox.get(id=outbox_id).prefetch_related("case", "case__service_item")
+        return sorted(int(r["id"]) for r in await rows(conn, sql, [now + self.lease, now, now, limit]))
+
+    async def _run(self, ids: list[int]) -> int:
+        """Sends the claimed rows: the rows of one case one after another, in the order they
+        were written, and at most `concurrency` cases at once; how many were done."""
+        claimed = await Outbox.filter(id__in=ids).order_by("id").prefetch_related("case", "case__service_item")
+        by_case: dict[int, list[Outbox]] = {}
+        for row in claimed:
+            by_case.setdefault(row.case_id, []).append(row)
+        pool = asyncio.Semaphore(self.concurrency)
+
+        async def one_case(case_rows: list[Outbox]) -> int:
+            async with pool:
+                return sum([await self._send(row) for row in case_rows])
+
+        return sum(await asyncio.gather(*(one_case(case_rows) for case_rows in by_case.values())))
+
+    async def _send(self, row: Outbox) -> int:
         try:
             await self._deliver(row)
         except PlatformError as exc:

@@ -37,10 +37,10 @@ async def open_refund(order: PaymentOrder, *, cause: str, reason: str) -> Paymen
     )
 
 
-async def refund_case_fees(case: Case, *, cause: str) -> int:
-    """Opens a refund for every paid order of `case` (inside the case's transaction); how many."""
+async def refund_case_fees(case_id: int, *, cause: str) -> int:
+    """Opens a refund for every paid order of the case (inside the case's transaction); how many."""
     opened = 0
-    for order in await PaymentOrder.select_for_update().filter(case_id=case.id, state="paid"):
+    for order in await PaymentOrder.select_for_update().filter(case_id=case_id, state="paid"):
         if await move(order, "refunding", source="refund", data={"cause": cause}):
             await open_refund(order, cause=cause, reason="办件未通过或已撤回，退还费用")
             opened += 1

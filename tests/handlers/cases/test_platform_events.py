@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from core.kicks import NO_KICKS
 from handlers.cases.platform_events import apply_platform_event
+from handlers.push import notify
 from storage.models import Case, CaseEvent, CaseStatus, Notification, User
 from tests import factories
 
@@ -123,3 +124,18 @@ async def test_an_unknown_case_is_said_so(db):
         case_no="ZB20000101000001", seq=1, event="accepted", data={}, at=None, kicks=NO_KICKS
     )
     assert result == "unknown_case"
+
+
+async def test_the_notification_is_the_one_notify_writes(db):
+    """The callback writes its notification in SQL: the same row as `handlers.push.notify`."""
+    case = await factories.create_case(user=await l3(), status=S.IN_REVIEW)
+    assert await event(case, 3, "rejected", {"reason": "证件照片不符合要求"}) == "applied"
+    [written] = await Notification.filter(case_id=case.id)
+    reference = await notify(
+        await Case.get(id=case.id), kind="rejected", dedup_key="reference", data={"reason": "证件照片不符合要求"}
+    )
+    skip = {"id", "dedup_key", "created_at", "next_attempt_at"}
+    fields = [f for f in Notification._meta.db_fields if f not in skip]
+    assert {f: getattr(written, f) for f in fields} == {f: getattr(reference, f) for f in fields}
+    last = await CaseEvent.filter(case_id=case.id).order_by("-id").first()
+    assert written.dedup_key == f"event:{last.id}"
