@@ -35,7 +35,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from tortoise import connections
 from tortoise.exceptions import IntegrityError
 from tortoise.expressions import F
 from tortoise.transactions import in_transaction
@@ -43,6 +42,7 @@ from tortoise.transactions import in_transaction
 from core.backoff import backoff
 from core.china_time import CHINA, QuietHours
 from storage.models import Case, Follower, Notification, PushAttempt, SubscriptionGrant, User
+from storage.sql import connection, is_postgres, rows
 from wechat.client import OfficialAccountAPI, WeChatClient, WeChatError, WeChatUnavailable
 
 log = logging.getLogger("zhangban.push")
@@ -149,12 +149,20 @@ async def notify(case: Case, *, kind: str, dedup_key: str, data: dict | None = N
         user_id=case.user_id,
         case_id=case.id,
         kind=kind,
-        title=f"{case.service_name or case.service_code}：{PHRASES[kind]}"[:64],
-        body=body_of(kind, data or {})[:500],
-        page=case_page(case.case_no),
-        urgent=kind in URGENT,
+        **message_of(case.service_name or case.service_code, case.case_no, kind, data or {}),
         next_attempt_at=datetime.now(UTC),
     )
+
+
+def message_of(service: str, case_no: str, kind: str, data: dict) -> dict:
+    """A case change's notification text: title, body, page and urgency (what `notify` writes,
+    and the platform callback's single statement too)."""
+    return {
+        "title": f"{service}：{PHRASES[kind]}"[:64],
+        "body": body_of(kind, data)[:500],
+        "page": case_page(case_no),
+        "urgent": kind in URGENT,
+    }
 
 
 def clip(value: str, limit: int) -> str:
@@ -195,14 +203,6 @@ def template_data(notification: Notification, case: Case | None, route: Route | 
 
 SUBSCRIBE, TEMPLATE, CUSTOM, INBOX = "subscribe", "template", "custom", "inbox"
 _LOOKUP = "lookup"  # a case push about to try the template message: its follower is looked up first
-
-
-def _sql(dialect: str, sql: str) -> str:
-    """`sql` written with ? placeholders, in the placeholder style of the database."""
-    if dialect != "postgres":
-        return sql
-    numbers = iter(range(1, 10_000))
-    return re.sub(r"\?", lambda _: f"${next(numbers)}", sql)
 
 
 def _marks(values: list) -> str:
@@ -278,7 +278,7 @@ class Pusher:
             return 0
         self._draining = True
         settled = 0
-        lanes = self.lanes if connections.get("default").capabilities.dialect == "postgres" else 1
+        lanes = self.lanes if is_postgres(connection()) else 1
         try:
             while self._wanted:
                 self._wanted = False
@@ -324,26 +324,24 @@ class Pusher:
     ) -> list[tuple[int, int]]:
         """Takes up to `limit` due notifications under a lease, in one statement, none of the
         citizens in `busy` (PostgreSQL only); their (id, user_id) in id order."""
-        conn = connections.get("default")
-        dialect = conn.capabilities.dialect
+        conn = connection()
         now = datetime.now(UTC)
         values: list = [now + timedelta(seconds=self.lease_s), now]
         only = ""
         if notification_id is not None:
             only += " AND id = ?"
             values.append(notification_id)
-        if busy and dialect == "postgres":
+        if busy and is_postgres(conn):
             only += " AND user_id <> ALL(?::bigint[])"
             values.append(list(busy))
-        lock = " FOR UPDATE SKIP LOCKED" if dialect == "postgres" else ""
+        lock = " FOR UPDATE SKIP LOCKED" if is_postgres(conn) else ""
         sql = (
             "UPDATE notifications SET push_status = 'sending', next_attempt_at = ?, attempts = attempts + 1 "
             "WHERE id IN (SELECT id FROM notifications WHERE push_status IN ('pending', 'sending') "
             f"AND next_attempt_at <= ?{only} ORDER BY next_attempt_at, id LIMIT ?{lock}) RETURNING id, user_id"
         )
         values.append(limit)
-        rows = await conn.execute_query_dict(_sql(dialect, sql), values)
-        return sorted((int(row["id"]), int(row["user_id"])) for row in rows)
+        return sorted((int(row["id"]), int(row["user_id"])) for row in await rows(conn, sql, values))
 
     # -- one batch -----------------------------------------------------------------------------
 
@@ -536,13 +534,12 @@ class Pusher:
         """Takes one subscribe grant of each of `user_ids` that has one left, in one statement; who had one."""
         if not user_ids:
             return set()
-        conn = connections.get("default")
         sql = (
             "UPDATE subscription_grants SET remaining = remaining - 1 WHERE template_id = ? AND remaining > 0 "
             f"AND user_id IN ({_marks(user_ids)}) RETURNING user_id"
         )
-        rows = await conn.execute_query_dict(_sql(conn.capabilities.dialect, sql), [self.mp_template_id, *user_ids])
-        return {int(row["user_id"]) for row in rows}
+        granted = await rows(connection(), sql, [self.mp_template_id, *user_ids])
+        return {int(row["user_id"]) for row in granted}
 
     def _limit(self, channel: str) -> asyncio.Semaphore:
         if channel not in self._limits:

@@ -23,7 +23,7 @@ from tortoise.transactions import in_transaction
 from core.kicks import Kicks
 from handlers.cases.lifecycle import path_to
 from handlers.payments.refunds import refund_case_fees
-from handlers.push import PHRASES, URGENT, body_of, case_page
+from handlers.push import message_of
 from storage.models import ActorType, CaseStatus
 from storage.sql import connection, db_json, is_postgres, rows
 
@@ -106,9 +106,9 @@ def _plan(status: CaseStatus, *, seq: int, event: str, data: dict, at: str | Non
 def _notification(case: dict, kind: str, data: dict, now: datetime) -> list:
     """The notification's columns as `handlers.push.notify` fills them, but its dedup key
     (the case event's id, known only once written)."""
-    title = f"{case['service_name'] or case['service_code']}：{PHRASES[kind]}"[:64]
-    return [case["user_id"], case["id"], kind, title, body_of(kind, data)[:500], case_page(case["case_no"]),
-            kind in URGENT, now, now]  # fmt: skip
+    message = message_of(case["service_name"] or case["service_code"], case["case_no"], kind, data)
+    return [case["user_id"], case["id"], kind, message["title"], message["body"], message["page"], message["urgent"],
+            now, now]  # fmt: skip
 
 
 _NOTIFICATION_COLUMNS = (
