@@ -14,10 +14,11 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
+import os
 import re
-import uuid
 from decimal import Decimal
 from typing import Any, TypeVar
 from urllib.parse import quote
@@ -126,12 +127,31 @@ def client_ip(request: Request) -> str:
     return request.remote_addr or request.ip
 
 
+class _RequestIds:
+    """Request ids of this process: a random prefix drawn when the process starts (and again in
+    a forked child) and a counter, 32 hex digits like a UUID's. Unique, not secret: a uuid4 per
+    request asked the kernel for randomness every time, a tenth of the CPU of `GET /healthz`."""
+
+    def __init__(self) -> None:
+        self.reset()
+        os.register_at_fork(after_in_child=self.reset)
+
+    def reset(self) -> None:
+        self.prefix, self.counter = os.urandom(8).hex(), itertools.count()
+
+    def __call__(self) -> str:
+        return f"{self.prefix}{next(self.counter) & 0xFFFF_FFFF_FFFF_FFFF:016x}"
+
+
+new_request_id = _RequestIds()
+
+
 def request_id(request: Request) -> str:
     """The id of this request: the client's `X-Request-ID` if it is sane, else a new one."""
     rid = getattr(request.ctx, "request_id", None)
     if rid is None:
         sent = request.headers.get(REQUEST_ID_HEADER, "")
-        rid = sent if _SANE_REQUEST_ID.match(sent) else uuid.uuid4().hex
+        rid = sent if _SANE_REQUEST_ID.match(sent) else new_request_id()
         request.ctx.request_id = rid
     return rid
 
