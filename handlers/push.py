@@ -165,6 +165,26 @@ def message_of(service: str, case_no: str, kind: str, data: dict) -> dict:
     }
 
 
+# A notification written by hand-written SQL (platform callbacks, payment notifies): the
+# columns `notify` fills, in the order `notification_values` gives them, after a dedup_key.
+NOTIFICATION_COLUMNS = (
+    "user_id, case_id, kind, title, body, page, urgent, push_status, channel, attempts, next_attempt_at, created_at"
+)
+NOTIFICATION_VALUES = "?, ?, ?, ?, ?, ?, ?, 'pending', '', 0, ?, ?"
+PG_NOTIFICATION_VALUES = (
+    "?::bigint, ?::bigint, ?::text, ?::text, ?::text, ?::text, ?::boolean, 'pending', '', 0, "
+    "?::timestamptz, ?::timestamptz"
+)
+
+
+def notification_values(case: dict, kind: str, data: dict, now: datetime) -> list:
+    """The values of NOTIFICATION_COLUMNS for one change of `case` (a row with id, case_no,
+    user_id, service_code and service_name), as `notify` would write them."""
+    message = message_of(case["service_name"] or case["service_code"], case["case_no"], kind, data)
+    return [case["user_id"], case["id"], kind, message["title"], message["body"], message["page"], message["urgent"],
+            now, now]  # fmt: skip
+
+
 def clip(value: str, limit: int) -> str:
     """`value` on one line within `limit` characters, cut with an ellipsis when too long."""
     value = re.sub(r"\s+", " ", value).strip()

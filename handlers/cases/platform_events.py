@@ -23,7 +23,7 @@ from tortoise.transactions import in_transaction
 from core.kicks import Kicks
 from handlers.cases.lifecycle import path_to
 from handlers.payments.refunds import refund_case_fees
-from handlers.push import message_of
+from handlers.push import NOTIFICATION_COLUMNS, NOTIFICATION_VALUES, PG_NOTIFICATION_VALUES, notification_values
 from storage.models import ActorType, CaseStatus
 from storage.sql import connection, db_json, is_postgres, rows
 
@@ -103,24 +103,6 @@ def _plan(status: CaseStatus, *, seq: int, event: str, data: dict, at: str | Non
     return plan
 
 
-def _notification(case: dict, kind: str, data: dict, now: datetime) -> list:
-    """The notification's columns as `handlers.push.notify` fills them, but its dedup key
-    (the case event's id, known only once written)."""
-    message = message_of(case["service_name"] or case["service_code"], case["case_no"], kind, data)
-    return [case["user_id"], case["id"], kind, message["title"], message["body"], message["page"], message["urgent"],
-            now, now]  # fmt: skip
-
-
-_NOTIFICATION_COLUMNS = (
-    "user_id, case_id, kind, title, body, page, urgent, push_status, channel, attempts, next_attempt_at, created_at"
-)
-_NOTIFICATION_VALUES = "?, ?, ?, ?, ?, ?, ?, 'pending', '', 0, ?, ?"
-_PG_NOTIFICATION_VALUES = (
-    "?::bigint, ?::bigint, ?::text, ?::text, ?::text, ?::text, ?::boolean, 'pending', '', 0, "
-    "?::timestamptz, ?::timestamptz"
-)
-
-
 def _set_clause(plan: _Plan) -> str:
     return ", ".join([f"{column} = ?" for column in plan.sets] + ["row_version = row_version + ?"])
 
@@ -134,13 +116,13 @@ async def _write_postgres(conn: BaseDBAsyncClient, case: dict, plan: _Plan, now:
         "SELECT moved.id, ?::timestamptz, ?::text, e.f, e.t, e.n, e.d FROM moved, "
         "unnest(?::text[], ?::text[], ?::text[], ?::jsonb[]) WITH ORDINALITY AS e(f, t, n, d, i) "
         "ORDER BY e.i RETURNING id), "
-        f"told AS (INSERT INTO notifications (dedup_key, {_NOTIFICATION_COLUMNS}) "
-        f"SELECT 'event:' || max(written.id), {_PG_NOTIFICATION_VALUES} FROM written HAVING count(*) > 0 "
+        f"told AS (INSERT INTO notifications (dedup_key, {NOTIFICATION_COLUMNS}) "
+        f"SELECT 'event:' || max(written.id), {PG_NOTIFICATION_VALUES} FROM written HAVING count(*) > 0 "
         "RETURNING id) "
         "SELECT (SELECT count(*) FROM moved) AS moved, (SELECT id FROM told) AS notification_id"
     )
     kind, data = plan.notify or ("", {})
-    told = _notification(case, kind, data, now) if plan.notify else [None] * 9
+    told = notification_values(case, kind, data, now) if plan.notify else [None] * 9
     values = [*plan.sets.values(), plan.steps, case["id"], case["platform_seq"], case["status"], now, _PLATFORM]
     values += [[e[i] for e in plan.events] for i in range(4)]
     [row] = await rows(conn, sql, values + told)
@@ -166,9 +148,8 @@ async def _write_sqlite(conn: BaseDBAsyncClient, case: dict, plan: _Plan, now: d
     kind, data = plan.notify
     [told] = await rows(
         conn,
-        f"INSERT INTO notifications (dedup_key, {_NOTIFICATION_COLUMNS}) VALUES (?, {_NOTIFICATION_VALUES}) "
-        "RETURNING id",
-        [f"event:{max(r['id'] for r in written)}", *_notification(case, kind, data, now)],
+        f"INSERT INTO notifications (dedup_key, {NOTIFICATION_COLUMNS}) VALUES (?, {NOTIFICATION_VALUES}) RETURNING id",
+        [f"event:{max(r['id'] for r in written)}", *notification_values(case, kind, data, now)],
     )
     return True, told["id"]
 
