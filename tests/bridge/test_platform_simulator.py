@@ -241,8 +241,11 @@ def c(sim_url, receiver) -> Iterator[httpx.Client]:
 
 
 @pytest.fixture
-def rec(receiver) -> Receiver:
-    return receiver[0]
+def rec(receiver) -> Iterator[Receiver]:
+    r = receiver[0]
+    r.max_inflight = 0
+    yield r
+    r.hold_s = 0.0
 
 
 # -- helpers -------------------------------------------------------------------------------
@@ -667,7 +670,7 @@ def test_resubmit_outside_correction_is_409(c, rec):
 
 
 def test_duplicates_script_sends_every_callback_twice_and_one_burst(c, rec):
-    rec.hold_s = 0.1  # keep each request open a little so the burst overlaps
+    rec.hold_s = 0.4  # keep each request open long enough that the burst overlaps on a loaded machine
     control(c, "script", {"script": "duplicates"})  # the default for new cases
     case_no = new_case_no()
     assert submit(c, case_no).status_code == 200

@@ -571,7 +571,9 @@ def test_the_simulators_control_api_answers_errors_in_the_house_shape(sim):
     invalid = sim.control("notify-mode", {"out_trade_no": "x", "mode": "sometimes"}, status=422)
     assert "mode" in invalid["details"]["fields"]
     assert sim.control("alipay-public-key")["alipay_public_key_pem"].startswith("-----BEGIN PUBLIC KEY-----")
-    assert sim.control("stats")["calls"]
+    # Stats may be empty: under xdist this test can be the module's first on its worker.
+    stats = sim.control("stats")
+    assert isinstance(stats["calls"], dict) and isinstance(stats["trades"], int) and "notifies" in stats
 
 
 def test_unknown_app_and_method_are_answered_in_alipays_envelope(sim):
