@@ -31,6 +31,7 @@ BENCHMARKS = [
     "http_baseline",
     "identity",
     "catalogue",
+    "city_catalogue",
     "bot",
     "callbacks",
     "push",
