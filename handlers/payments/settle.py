@@ -156,7 +156,6 @@ class _OrderRead:
     case_id: int
     case_no: str
     case_status: str
-    case_fee_ref: str
     user_id: int
     service_code: str
     service_name: str
@@ -164,8 +163,8 @@ class _OrderRead:
 
 _READ_ORDER = (
     "SELECT o.id, o.payment_id, o.out_trade_no, o.channel, o.amount_fen, o.state, o.fee_ref, o.notice_no, "
-    "c.id AS case_id, c.case_no, c.status AS case_status, c.fee_ref AS case_fee_ref, c.user_id, c.service_code, "
-    "c.service_name FROM payment_orders o JOIN cases c ON c.id = o.case_id WHERE o.out_trade_no = ?"
+    "c.id AS case_id, c.case_no, c.status AS case_status, c.user_id, c.service_code, c.service_name "
+    "FROM payment_orders o JOIN cases c ON c.id = o.case_id WHERE o.out_trade_no = ?"
 )
 # The case is taken first (its fee marked paid only if this order's fee is still the case's
 # and unpaid), the order moves only if the case still stands as read, and everything else is
@@ -185,8 +184,8 @@ _SETTLE = (
     "queued AS (INSERT INTO outbox (kind, case_id, payload, status, attempts, next_attempt_at, last_error, created_at) "
     "SELECT 'fee_paid', fee.id, ?::jsonb, 'pending', 0, ?::timestamptz, '', ?::timestamptz FROM fee, moved "
     "RETURNING id) "
-    "SELECT (SELECT count(*) FROM fee) AS case_stood, (SELECT count(*) FROM moved) AS moved, "
-    "(SELECT id FROM told) AS notification_id, (SELECT count(*) FROM logged) + (SELECT count(*) FROM queued) AS rows"
+    # PostgreSQL runs every writing WITH to completion whether or not the answer reads it.
+    "SELECT (SELECT count(*) FROM moved) AS moved, (SELECT id FROM told) AS notification_id"
 )
 
 
